@@ -1,0 +1,1 @@
+"""Temporal activities: the scheduler's bookkeeping and the task handlers."""

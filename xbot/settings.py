@@ -1,0 +1,94 @@
+"""One settings object, read from the environment and an optional `.env` file."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names it in one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    xbot_env: Literal["development", "test", "production"] = Field(
+        default="production", validation_alias="XBOT_ENV"
+    )
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    xbot_data_dir: Path = Field(default=Path("./.xbot"), validation_alias="XBOT_DATA_DIR")
+
+    temporal_address: str = Field(default="localhost:7233", validation_alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_task_queue: str = Field(default="xbot-scheduler", validation_alias="TEMPORAL_TASK_QUEUE")
+    temporal_tls: bool = Field(default=False, validation_alias="TEMPORAL_TLS")
+    temporal_api_key: SecretStr | None = Field(default=None, validation_alias="TEMPORAL_API_KEY")
+
+    api_host: str = Field(default="127.0.0.1", validation_alias="API_HOST")
+    api_port: int = Field(default=8000, ge=1, le=65535, validation_alias="API_PORT")
+    api_token: SecretStr | None = Field(default=None, validation_alias="API_TOKEN")
+
+    x_api_base_url: str = Field(default="https://api.x.com", validation_alias="X_API_BASE_URL")
+    x_client_id: str | None = Field(default=None, validation_alias="X_CLIENT_ID")
+    x_client_secret: SecretStr | None = Field(default=None, validation_alias="X_CLIENT_SECRET")
+    x_request_timeout_seconds: float = Field(default=15.0, gt=0, validation_alias="X_REQUEST_TIMEOUT_SECONDS")
+
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_model: str = Field(default="gpt-4o-mini", validation_alias="OPENAI_MODEL")
+
+    token_encryption_key: SecretStr | None = Field(default=None, validation_alias="TOKEN_ENCRYPTION_KEY")
+
+    @field_validator("x_api_base_url", "openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.xbot_env == "production"
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    return f"invalid setting {name}: {first['msg']}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation failure into one line that names the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(_one_line(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def settings_or_exit() -> Settings:
+    """For process entry points: print the one-line reason and exit 2 on a bad setting."""
+    try:
+        return get_settings()
+    except SettingsError as error:
+        print(f"xbot: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
