@@ -59,3 +59,9 @@ class SchedulerStatus(BaseModel):
     tasks: list[TaskStatus]
     recentEvents: list[SchedulerEvent]
     lastEventSeq: int = 0
+
+
+class SchedulerInput(BaseModel):
+    """Start argument of BotScheduler. The scheduler may add fields with defaults (carried state)."""
+
+    bot_id: str
