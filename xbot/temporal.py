@@ -16,10 +16,10 @@ SEARCH_ATTRIBUTES = (BOT_ID, SCHEDULER_RUNNING, NEXT_DUE_AT)
 
 def dev_server_search_attribute_args() -> list[str]:
     """`temporal server start-dev` flags that register the search attributes at start."""
-    kinds = {BOT_ID: "Keyword", SCHEDULER_RUNNING: "Bool", NEXT_DUE_AT: "Datetime"}
+    kinds = {BOT_ID.name: "Keyword", SCHEDULER_RUNNING.name: "Bool", NEXT_DUE_AT.name: "Datetime"}
     args: list[str] = []
-    for key, kind in kinds.items():
-        args += ["--search-attribute", f"{key.name}={kind}"]
+    for name, kind in kinds.items():
+        args += ["--search-attribute", f"{name}={kind}"]
     return args
 
 
@@ -32,3 +32,31 @@ async def connect_temporal(settings: Settings) -> Client:
         tls=settings.temporal_tls or api_key is not None,
         api_key=api_key,
     )
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register the custom search attributes that are missing; return the names added.
+
+    `start-dev --search-attribute` only registers them when its database is new, so a dev server
+    restarted on an older SQLite file (or a real cluster) gets them here.
+    """
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import (
+        AddSearchAttributesRequest,
+        ListSearchAttributesRequest,
+    )
+
+    kinds = {
+        BOT_ID.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        SCHEDULER_RUNNING.name: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+        NEXT_DUE_AT.name: IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    }
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {name: kind for name, kind in kinds.items() if name not in existing.custom_attributes}
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )
+    return sorted(missing)

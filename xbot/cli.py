@@ -1,0 +1,96 @@
+"""The `xbot` command: `dev`, `worker`, `api`, `migrate`, `generate-key`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from xbot.settings import settings_or_exit
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _cmd_migrate(_: argparse.Namespace) -> int:
+    from xbot.db import resolve_database_url, stop_embedded_postgres
+    from xbot.migrate import MigrationError, migrate
+
+    settings = settings_or_exit()
+    try:
+        applied = asyncio.run(migrate(resolve_database_url(settings)))
+    except MigrationError as error:
+        print(f"xbot migrate: {error}", file=sys.stderr)
+        return 1
+    finally:
+        stop_embedded_postgres()
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def _cmd_worker(_: argparse.Namespace) -> int:
+    from xbot.worker_app import run_worker
+
+    asyncio.run(run_worker(settings_or_exit()))
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = settings_or_exit()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level="info",
+        ws_ping_interval=20,
+    )
+    return 0
+
+
+def _cmd_dev(_: argparse.Namespace) -> int:
+    from xbot.devstack import run_dev_stack
+
+    return run_dev_stack(settings_or_exit())
+
+
+def _cmd_generate_key(_: argparse.Namespace) -> int:
+    from xbot.crypto import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xbot", description="X bot scheduler on Temporal")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "dev", help="run the whole stack locally: Temporal dev server, Postgres, migrations, worker, API"
+    ).set_defaults(func=_cmd_dev)
+    commands.add_parser("worker", help="run a Temporal worker").set_defaults(func=_cmd_worker)
+    api = commands.add_parser("api", help="run the HTTP API with uvicorn")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.set_defaults(func=_cmd_api)
+    commands.add_parser("migrate", help="apply pending database migrations").set_defaults(func=_cmd_migrate)
+    commands.add_parser("generate-key", help="print a new TOKEN_ENCRYPTION_KEY").set_defaults(
+        func=_cmd_generate_key
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
