@@ -29,7 +29,6 @@ from xbot.settings import Settings
 
 STOP_TIMEOUT_SECONDS = 15.0
 READY_TIMEOUT_SECONDS = 60.0
-UI_PORT = 8233
 
 
 class DevStackError(RuntimeError):
@@ -198,7 +197,7 @@ def run_dev_stack(settings: Settings) -> int:
         host, port = _temporal_host_port(settings)
         for what, bind_host, bind_port in (
             ("Temporal", host, port),
-            ("Temporal Web UI", host, UI_PORT),
+            ("Temporal Web UI", host, settings.temporal_ui_port),
             ("API", settings.api_host, settings.api_port),
         ):
             if _port_in_use(bind_host, bind_port):
@@ -224,7 +223,7 @@ def run_dev_stack(settings: Settings) -> int:
             [
                 temporal_binary, "server", "start-dev",
                 "--db-filename", str(data_dir / "temporal.sqlite"),
-                "--ip", host, "--port", str(port), "--ui-port", str(UI_PORT),
+                "--ip", host, "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
                 "--namespace", settings.temporal_namespace,
                 "--ui-disable-news-fetch", "--log-level", "warn",
                 *dev_server_search_attribute_args(),
@@ -249,7 +248,7 @@ def run_dev_stack(settings: Settings) -> int:
                     f"  API          {api_url}",
                     f"  API docs     {api_url}/docs",
                     f"  Dashboard    {api_url}/",
-                    f"  Temporal UI  http://{host}:{UI_PORT}",
+                    f"  Temporal UI  http://{host}:{settings.temporal_ui_port}",
                     f"  Temporal     {settings.temporal_address} (namespace {settings.temporal_namespace})",
                     f"  API token    {api_token}",
                     f"  Data dir     {data_dir}",

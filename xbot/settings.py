@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     temporal_address: str = Field(default="localhost:7233", validation_alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", validation_alias="TEMPORAL_NAMESPACE")
     temporal_task_queue: str = Field(default="xbot-scheduler", validation_alias="TEMPORAL_TASK_QUEUE")
+    temporal_ui_port: int = Field(default=8233, ge=1, le=65535, validation_alias="TEMPORAL_UI_PORT")
     temporal_tls: bool = Field(default=False, validation_alias="TEMPORAL_TLS")
     temporal_api_key: SecretStr | None = Field(default=None, validation_alias="TEMPORAL_API_KEY")
 
