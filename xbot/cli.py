@@ -60,6 +60,12 @@ def _cmd_dev(_: argparse.Namespace) -> int:
     return run_dev_stack(settings_or_exit())
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def _cmd_generate_key(_: argparse.Namespace) -> int:
     from xbot.crypto import generate_key
 
