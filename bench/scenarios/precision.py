@@ -1,0 +1,129 @@
+"""Precision: 100 bots, each with a task every 5 s, for 2 minutes; lateness = activity start - due."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.env import BenchEnv
+from bench.receiver import WebhookReceiver
+from bench.report import Result, goal
+from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
+from bench.scenarios.common import LoadResult, LoadRunner, LoadSpec, System
+from bench.stats import ratio
+from xbot.db import create_pool
+
+NAME = "precision"
+DESCRIPTION = (
+    "100 bots, each with one task every 5 s, for 2 minutes. Lateness = activity start - due time. The "
+    "project runs `webhook` tasks (its real bookkeeping in PostgreSQL, and a POST to a loopback "
+    "receiver, whose arrival lateness is shown too); both baselines run a no-op activity."
+)
+GOAL_P99_MS = 25.0
+SYSTEM_NAMES: tuple[tuple[System, str], ...] = (
+    ("project", "project"),
+    ("bare", "bare Temporal"),
+    ("schedules", "Temporal Schedules"),
+)
+
+
+def spec(quick: bool) -> LoadSpec:
+    if quick:
+        return LoadSpec(bots=10, interval_seconds=2, duration_seconds=4, lead_seconds=2, grace_seconds=1.5)
+    return LoadSpec(bots=100, interval_seconds=5, duration_seconds=120, lead_seconds=6, grace_seconds=3)
+
+
+def estimate_seconds(quick: bool) -> float:
+    load = spec(quick)
+    per_system = load.lead_seconds + load.duration_seconds + load.grace_seconds + 6
+    return 5 + 3 * per_system
+
+
+def _row(name: str, load: LoadResult | None) -> list[Any]:
+    if load is None:
+        return [name, "not run", None, None, None, None, None, None]
+    figures = load.summary()
+    lateness = figures["lateness"]
+    return [
+        name,
+        f"{load.executed}/{load.expected}",
+        lateness["p50_ms"],
+        lateness["p95_ms"],
+        lateness["p99_ms"],
+        lateness["max_ms"],
+        figures["worker_cpu_seconds"],
+        figures["server_cpu_seconds"],
+    ]
+
+
+async def run(ctx: RunContext, result: Result) -> None:
+    load = spec(ctx.quick)
+    result["description"] = DESCRIPTION
+    result["config"] = {
+        "bots": load.bots,
+        "interval_seconds": load.interval_seconds,
+        "duration_seconds": load.duration_seconds,
+    }
+    loads: dict[System, LoadResult] = {}
+    missing = missing_module(*PROJECT_MODULES)
+    async with BenchEnv(ctx.postgres, ctx.workdir, NAME) as env:
+        if missing is None:
+            database_url = await ctx.postgres.new_database()
+            pool = await create_pool(database_url, min_size=1, max_size=4)
+            receiver = await WebhookReceiver().start()
+            try:
+                runner = LoadRunner(env, "project", ctx.progress, pool, database_url, "webhook", receiver)
+                loads["project"] = await runner.run(load, NAME)
+                runner.stop()
+            finally:
+                await receiver.stop()
+                await pool.close()
+        else:
+            result["notes"].append(f"project not available yet ({missing} is missing); baselines only")
+        for system in ("bare", "schedules"):
+            runner = LoadRunner(env, system, ctx.progress)
+            loads[system] = await runner.run(load, NAME)
+            runner.stop()
+
+    result["systems"] = {system: figures.summary() for system, figures in loads.items()}
+    result["table"] = {
+        "columns": [
+            "system",
+            "ran/expected",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "worker CPU s",
+            "server CPU s",
+        ],
+        "rows": [_row(name, loads.get(key)) for key, name in SYSTEM_NAMES],
+    }
+    project = loads.get("project")
+    if project is not None and project.webhook_latenesses:
+        webhook = project.summary()["webhook_arrival_lateness"]
+        result["table"]["rows"].append(
+            [
+                "project (webhook arrival)",
+                f"{webhook['count']}/{project.expected}",
+                webhook["p50_ms"],
+                webhook["p95_ms"],
+                webhook["p99_ms"],
+                webhook["max_ms"],
+                None,
+                None,
+            ]
+        )
+    p99 = {system: figures.summary()["lateness"]["p99_ms"] for system, figures in loads.items()}
+    result["ratios"] = {
+        "project p99 / bare p99": ratio(p99.get("project"), p99.get("bare")),
+        "project p99 / schedules p99": ratio(p99.get("project"), p99.get("schedules")),
+    }
+    if project is not None:
+        value = p99["project"]
+        met = project.missing == 0 and value <= GOAL_P99_MS
+        result["goals"].append(goal("project lateness p99", f"≤ {GOAL_P99_MS:.0f} ms", value, met))
+    for system, figures in loads.items():
+        if figures.missing:
+            result["notes"].append(
+                f"{system}: {figures.missing} of {figures.expected} due runs never started"
+            )
