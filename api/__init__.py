@@ -1,0 +1,1 @@
+"""HTTP control API, WebSocket live feed and dashboard."""

@@ -1,0 +1,112 @@
+"""`GET /metrics` in the Prometheus text format, computed from the database and Temporal per scrape.
+
+Counting from the database (not in-process counters) keeps the numbers right with several API
+processes and across restarts: executions by task type and outcome, a start-lateness histogram
+(started_at - due_at of first attempts), and bots whose scheduler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from api.auth import require_token
+from api.deps import COMMON_ERRORS, Pool, State
+from workflows.models import WORKFLOW_NAME
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
+
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_LATENESS_SQL = f"""
+SELECT task_type,
+       {", ".join(f"count(*) FILTER (WHERE lateness <= {bucket})" for bucket in LATENESS_BUCKETS)},
+       count(*) AS total, coalesce(sum(lateness), 0) AS total_seconds
+FROM (SELECT task_type, extract(epoch FROM started_at - due_at)::float8 AS lateness
+      FROM bot_task_executions WHERE due_at IS NOT NULL AND attempt_number = 1) AS first_attempts
+GROUP BY task_type ORDER BY task_type
+"""
+
+
+class _Snapshot:
+    """A collector that returns metric families computed before the scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+async def _execution_families(pool: Pool) -> list[Metric]:
+    executions = CounterMetricFamily(
+        "xbot_task_executions",
+        "Task execution attempts by task type and outcome",
+        labels=["task_type", "status"],
+    )
+    for row in await pool.fetch(
+        "SELECT task_type, status, count(*) AS n FROM bot_task_executions GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        executions.add_metric([row["task_type"], row["status"]], row["n"])
+    lateness = HistogramMetricFamily(
+        "xbot_task_start_lateness_seconds",
+        "How late first attempts started after their due time",
+        labels=["task_type"],
+    )
+    for row in await pool.fetch(_LATENESS_SQL):
+        counts = list(row.values())[1 : 1 + len(LATENESS_BUCKETS)]
+        buckets = [(str(bound), count) for bound, count in zip(LATENESS_BUCKETS, counts, strict=True)]
+        buckets.append(("+Inf", row["total"]))
+        lateness.add_metric([row["task_type"]], buckets, row["total_seconds"])
+    enabled = GaugeMetricFamily(
+        "xbot_bots_scheduler_enabled", "Bots whose operator asked the scheduler to run"
+    )
+    enabled.add_metric([], await pool.fetchval("SELECT count(*) FROM bots WHERE scheduler_enabled"))
+    total = GaugeMetricFamily("xbot_bots", "Bots")
+    total.add_metric([], await pool.fetchval("SELECT count(*) FROM bots"))
+    return [executions, lateness, enabled, total]
+
+
+async def _running_bots(state: State) -> list[Metric]:
+    up = GaugeMetricFamily("xbot_temporal_up", "Whether Temporal answered this scrape")
+    try:
+        client = await state.temporal.get()
+        count = await asyncio.wait_for(
+            client.count_workflows(
+                f'WorkflowType = "{WORKFLOW_NAME}" AND ExecutionStatus = "Running"'
+                f' AND TaskQueue = "{state.task_queue}" AND SchedulerRunning = true',
+                rpc_timeout=timedelta(seconds=2),
+            ),
+            3,
+        )
+    except Exception as error:
+        log.warning("metrics: cannot count running bots: %s", error)
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    running = GaugeMetricFamily("xbot_running_bots", "Bots whose scheduler workflow is running")
+    running.add_metric([], count.count)
+    return [up, running]
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Metrics"}
+    },
+)
+async def metrics(pool: Pool, state: State) -> Response:
+    """Prometheus metrics."""
+    families = await _execution_families(pool) + await _running_bots(state)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

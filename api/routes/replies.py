@@ -1,0 +1,151 @@
+"""Reply drafts of a bot: list them, approve, reject, or edit the text before approval."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import require_token
+from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, ReplyIdPath, error_docs
+from api.errors import ApiError
+from api.pagination import decode_cursor, encode_cursor
+from xbot.repositories.replies import (
+    ReplyError,
+    ReplyNotFoundError,
+    ReplyStateError,
+    ReplyTextError,
+    approve_reply,
+    edit_reply_text,
+    reject_reply,
+)
+
+router = APIRouter(tags=["replies"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
+
+ReplyStatus = Literal["pending_approval", "approved", "rejected", "posting", "posted", "dry_run", "failed"]
+
+
+class ReplyOut(BaseModel):
+    id: int
+    bot_id: str
+    pulled_post_id: int
+    in_reply_to_x_post_id: str
+    status: str
+    text: str | None
+    llm_model: str | None
+    error_message: str | None
+    posted_x_post_id: str | None
+    posted_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    mention_text: str | None = Field(default=None, description="The post this reply answers")
+    mention_author_username: str | None = None
+
+
+class ReplyPage(BaseModel):
+    items: list[ReplyOut]
+    next_cursor: str | None
+
+
+class ReplyEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=1000, description="At most 280 characters as X counts them")
+
+
+_SELECT = """
+SELECT r.id, r.bot_id, r.pulled_post_id, r.in_reply_to_x_post_id, r.status, r.text, r.llm_model,
+       r.error_message, r.posted_x_post_id, r.posted_at, r.created_at, r.updated_at,
+       p.text AS mention_text, u.username AS mention_author_username
+FROM post_replies r
+JOIN pulled_posts p ON p.id = r.pulled_post_id
+LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+"""
+
+
+async def _one(pool: Pool, bot_id: str, reply_id: int) -> ReplyOut:
+    row = await pool.fetchrow(_SELECT + " WHERE r.bot_id = $1 AND r.id = $2", bot_id, reply_id)
+    if row is None:
+        raise NotFound(f"bot {bot_id} has no reply {reply_id}")
+    return ReplyOut.model_validate(dict(row))
+
+
+def _api_error(error: ReplyError) -> ApiError:
+    if isinstance(error, ReplyNotFoundError):
+        return NotFound(str(error))
+    if isinstance(error, ReplyStateError):
+        return ApiError(409, str(error))
+    if isinstance(error, ReplyTextError):
+        return ApiError(422, f"text: {error}")
+    return ApiError(400, str(error))
+
+
+@router.get("/bots/{botId}/replies", response_model=ReplyPage, responses=error_docs(404))
+async def list_replies(
+    bot_id: ExistingBotId,
+    pool: Pool,
+    status: Annotated[ReplyStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ReplyPage:
+    """Reply drafts, newest first; `status=pending_approval` lists those waiting for approval."""
+    conditions = ["r.bot_id = $1"]
+    args: list[object] = [bot_id]
+    if status is not None:
+        args.append(status)
+        conditions.append(f"r.status = ${len(args)}")
+    if cursor is not None:
+        at, row_id = decode_cursor(cursor)
+        args += [at, row_id]
+        conditions.append(f"(r.created_at, r.id) < (${len(args) - 1}, ${len(args)})")
+    rows = await pool.fetch(
+        _SELECT
+        + f" WHERE {' AND '.join(conditions)} ORDER BY r.created_at DESC, r.id DESC LIMIT {limit + 1}",
+        *args,
+    )
+    items = [ReplyOut.model_validate(dict(row)) for row in rows[:limit]]
+    more = len(rows) > limit
+    return ReplyPage(
+        items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None
+    )
+
+
+@router.get("/bots/{botId}/replies/{replyId}", response_model=ReplyOut, responses=error_docs(404))
+async def read(bot_id: ExistingBotId, reply_id: ReplyIdPath, pool: Pool) -> ReplyOut:
+    return await _one(pool, bot_id, reply_id)
+
+
+@router.post(
+    "/bots/{botId}/replies/{replyId}/approve", response_model=ReplyOut, responses=error_docs(404, 409)
+)
+async def approve(bot_id: ExistingBotId, reply_id: ReplyIdPath, pool: Pool) -> ReplyOut:
+    """pending_approval -> approved; the bot's next reply_to_mentions run posts it."""
+    try:
+        await approve_reply(pool, bot_id, reply_id)
+    except ReplyError as error:
+        raise _api_error(error) from None
+    return await _one(pool, bot_id, reply_id)
+
+
+@router.post(
+    "/bots/{botId}/replies/{replyId}/reject", response_model=ReplyOut, responses=error_docs(404, 409)
+)
+async def reject(bot_id: ExistingBotId, reply_id: ReplyIdPath, pool: Pool) -> ReplyOut:
+    """The draft will never be posted."""
+    try:
+        await reject_reply(pool, bot_id, reply_id)
+    except ReplyError as error:
+        raise _api_error(error) from None
+    return await _one(pool, bot_id, reply_id)
+
+
+@router.patch("/bots/{botId}/replies/{replyId}", response_model=ReplyOut, responses=error_docs(404, 409))
+async def edit(bot_id: ExistingBotId, reply_id: ReplyIdPath, body: ReplyEdit, pool: Pool) -> ReplyOut:
+    """New text for a draft not posted yet (a failed one becomes a draft again)."""
+    try:
+        await edit_reply_text(pool, bot_id, reply_id, body.text)
+    except ReplyError as error:
+        raise _api_error(error) from None
+    return await _one(pool, bot_id, reply_id)

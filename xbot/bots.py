@@ -1,0 +1,230 @@
+"""Bots: the API's models for creating and changing them, and their repository.
+
+OAuth tokens given on create or patch are handed to `xbot.tokens.store_tokens` (encrypted at rest)
+and never returned: a bot only says whether it has tokens.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from xbot.crypto import TokenCipher
+
+BOT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+PlanTier = Literal["free", "basic", "pro", "enterprise"]
+HttpUrlText = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://\S+$")]
+
+
+class BotTokensIn(BaseModel):
+    """OAuth 2.0 user tokens of the bot's X account. Write-only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    access_token: str = Field(min_length=1, max_length=4096)
+    refresh_token: str | None = Field(default=None, min_length=1, max_length=4096)
+    expires_at: datetime | None = None
+    scope: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must include a time zone")
+        return value
+
+    def __repr__(self) -> str:  # never print the secrets
+        return "BotTokensIn(<redacted>)"
+
+
+class _BotFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    x_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
+    x_username: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,50}$")
+    persona_prompt: str = Field(default="", max_length=20000)
+    plan_tier: PlanTier = "basic"
+    dry_run: bool = False
+    approval_required: bool = False
+    discord_webhook_url: HttpUrlText | None = None
+    llm_model: str | None = Field(default=None, min_length=1, max_length=200)
+    llm_base_url: HttpUrlText | None = None
+    llm_temperature: float | None = Field(default=None, ge=0, le=2)
+    llm_max_tokens: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class BotCreate(_BotFields):
+    id: str = Field(pattern=BOT_ID_PATTERN, description="Also the Temporal workflow id of its scheduler")
+    tokens: BotTokensIn | None = None
+
+
+# Columns a PATCH may set to null; the others must keep a value.
+_NULLABLE = {"x_user_id", "x_username", "discord_webhook_url", "llm_model", "llm_base_url",
+             "llm_temperature", "llm_max_tokens"}  # fmt: skip
+
+
+class BotPatch(BaseModel):
+    """Only the fields present are changed; `null` clears the optional ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    x_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
+    x_username: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,50}$")
+    persona_prompt: str | None = Field(default=None, max_length=20000)
+    plan_tier: PlanTier | None = None
+    dry_run: bool | None = None
+    approval_required: bool | None = None
+    discord_webhook_url: HttpUrlText | None = None
+    llm_model: str | None = Field(default=None, min_length=1, max_length=200)
+    llm_base_url: HttpUrlText | None = None
+    llm_temperature: float | None = Field(default=None, ge=0, le=2)
+    llm_max_tokens: int | None = Field(default=None, ge=1, le=100_000)
+    tokens: BotTokensIn | None = None
+
+    @model_validator(mode="after")
+    def _required_stay_set(self) -> BotPatch:
+        for name in self.model_fields_set - _NULLABLE - {"tokens"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        if "tokens" in self.model_fields_set and self.tokens is None:
+            raise ValueError("tokens cannot be null")
+        return self
+
+    def column_changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set if name != "tokens"}
+
+
+class Bot(BaseModel):
+    """A stored bot as the API returns it (plain types: rows written elsewhere stay readable)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str
+    x_user_id: str | None
+    x_username: str | None
+    persona_prompt: str
+    plan_tier: str
+    dry_run: bool
+    approval_required: bool
+    discord_webhook_url: str | None
+    llm_model: str | None
+    llm_base_url: str | None
+    llm_temperature: float | None
+    llm_max_tokens: int | None
+    auth_state: Literal["ok", "needs_reauthorization"]
+    scheduler_enabled: bool = Field(description="Whether the operator asked the scheduler to run")
+    has_tokens: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class BotExistsError(Exception):
+    pass
+
+
+class TokenStorageUnavailable(Exception):
+    """Tokens were given but no TOKEN_ENCRYPTION_KEY is configured."""
+
+
+_SELECT = """
+SELECT b.*, EXISTS (SELECT 1 FROM bot_tokens t WHERE t.bot_id = b.id) AS has_tokens
+FROM bots b
+"""
+
+
+def _bot(row: asyncpg.Record) -> Bot:
+    return Bot.model_validate(dict(row))
+
+
+async def get_bot(pool: asyncpg.Pool, bot_id: str) -> Bot | None:
+    row = await pool.fetchrow(_SELECT + " WHERE b.id = $1", bot_id)
+    return _bot(row) if row else None
+
+
+async def bot_exists(pool: asyncpg.Pool, bot_id: str) -> bool:
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM bots WHERE id = $1)", bot_id))
+
+
+async def list_bots(pool: asyncpg.Pool) -> list[Bot]:
+    return [_bot(row) for row in await pool.fetch(_SELECT + " ORDER BY b.id")]
+
+
+def _require_cipher(cipher: TokenCipher | None) -> TokenCipher:
+    if cipher is None:
+        raise TokenStorageUnavailable("token storage is not configured (TOKEN_ENCRYPTION_KEY)")
+    return cipher
+
+
+async def _store_tokens(
+    connection: asyncpg.Connection, cipher: TokenCipher, bot_id: str, tokens: BotTokensIn
+) -> None:
+    from xbot.tokens import store_tokens  # also marks the bot authorized again
+
+    await store_tokens(
+        connection,
+        cipher,
+        bot_id,
+        tokens.access_token,
+        tokens.refresh_token,
+        tokens.expires_at,
+        scope=tokens.scope,
+    )
+
+
+async def create_bot(pool: asyncpg.Pool, data: BotCreate, cipher: TokenCipher | None) -> Bot:
+    token_cipher = _require_cipher(cipher) if data.tokens is not None else None
+    values = data.model_dump(exclude={"tokens"})
+    columns = list(values)
+    placeholders = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
+    async with pool.acquire() as connection, connection.transaction():
+        try:
+            await connection.execute(
+                f"INSERT INTO bots ({', '.join(columns)}) VALUES ({placeholders})", *values.values()
+            )
+        except asyncpg.UniqueViolationError:
+            raise BotExistsError(f"bot {data.id} already exists") from None
+        if data.tokens is not None and token_cipher is not None:
+            await _store_tokens(connection, token_cipher, data.id, data.tokens)
+    bot = await get_bot(pool, data.id)
+    assert bot is not None
+    return bot
+
+
+async def update_bot(
+    pool: asyncpg.Pool, bot_id: str, patch: BotPatch, cipher: TokenCipher | None
+) -> Bot | None:
+    token_cipher = _require_cipher(cipher) if patch.tokens is not None else None
+    changes = patch.column_changes()
+    assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(changes, start=2))
+    async with pool.acquire() as connection, connection.transaction():
+        updated = await connection.fetchval(
+            f"UPDATE bots SET {assignments + ', ' if assignments else ''}updated_at = now()"
+            " WHERE id = $1 RETURNING true",
+            bot_id,
+            *changes.values(),
+        )
+        if not updated:
+            return None
+        if patch.tokens is not None and token_cipher is not None:
+            await _store_tokens(connection, token_cipher, bot_id, patch.tokens)
+    return await get_bot(pool, bot_id)
+
+
+async def delete_bot(pool: asyncpg.Pool, bot_id: str) -> bool:
+    result: str = await pool.execute("DELETE FROM bots WHERE id = $1", bot_id)
+    return result.endswith(" 1")
+
+
+async def set_scheduler_enabled(pool: asyncpg.Pool, bot_id: str, enabled: bool) -> None:
+    await pool.execute(
+        "UPDATE bots SET scheduler_enabled = $2, updated_at = now()"
+        " WHERE id = $1 AND scheduler_enabled IS DISTINCT FROM $2",
+        bot_id,
+        enabled,
+    )

@@ -1,0 +1,372 @@
+"""Task definitions: validated models for the API and their repository.
+
+Validation that needs no database lives in the models (known task type, exactly one schedule, a cron
+expression that has a next date, ranges, known rate-limit endpoint). Dependencies are checked when a
+definition is saved, under a lock on the bot row: they must be definitions of the same bot and the
+graph must stay acyclic, so the scheduler never discovers a cycle at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from xbot.rate_limits import ENDPOINTS
+
+MAX_DEPENDENCIES = 50
+
+
+def known_task_types() -> frozenset[str]:
+    """Task types the worker has a handler for (its registry is the single source)."""
+    from activities.handlers.registry import TASK_TYPES
+
+    return frozenset(TASK_TYPES)
+
+
+class TaskDefinitionError(ValueError):
+    """A definition cannot be saved as given; the message says why."""
+
+
+class TaskDefinitionConflict(Exception):
+    """The change would break another definition (e.g. deleting a dependency)."""
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must include a time zone")
+    return value
+
+
+class TaskDefinitionFields(BaseModel):
+    """Every settable field with its default; also used to validate a PATCH merged onto a row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    name: str | None = Field(default=None, max_length=200)
+    interval_minutes: int | None = Field(default=None, ge=1, le=525_600)
+    interval_seconds: int | None = Field(default=None, ge=1, le=31_536_000)
+    cron_expression: str | None = Field(default=None, min_length=1, max_length=200)
+    jitter_seconds: int = Field(default=0, ge=0, le=86_400)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
+    dependencies: list[int] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+    max_retries: int = Field(default=3, ge=0, le=100)
+    retry_delay_minutes: float = Field(default=1, gt=0, le=1440)
+    retry_backoff_coefficient: float = Field(default=2, ge=1, le=10)
+    max_retry_delay_minutes: float = Field(default=60, gt=0, le=10_080)
+    timeout_seconds: int = Field(default=300, ge=1, le=86_400)
+    error_threshold: int = Field(default=5, ge=1, le=1000)
+    rate_limit_endpoint: str | None = Field(default=None, description="A key of xbot.rate_limits.ENDPOINTS")
+    min_rate_limit_remaining: int = Field(default=0, ge=0, le=1_000_000)
+    lock_key: str | None = Field(default=None, min_length=1, max_length=200)
+    allow_overlap: bool = False
+    is_active: bool = True
+    next_planned_run_at: datetime | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("next_planned_run_at")
+    @classmethod
+    def _aware_next_run(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+    @field_validator("task_type")
+    @classmethod
+    def _known_type(cls, value: str, info: ValidationInfo) -> str:
+        # A stored definition keeps its type on PATCH even if that handler was since removed.
+        if info.context and info.context.get("stored_task_type") == value:
+            return value
+        known = known_task_types()
+        if value not in known:
+            raise ValueError(f"unknown task type {value!r} (known: {', '.join(sorted(known))})")
+        return value
+
+    @field_validator("cron_expression")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not croniter.is_valid(value):
+            raise ValueError(f"invalid cron expression {value!r}")
+        try:
+            croniter(value, datetime.now(UTC)).get_next(datetime)
+        except Exception:
+            raise ValueError(f"cron expression {value!r} never fires") from None
+        return value
+
+    @field_validator("rate_limit_endpoint")
+    @classmethod
+    def _known_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and value not in ENDPOINTS:
+            raise ValueError(f"unknown rate-limit endpoint {value!r} (known: {', '.join(sorted(ENDPOINTS))})")
+        return value
+
+    @field_validator("dependencies")
+    @classmethod
+    def _unique_dependencies(cls, value: list[int]) -> list[int]:
+        if any(item < 1 for item in value):
+            raise ValueError("dependencies are task definition ids (positive integers)")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskDefinitionFields:
+        schedules = [self.interval_minutes, self.interval_seconds, self.cron_expression]
+        if sum(item is not None for item in schedules) != 1:
+            raise ValueError("give exactly one of interval_minutes, interval_seconds, cron_expression")
+        if self.max_retry_delay_minutes < self.retry_delay_minutes:
+            raise ValueError("max_retry_delay_minutes must be at least retry_delay_minutes")
+        return self
+
+
+class TaskDefinitionCreate(TaskDefinitionFields):
+    pass
+
+
+class TaskDefinitionPatch(BaseModel):
+    """Only the fields present change; the merged definition is validated as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str | None = None
+    name: str | None = None
+    interval_minutes: int | None = None
+    interval_seconds: int | None = None
+    cron_expression: str | None = None
+    jitter_seconds: int | None = None
+    priority: int | None = None
+    dependencies: list[int] | None = None
+    max_retries: int | None = None
+    retry_delay_minutes: float | None = None
+    retry_backoff_coefficient: float | None = None
+    max_retry_delay_minutes: float | None = None
+    timeout_seconds: int | None = None
+    error_threshold: int | None = None
+    rate_limit_endpoint: str | None = None
+    min_rate_limit_remaining: int | None = None
+    lock_key: str | None = None
+    allow_overlap: bool | None = None
+    is_active: bool | None = None
+    next_planned_run_at: datetime | None = None
+    config: dict[str, Any] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class TaskDefinition(BaseModel):
+    """A stored definition, as the API returns it (plain types: rows written by SQL stay readable)."""
+
+    id: int
+    bot_id: str
+    task_type: str
+    name: str | None
+    interval_minutes: int | None
+    interval_seconds: int | None
+    cron_expression: str | None
+    jitter_seconds: int
+    priority: int
+    dependencies: list[int]
+    max_retries: int
+    retry_delay_minutes: float
+    retry_backoff_coefficient: float
+    max_retry_delay_minutes: float
+    timeout_seconds: int
+    error_threshold: int
+    consecutive_failures: int
+    rate_limit_endpoint: str | None
+    min_rate_limit_remaining: int
+    lock_key: str | None
+    allow_overlap: bool
+    is_active: bool
+    is_paused: bool
+    next_planned_run_at: datetime | None
+    last_successful_run_at: datetime | None
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+_FIELDS = tuple(TaskDefinitionFields.model_fields)
+
+
+def _definition(row: asyncpg.Record) -> TaskDefinition:
+    return TaskDefinition.model_validate(dict(row))
+
+
+def _validate_merged(values: Mapping[str, Any], stored_task_type: str | None = None) -> TaskDefinitionFields:
+    try:
+        return TaskDefinitionFields.model_validate(
+            {name: values[name] for name in _FIELDS if name in values},
+            context={"stored_task_type": stored_task_type},
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise TaskDefinitionError(f"{where}: {message}" if where else message) from None
+
+
+def find_cycle(graph: Mapping[int, Iterable[int]]) -> list[int] | None:
+    """A dependency cycle in `graph` (id -> ids it depends on) as a path, or None."""
+    visiting: set[int] = set()
+    done: set[int] = set()
+    path: list[int] = []
+
+    def visit(node: int) -> list[int] | None:
+        if node in done:
+            return None
+        if node in visiting:
+            return [*path[path.index(node) :], node]
+        visiting.add(node)
+        path.append(node)
+        for neighbour in graph.get(node, ()):
+            found = visit(neighbour)
+            if found:
+                return found
+        path.pop()
+        visiting.discard(node)
+        done.add(node)
+        return None
+
+    for start in graph:
+        found = visit(start)
+        if found:
+            return found
+    return None
+
+
+async def _check_dependencies(
+    connection: asyncpg.Connection, bot_id: str, task_id: int | None, dependencies: list[int]
+) -> None:
+    rows = await connection.fetch(
+        "SELECT id, dependencies FROM bot_task_definitions WHERE bot_id = $1", bot_id
+    )
+    graph: dict[int, list[int]] = {row["id"]: list(row["dependencies"]) for row in rows}
+    missing = [item for item in dependencies if item not in graph]
+    if missing:
+        raise TaskDefinitionError(
+            f"dependencies: {', '.join(map(str, missing))} not a task definition of bot {bot_id}"
+        )
+    node = task_id if task_id is not None else 0  # 0 stands for the definition being created
+    graph[node] = dependencies
+    cycle = find_cycle(graph)
+    if cycle:
+        names = " -> ".join("new" if item == 0 else str(item) for item in cycle)
+        raise TaskDefinitionError(f"dependencies: cycle {names}")
+
+
+async def _lock_bot(connection: asyncpg.Connection, bot_id: str) -> bool:
+    """Serializes changes to one bot's definitions; False when the bot does not exist."""
+    return await connection.fetchval("SELECT true FROM bots WHERE id = $1 FOR UPDATE", bot_id) is not None
+
+
+class BotNotFound(Exception):
+    pass
+
+
+async def list_task_definitions(pool: asyncpg.Pool, bot_id: str) -> list[TaskDefinition]:
+    rows = await pool.fetch("SELECT * FROM bot_task_definitions WHERE bot_id = $1 ORDER BY id", bot_id)
+    return [_definition(row) for row in rows]
+
+
+async def get_task_definition(pool: asyncpg.Pool, bot_id: str, task_id: int) -> TaskDefinition | None:
+    row = await pool.fetchrow(
+        "SELECT * FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
+    )
+    return _definition(row) if row else None
+
+
+async def create_task_definition(
+    pool: asyncpg.Pool, bot_id: str, data: TaskDefinitionCreate
+) -> TaskDefinition:
+    values = data.model_dump()
+    async with pool.acquire() as connection, connection.transaction():
+        if not await _lock_bot(connection, bot_id):
+            raise BotNotFound(bot_id)
+        await _check_dependencies(connection, bot_id, None, values["dependencies"])
+        columns = ", ".join(["bot_id", *values])
+        placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 2))
+        row = await connection.fetchrow(
+            f"INSERT INTO bot_task_definitions ({columns}) VALUES ({placeholders}) RETURNING *",
+            bot_id,
+            *values.values(),
+        )
+    return _definition(row)
+
+
+async def update_task_definition(
+    pool: asyncpg.Pool, bot_id: str, task_id: int, patch: TaskDefinitionPatch
+) -> TaskDefinition | None:
+    changes = patch.changes()
+    async with pool.acquire() as connection, connection.transaction():
+        if not await _lock_bot(connection, bot_id):
+            raise BotNotFound(bot_id)
+        row = await connection.fetchrow(
+            "SELECT * FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
+        )
+        if row is None:
+            return None
+        merged = _validate_merged({**dict(row), **changes}, stored_task_type=row["task_type"])
+        values = merged.model_dump(include=set(changes))
+        if "dependencies" in values:
+            await _check_dependencies(connection, bot_id, task_id, values["dependencies"])
+        if values:
+            assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=3))
+            row = await connection.fetchrow(
+                f"UPDATE bot_task_definitions SET {assignments}, updated_at = now()"
+                " WHERE bot_id = $1 AND id = $2 RETURNING *",
+                bot_id,
+                task_id,
+                *values.values(),
+            )
+    return _definition(row)
+
+
+async def delete_task_definition(pool: asyncpg.Pool, bot_id: str, task_id: int) -> bool:
+    async with pool.acquire() as connection, connection.transaction():
+        if not await _lock_bot(connection, bot_id):
+            raise BotNotFound(bot_id)
+        dependents = await connection.fetch(
+            "SELECT id FROM bot_task_definitions WHERE bot_id = $1 AND $2 = ANY(dependencies) AND id <> $2",
+            bot_id,
+            task_id,
+        )
+        if dependents:
+            ids = ", ".join(str(row["id"]) for row in dependents)
+            raise TaskDefinitionConflict(f"task definitions {ids} depend on task definition {task_id}")
+        result: str = await connection.execute(
+            "DELETE FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
+        )
+    return result.endswith(" 1")
+
+
+async def set_paused(pool: asyncpg.Pool, bot_id: str, task_id: int, paused: bool) -> TaskDefinition | None:
+    row = await pool.fetchrow(
+        "UPDATE bot_task_definitions SET is_paused = $3, updated_at = now()"
+        " WHERE bot_id = $1 AND id = $2 RETURNING *",
+        bot_id,
+        task_id,
+        paused,
+    )
+    return _definition(row) if row else None
+
+
+async def count_schedulable(pool: asyncpg.Pool, bot_id: str) -> int:
+    """Active definitions: without any, starting the scheduler has nothing to do."""
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM bot_task_definitions WHERE bot_id = $1 AND is_active", bot_id
+    )
+    return count
