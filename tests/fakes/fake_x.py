@@ -1,0 +1,291 @@
+"""A stateful fake of the X API v2 and its OAuth 2.0 token endpoint, for the real httpx client.
+
+State: users, posts, the bot's mentions (added over time by tests), valid access tokens and the one
+valid refresh token (rotated on every refresh), per-endpoint rate windows sent as `x-rate-limit-*`
+headers (429 when spent), and queued faults per endpoint: 5xx, hangs (client timeouts), malformed
+bodies, and "accept then fail" for posts X created while the client never heard back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+FaultKind = Literal["500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401"]
+CLIENT_ID = "fake-client-id"
+CLIENT_SECRET = "fake-client-secret"
+
+
+@dataclass
+class RateWindow:
+    limit: int
+    remaining: int
+    reset_at: datetime
+
+
+@dataclass
+class Recorded:
+    endpoint: str
+    method: str
+    path: str
+    query: dict[str, str]
+    authorization: str | None
+
+
+@dataclass
+class FakeX:
+    bot_user_id: str = "1000"
+    bot_username: str = "helperbot"
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    posts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    access_tokens: set[str] = field(default_factory=set)
+    refresh_token: str | None = None
+    refresh_calls: int = 0
+    refresh_delay: float = 0.0
+    invalid_refresh_error: str = "invalid_grant"
+    rate: dict[str, RateWindow] = field(default_factory=dict)
+    faults: dict[str, list[FaultKind]] = field(default_factory=dict)
+    hang_seconds: float = 3.0
+    duplicate_style: Literal["v2", "code187"] = "v2"
+    rate_headers: bool = True
+    requests: list[Recorded] = field(default_factory=list)
+    posts_per_mention: Counter[str] = field(default_factory=Counter)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000_000_000_000))
+    _token_serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.add_user(self.bot_user_id, self.bot_username, "Helper Bot")
+
+    # --- test-side helpers ------------------------------------------------------------------------
+
+    def add_user(self, user_id: str, username: str, name: str | None = None, **extra: Any) -> None:
+        self.users[user_id] = {"id": user_id, "username": username, "name": name or username, **extra}
+
+    def add_post(
+        self, author_id: str, text: str, *, in_reply_to: str | None = None, at: datetime | None = None
+    ) -> str:
+        post_id = str(next(self._ids))
+        post: dict[str, Any] = {
+            "id": post_id,
+            "text": text,
+            "author_id": author_id,
+            "created_at": (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "edit_history_tweet_ids": [post_id],
+        }
+        if in_reply_to:
+            post["referenced_tweets"] = [{"type": "replied_to", "id": in_reply_to}]
+            post["conversation_id"] = self.posts.get(in_reply_to, {}).get("conversation_id", in_reply_to)
+        else:
+            post["conversation_id"] = post_id
+        self.posts[post_id] = post
+        return post_id
+
+    def mention(self, author_id: str, text: str | None = None, *, in_reply_to: str | None = None) -> str:
+        """A new post by `author_id` mentioning the bot."""
+        return self.add_post(author_id, text or f"@{self.bot_username} hello", in_reply_to=in_reply_to)
+
+    def issue_tokens(self) -> tuple[str, str]:
+        serial = next(self._token_serial)
+        access, refresh = f"access-{serial}-secretvalue", f"refresh-{serial}-secretvalue"
+        self.access_tokens.add(access)
+        self.refresh_token = refresh
+        return access, refresh
+
+    def inject(self, endpoint: str, *kinds: FaultKind) -> None:
+        self.faults.setdefault(endpoint, []).extend(kinds)
+
+    def requests_to(self, endpoint: str) -> list[Recorded]:
+        return [r for r in self.requests if r.endpoint == endpoint]
+
+    def replies_by_bot(self, mention_id: str) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in self.posts.values()
+            if p["author_id"] == self.bot_user_id
+            and {"type": "replied_to", "id": mention_id} in p.get("referenced_tweets", [])
+        ]
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _mentions_of_bot(self) -> list[dict[str, Any]]:
+        tag = f"@{self.bot_username}"
+        return [p for p in self.posts.values() if tag in p["text"]]
+
+    def _window_headers(self, endpoint: str) -> tuple[dict[str, str], bool]:
+        """Headers for this response and whether the window was already spent (=> 429)."""
+        now = datetime.now(UTC)
+        window = self.rate.get(endpoint)
+        if window is None or window.reset_at <= now:
+            window = self.rate[endpoint] = RateWindow(900, 900, now + timedelta(minutes=15))
+        spent = window.remaining <= 0
+        if not spent:
+            window.remaining -= 1
+        if not self.rate_headers:
+            return {}, False
+        headers = {
+            "x-rate-limit-limit": str(window.limit),
+            "x-rate-limit-remaining": str(window.remaining),
+            "x-rate-limit-reset": str(int(window.reset_at.timestamp())),
+        }
+        return headers, spent
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/2/oauth2/token", self._token, methods=["POST"]),
+                Route("/2/users/me", self._endpoint("users_me", self._me), methods=["GET"]),
+                Route("/2/users", self._endpoint("users_lookup", self._users), methods=["GET"]),
+                Route("/2/users/{id}/mentions", self._endpoint("mentions", self._mentions), methods=["GET"]),
+                Route("/2/users/{id}/tweets", self._endpoint("user_tweets", self._user_posts), methods=["GET"]),
+                Route("/2/tweets/{id}", self._endpoint("tweet_lookup", self._lookup), methods=["GET"]),
+                Route("/2/tweets", self._endpoint("create_post", self._create), methods=["POST"]),
+            ]
+        )
+
+    def _endpoint(self, name: str, handler: Any) -> Any:
+        async def route(request: Request) -> Response:
+            auth = request.headers.get("authorization")
+            self.requests.append(Recorded(name, request.method, request.url.path, dict(request.query_params), auth))
+            faults = self.faults.get(name) or []
+            fault = faults.pop(0) if faults else None
+            token = auth.removeprefix("Bearer ") if auth else None
+            if fault == "401" or token not in self.access_tokens:
+                return JSONResponse({"title": "Unauthorized", "status": 401, "detail": "Unauthorized"}, 401)
+            headers, spent = self._window_headers(name)
+            if spent:
+                return JSONResponse({"title": "Too Many Requests", "status": 429}, 429, headers=headers)
+            if fault in ("500", "503"):
+                return JSONResponse({"title": "Service Unavailable"}, int(fault), headers=headers)
+            if fault == "hang":
+                await asyncio.sleep(self.hang_seconds)
+                return JSONResponse({"title": "too late"}, 503)
+            if fault == "malformed":
+                return Response('{"data": [ {"id": ', 200, media_type="application/json", headers=headers)
+            body, status = await handler(request)
+            if fault == "accept_then_500":
+                return JSONResponse({"title": "Internal Error"}, 500, headers=headers)
+            if fault == "accept_then_hang":
+                await asyncio.sleep(self.hang_seconds)
+            return JSONResponse(body, status, headers=headers)
+
+        return route
+
+    def _page(self, posts: list[dict[str, Any]], query: dict[str, str], expand: bool) -> dict[str, Any]:
+        posts = sorted(posts, key=lambda p: int(p["id"]), reverse=True)
+        if "since_id" in query:
+            posts = [p for p in posts if int(p["id"]) > int(query["since_id"])]
+        if "until_id" in query:
+            posts = [p for p in posts if int(p["id"]) < int(query["until_id"])]
+        if "start_time" in query:
+            start = datetime.fromisoformat(query["start_time"].replace("Z", "+00:00"))
+            posts = [p for p in posts if datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")) >= start]
+        if "pagination_token" in query:
+            after = int(query["pagination_token"].removeprefix("next"))
+            posts = [p for p in posts if int(p["id"]) < after]
+        size = int(query.get("max_results", "10"))
+        page, more = posts[:size], len(posts) > size
+        body: dict[str, Any] = {"meta": {"result_count": len(page)}}
+        if page:
+            body["data"] = page
+            body["meta"].update(newest_id=page[0]["id"], oldest_id=page[-1]["id"])
+            if more:
+                body["meta"]["next_token"] = f"next{page[-1]['id']}"
+            if expand:
+                body["includes"] = self._includes(page)
+        return body
+
+    def _includes(self, page: list[dict[str, Any]]) -> dict[str, Any]:
+        referenced = [
+            self.posts[ref["id"]]
+            for p in page
+            for ref in p.get("referenced_tweets", [])
+            if ref["id"] in self.posts
+        ]
+        author_ids = {p["author_id"] for p in [*page, *referenced]}
+        includes: dict[str, Any] = {"users": [self.users[a] for a in sorted(author_ids) if a in self.users]}
+        if referenced:
+            includes["tweets"] = referenced
+        return includes
+
+    async def _me(self, request: Request) -> tuple[dict[str, Any], int]:
+        return {"data": self.users[self.bot_user_id]}, 200
+
+    async def _users(self, request: Request) -> tuple[dict[str, Any], int]:
+        ids = request.query_params["ids"].split(",")
+        found = [self.users[i] for i in ids if i in self.users]
+        body: dict[str, Any] = {"data": found} if found else {}
+        missing = [i for i in ids if i not in self.users]
+        if missing:
+            body["errors"] = [
+                {"value": i, "detail": f"Could not find user with ids: [{i}].", "title": "Not Found Error",
+                 "resource_type": "user", "parameter": "ids", "resource_id": i,
+                 "type": "https://api.twitter.com/2/problems/resource-not-found"}
+                for i in missing
+            ]
+        return body, 200
+
+    async def _mentions(self, request: Request) -> tuple[dict[str, Any], int]:
+        return self._page(self._mentions_of_bot(), dict(request.query_params), expand=True), 200
+
+    async def _user_posts(self, request: Request) -> tuple[dict[str, Any], int]:
+        own = [p for p in self.posts.values() if p["author_id"] == request.path_params["id"]]
+        return self._page(own, dict(request.query_params), expand=False), 200
+
+    async def _lookup(self, request: Request) -> tuple[dict[str, Any], int]:
+        post = self.posts.get(request.path_params["id"])
+        if post is None:
+            post_id = request.path_params["id"]
+            return {"errors": [{"value": post_id, "detail": f"Could not find tweet with id: [{post_id}].",
+                                "title": "Not Found Error", "resource_type": "tweet", "parameter": "id",
+                                "resource_id": post_id,
+                                "type": "https://api.twitter.com/2/problems/resource-not-found"}]}, 200
+        return {"data": post, "includes": self._includes([post])}, 200
+
+    async def _create(self, request: Request) -> tuple[dict[str, Any], int]:
+        payload = await request.json()
+        text = payload.get("text", "")
+        target = (payload.get("reply") or {}).get("in_reply_to_tweet_id")
+        if not text or len(text) > 280:
+            return {"title": "Invalid Request", "detail": "One or more parameters to your request was invalid.",
+                    "errors": [{"message": "text is invalid"}]}, 400
+        if any(p["author_id"] == self.bot_user_id and p["text"] == text for p in self.posts.values()):
+            if self.duplicate_style == "code187":
+                return {"errors": [{"code": 187, "message": "Status is a duplicate."}]}, 403
+            return {"title": "Forbidden", "status": 403, "type": "about:blank",
+                    "detail": "You are not allowed to create a Tweet with duplicate content."}, 403
+        post_id = self.add_post(self.bot_user_id, text, in_reply_to=target)
+        if target:
+            self.posts_per_mention[target] += 1
+        return {"data": {"id": post_id, "text": text, "edit_history_tweet_ids": [post_id]}}, 201
+
+    async def _token(self, request: Request) -> Response:
+        self.requests.append(Recorded("token", "POST", request.url.path, {}, None))
+        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        if request.headers.get("authorization") != f"Basic {expected}":
+            return JSONResponse({"error": "invalid_client"}, 401)
+        form = await request.form()
+        faults = self.faults.get("token") or []
+        if faults and faults.pop(0) == "500":
+            return JSONResponse({"error": "server_error"}, 500)
+        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.refresh_token:
+            description = "Value passed for the token was invalid."
+            return JSONResponse({"error": self.invalid_refresh_error, "error_description": description}, 400)
+        self.refresh_calls += 1
+        self.refresh_token = None  # the old one is spent the moment X accepts it
+        if self.refresh_delay:
+            await asyncio.sleep(self.refresh_delay)
+        access, refresh = self.issue_tokens()
+        return JSONResponse(
+            {"token_type": "bearer", "expires_in": 7200, "access_token": access, "refresh_token": refresh,
+             "scope": "tweet.read tweet.write users.read offline.access"}
+        )

@@ -1,0 +1,133 @@
+"""Posts pulled from X for a bot: mentions, thread context, and the bot's own posts.
+
+Post ids are decimal strings of up to 19 digits; they are compared as numbers (`::numeric`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+
+PostKind = Literal["mention", "context", "own"]
+
+
+@dataclass(frozen=True)
+class StoredPost:
+    id: int
+    bot_id: str
+    x_post_id: str
+    author_x_user_id: str | None
+    conversation_id: str | None
+    in_reply_to_post_id: str | None
+    kind: str
+    text: str
+    posted_at: datetime | None
+
+
+_POST_COLUMNS = (
+    "id, bot_id, x_post_id, author_x_user_id, conversation_id, in_reply_to_post_id, kind, text, posted_at"
+)
+
+
+def replied_to_id(post: dict[str, Any]) -> str | None:
+    """The id of the post this one replies to, from X's `referenced_tweets`."""
+    for reference in post.get("referenced_tweets") or []:
+        if isinstance(reference, dict) and reference.get("type") == "replied_to":
+            ref_id = reference.get("id")
+            return ref_id if isinstance(ref_id, str) else None
+    return None
+
+
+def _created_at(post: dict[str, Any]) -> datetime | None:
+    value = post.get("created_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+async def store_posts(
+    conn: asyncpg.Connection, bot_id: str, posts: list[dict[str, Any]], kind: PostKind
+) -> int:
+    """Insert posts not stored yet; returns how many were new. A context post that turns out to be
+    a mention becomes a mention; nothing is ever downgraded."""
+    inserted = 0
+    for post in posts:
+        was_new = await conn.fetchval(
+            """
+            INSERT INTO pulled_posts (bot_id, x_post_id, author_x_user_id, conversation_id,
+                                      in_reply_to_post_id, kind, text, posted_at, raw)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (bot_id, x_post_id) DO UPDATE SET kind = 'mention'
+            WHERE EXCLUDED.kind = 'mention' AND pulled_posts.kind <> 'mention'
+            RETURNING (xmax = 0)
+            """,
+            bot_id,
+            post["id"],
+            post.get("author_id"),
+            post.get("conversation_id"),
+            replied_to_id(post),
+            kind,
+            post.get("text") or "",
+            _created_at(post),
+            post,
+        )
+        inserted += bool(was_new)
+    return inserted
+
+
+async def lowest_mention_above(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, since_id: str | None
+) -> str | None:
+    """Oldest stored mention newer than the cursor: where an unfinished sweep stopped."""
+    value: str | None = await db.fetchval(
+        "SELECT x_post_id FROM pulled_posts WHERE bot_id = $1 AND kind = 'mention'"
+        " AND ($2::text IS NULL OR x_post_id::numeric > $2::numeric)"
+        " ORDER BY x_post_id::numeric LIMIT 1",
+        bot_id,
+        since_id,
+    )
+    return value
+
+
+async def newest_mention_id(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> str | None:
+    value: str | None = await db.fetchval(
+        "SELECT x_post_id FROM pulled_posts WHERE bot_id = $1 AND kind = 'mention'"
+        " ORDER BY x_post_id::numeric DESC LIMIT 1",
+        bot_id,
+    )
+    return value
+
+
+async def find_post(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, x_post_id: str) -> StoredPost | None:
+    row = await db.fetchrow(
+        f"SELECT {_POST_COLUMNS} FROM pulled_posts WHERE bot_id = $1 AND x_post_id = $2", bot_id, x_post_id
+    )
+    return StoredPost(**dict(row)) if row else None
+
+
+async def mentions_needing_reply(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, bot_x_user_id: str | None, limit: int
+) -> list[StoredPost]:
+    """Oldest first: mentions with no reply row, not by the bot itself, not by a banned author."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_POST_COLUMNS} FROM pulled_posts p
+        WHERE p.bot_id = $1 AND p.kind = 'mention'
+          AND p.author_x_user_id IS DISTINCT FROM $2
+          AND NOT EXISTS (SELECT 1 FROM post_replies r WHERE r.bot_id = $1 AND r.pulled_post_id = p.id)
+          AND NOT EXISTS (SELECT 1 FROM bot_banned_users b
+                          WHERE b.bot_id = $1 AND b.x_user_id = p.author_x_user_id)
+        ORDER BY p.x_post_id::numeric
+        LIMIT $3
+        """,
+        bot_id,
+        bot_x_user_id,
+        limit,
+    )
+    return [StoredPost(**dict(row)) for row in rows]

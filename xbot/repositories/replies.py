@@ -1,0 +1,294 @@
+"""Reply drafts and their life: generated -> (approved) -> posting -> posted, once per bot and mention.
+
+States (`post_replies.status`):
+- `pending_approval`: drafted for a bot with `approval_required`; waits for `approve_reply`.
+- `approved`: may be posted.
+- `posting`: the intent is recorded (`post_intent_at`) and the X call may have gone out; the outcome
+  is unknown until a later attempt finds the bot's reply among its posts, or posts it.
+- `posted`, `dry_run`, `rejected`: final. `failed`: generation or X refused it; an edit revives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from xbot.post_text import check_post_text
+
+FINAL_STATES = ("posted", "dry_run", "rejected")
+
+
+class ReplyError(Exception):
+    """Base of the errors the API maps to HTTP answers."""
+
+
+class ReplyNotFoundError(ReplyError):
+    def __init__(self, bot_id: str, reply_id: int) -> None:
+        super().__init__(f"bot {bot_id} has no reply {reply_id}")
+
+
+class ReplyStateError(ReplyError):
+    """The reply is in a state that does not allow the change (HTTP 409)."""
+
+    def __init__(self, reply_id: int, status: str, action: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(
+            f"cannot {action} reply {reply_id}: it is {status}; only {', '.join(allowed)} replies can be"
+        )
+        self.status = status
+
+
+class ReplyTextError(ReplyError, ValueError):
+    """The new text is empty or too long for a post (HTTP 422)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: int
+    bot_id: str
+    pulled_post_id: int
+    in_reply_to_x_post_id: str
+    status: str
+    text: str | None
+    llm_model: str | None
+    error_message: str | None
+    post_intent_at: datetime | None
+    posted_x_post_id: str | None
+    posted_at: datetime | None
+    discord_notified_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLUMNS = (
+    "id, bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model, error_message,"
+    " post_intent_at, posted_x_post_id, posted_at, discord_notified_at, created_at, updated_at"
+)
+
+
+def _reply(row: asyncpg.Record) -> Reply:
+    return Reply(**dict(row))
+
+
+# --- drafting (generate_replies) ----------------------------------------------------------------
+
+
+async def create_draft(
+    db: asyncpg.Pool | asyncpg.Connection,
+    bot_id: str,
+    pulled_post_id: int,
+    in_reply_to: str,
+    text: str,
+    model: str,
+    *,
+    approved: bool,
+) -> int | None:
+    """The new reply id, or None when the mention already has a reply row (an overlapping run)."""
+    reply_id: int | None = await db.fetchval(
+        """
+        INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (bot_id, pulled_post_id) DO NOTHING
+        RETURNING id
+        """,
+        bot_id,
+        pulled_post_id,
+        in_reply_to,
+        "approved" if approved else "pending_approval",
+        text,
+        model,
+    )
+    return reply_id
+
+
+async def record_generation_failure(
+    db: asyncpg.Pool | asyncpg.Connection,
+    bot_id: str,
+    pulled_post_id: int,
+    in_reply_to: str,
+    error: str,
+    model: str | None,
+) -> None:
+    await db.execute(
+        """
+        INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, error_message,
+                                  llm_model)
+        VALUES ($1, $2, $3, 'failed', $4, $5)
+        ON CONFLICT (bot_id, pulled_post_id) DO NOTHING
+        """,
+        bot_id,
+        pulled_post_id,
+        in_reply_to,
+        error[:500],
+        model,
+    )
+
+
+# --- posting (reply_to_mentions) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostableReply:
+    id: int
+    status: str  # 'approved' or 'posting'
+    text: str
+    in_reply_to_x_post_id: str
+    post_intent_at: datetime | None
+    mention_author_username: str | None
+
+
+async def postable_replies(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, limit: int
+) -> list[PostableReply]:
+    """This bot's approved drafts and its intents without a result, oldest first."""
+    rows = await db.fetch(
+        """
+        SELECT r.id, r.status, r.text, r.in_reply_to_x_post_id, r.post_intent_at,
+               u.username AS mention_author_username
+        FROM post_replies r
+        JOIN pulled_posts p ON p.id = r.pulled_post_id
+        LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+        WHERE r.bot_id = $1 AND r.status IN ('approved', 'posting') AND r.text IS NOT NULL
+        ORDER BY r.id
+        LIMIT $2
+        """,
+        bot_id,
+        limit,
+    )
+    return [PostableReply(**dict(row)) for row in rows]
+
+
+async def record_intent(db: asyncpg.Pool | asyncpg.Connection, reply_id: int) -> datetime | None:
+    """Approved -> posting, committed before the X call. None if another run took it first."""
+    intent: datetime | None = await db.fetchval(
+        "UPDATE post_replies SET status = 'posting', post_intent_at = now(), updated_at = now()"
+        " WHERE id = $1 AND status = 'approved' RETURNING post_intent_at",
+        reply_id,
+    )
+    return intent
+
+
+async def withdraw_intent(db: asyncpg.Pool | asyncpg.Connection, reply_id: int) -> None:
+    """Posting -> approved, only when X certainly did not create the post (429, 401, not sent)."""
+    await db.execute(
+        "UPDATE post_replies SET status = 'approved', post_intent_at = NULL, updated_at = now()"
+        " WHERE id = $1 AND status = 'posting'",
+        reply_id,
+    )
+
+
+async def mark_posted(
+    db: asyncpg.Pool | asyncpg.Connection,
+    reply_id: int,
+    posted_x_post_id: str | None,
+    note: str | None = None,
+) -> None:
+    await db.execute(
+        "UPDATE post_replies SET status = 'posted', posted_x_post_id = $2, posted_at = now(),"
+        " error_message = $3, updated_at = now() WHERE id = $1 AND status = 'posting'",
+        reply_id,
+        posted_x_post_id,
+        note,
+    )
+
+
+async def mark_post_failed(db: asyncpg.Pool | asyncpg.Connection, reply_id: int, error: str) -> None:
+    await db.execute(
+        "UPDATE post_replies SET status = 'failed', error_message = $2, updated_at = now()"
+        " WHERE id = $1 AND status = 'posting'",
+        reply_id,
+        error[:500],
+    )
+
+
+async def mark_dry_run(db: asyncpg.Pool | asyncpg.Connection, reply_id: int) -> bool:
+    status = await db.execute(
+        "UPDATE post_replies SET status = 'dry_run', updated_at = now() WHERE id = $1 AND status = 'approved'",
+        reply_id,
+    )
+    return status.endswith(" 1")
+
+
+async def mark_discord_notified(db: asyncpg.Pool | asyncpg.Connection, reply_id: int) -> None:
+    await db.execute(
+        "UPDATE post_replies SET discord_notified_at = now(), updated_at = now() WHERE id = $1", reply_id
+    )
+
+
+# --- operator actions (the HTTP API) ------------------------------------------------------------
+
+
+async def get_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int) -> Reply:
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM post_replies WHERE bot_id = $1 AND id = $2", bot_id, reply_id
+    )
+    if row is None:
+        raise ReplyNotFoundError(bot_id, reply_id)
+    return _reply(row)
+
+
+async def _change(
+    db: asyncpg.Pool | asyncpg.Connection,
+    bot_id: str,
+    reply_id: int,
+    action: str,
+    allowed: tuple[str, ...],
+    assignments: str,
+    *args: object,
+) -> Reply:
+    """Lock the row, check its state, apply `assignments` (SQL using $3...), return the new row."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _change(conn, bot_id, reply_id, action, allowed, assignments, *args)
+    async with db.transaction():
+        current = await db.fetchrow(
+            "SELECT status FROM post_replies WHERE bot_id = $1 AND id = $2 FOR UPDATE", bot_id, reply_id
+        )
+        if current is None:
+            raise ReplyNotFoundError(bot_id, reply_id)
+        if current["status"] not in allowed:
+            raise ReplyStateError(reply_id, current["status"], action, allowed)
+        row = await db.fetchrow(
+            f"UPDATE post_replies SET {assignments}, updated_at = now()"
+            f" WHERE bot_id = $1 AND id = $2 RETURNING {_COLUMNS}",
+            bot_id,
+            reply_id,
+            *args,
+        )
+    return _reply(row)
+
+
+async def approve_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int) -> Reply:
+    """pending_approval -> approved; the next reply_to_mentions run posts it."""
+    return await _change(db, bot_id, reply_id, "approve", ("pending_approval",), "status = 'approved'")
+
+
+async def reject_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int) -> Reply:
+    """A draft that will never be posted; the mention gets no reply."""
+    return await _change(
+        db, bot_id, reply_id, "reject", ("pending_approval", "approved", "failed"), "status = 'rejected'"
+    )
+
+
+async def edit_reply_text(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int, text: str
+) -> Reply:
+    """New text for a draft not posted yet. A failed reply becomes a draft again: approved when the
+    bot posts without approval, pending_approval otherwise."""
+    try:
+        clean = check_post_text(text)
+    except ValueError as error:
+        raise ReplyTextError(str(error)) from None
+    return await _change(
+        db,
+        bot_id,
+        reply_id,
+        "edit",
+        ("pending_approval", "approved", "failed"),
+        """text = $3, error_message = NULL, post_intent_at = NULL,
+           status = CASE WHEN status <> 'failed' THEN status
+                         WHEN (SELECT approval_required FROM bots WHERE id = $1) THEN 'pending_approval'
+                         ELSE 'approved' END""",
+        clean,
+    )

@@ -1,0 +1,292 @@
+"""Async X API v2 client for one bot: OAuth 2.0 user token, rate-limit tracking, typed errors.
+
+Every request (1) is refused locally with `XRateLimitedError` when `rate_limit_tracking` says the
+window is exhausted, (2) carries a timeout, (3) records X's `x-rate-limit-*` headers (or counts against
+the plan's static window when X sent none), and (4) maps failures to the types in `xbot.x_errors`.
+A 401 triggers one token refresh and one retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+
+from xbot import rate_limits
+from xbot.settings import Settings
+from xbot.tokens import AccessToken, TokenStore
+from xbot.x_errors import (
+    XApiError,
+    XBadRequestError,
+    XClientError,
+    XDuplicateContentError,
+    XForbiddenError,
+    XMalformedResponseError,
+    XNotFoundError,
+    XRateLimitedError,
+    XServerError,
+    XTimeoutError,
+    XUnauthorizedError,
+    describe_error_body,
+    is_duplicate_content,
+)
+
+TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,referenced_tweets,text"
+USER_FIELDS = "created_at,description,name,profile_image_url,protected,public_metrics,username,verified"
+TWEET_EXPANSIONS = "author_id,referenced_tweets.id,referenced_tweets.id.author_id"
+MAX_IDS_PER_LOOKUP = 100
+
+
+@dataclass(frozen=True)
+class Page:
+    """One response of a post timeline or lookup: posts, expanded users/posts, the next page token."""
+
+    posts: list[dict[str, Any]]
+    users: list[dict[str, Any]] = field(default_factory=list)
+    included_posts: list[dict[str, Any]] = field(default_factory=list)
+    next_token: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def x_time(moment: datetime) -> str:
+    """RFC 3339 in the form X accepts for `start_time`/`end_time`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class XClient:
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        tokens: TokenStore,
+        bot_id: str,
+        plan_tier: str,
+    ) -> None:
+        self._http = http
+        self._pool = pool
+        self._base_url = settings.x_api_base_url
+        self._timeout = settings.x_request_timeout_seconds
+        self._tokens = tokens
+        self.bot_id = bot_id
+        self._plan_tier = plan_tier
+
+    # --- endpoints -------------------------------------------------------------------------------
+
+    async def get_me(self) -> dict[str, Any]:
+        body = await self._request("users_me", "GET", "/2/users/me", params={"user.fields": USER_FIELDS})
+        return _object(body, "data", "users_me")
+
+    async def mentions(
+        self,
+        user_id: str,
+        *,
+        since_id: str | None = None,
+        until_id: str | None = None,
+        pagination_token: str | None = None,
+        max_results: int = 100,
+    ) -> Page:
+        params: dict[str, str | int] = {
+            "max_results": _clamp(max_results, 5, 100),
+            "tweet.fields": TWEET_FIELDS,
+            "expansions": TWEET_EXPANSIONS,
+            "user.fields": USER_FIELDS,
+        }
+        if since_id:
+            params["since_id"] = since_id
+        if until_id:
+            params["until_id"] = until_id
+        if pagination_token:
+            params["pagination_token"] = pagination_token
+        body = await self._request("mentions", "GET", f"/2/users/{user_id}/mentions", params=params)
+        return _page(body, "mentions")
+
+    async def user_posts(
+        self,
+        user_id: str,
+        *,
+        start_time: datetime | None = None,
+        pagination_token: str | None = None,
+        max_results: int = 100,
+    ) -> Page:
+        params: dict[str, str | int] = {
+            "max_results": _clamp(max_results, 5, 100),
+            "tweet.fields": TWEET_FIELDS,
+        }
+        if start_time is not None:
+            params["start_time"] = x_time(start_time)
+        if pagination_token:
+            params["pagination_token"] = pagination_token
+        body = await self._request("user_tweets", "GET", f"/2/users/{user_id}/tweets", params=params)
+        return _page(body, "user_tweets")
+
+    async def get_post(self, post_id: str) -> Page:
+        params = {"tweet.fields": TWEET_FIELDS, "expansions": TWEET_EXPANSIONS, "user.fields": USER_FIELDS}
+        body = await self._request("tweet_lookup", "GET", f"/2/tweets/{post_id}", params=params)
+        if not isinstance(body.get("data"), dict):
+            _raise_lookup_errors("tweet_lookup", _list(body.get("errors")))
+        post = _object(body, "data", "tweet_lookup")
+        page = _page({**body, "data": []}, "tweet_lookup")
+        return Page([post], page.users, page.included_posts, None, page.errors)
+
+    async def users_by_ids(self, user_ids: list[str]) -> Page:
+        """Profiles for up to 100 ids; ids X could not return are listed in `errors`."""
+        if not 1 <= len(user_ids) <= MAX_IDS_PER_LOOKUP:
+            raise ValueError(f"users lookup takes 1 to {MAX_IDS_PER_LOOKUP} ids, got {len(user_ids)}")
+        params = {"ids": ",".join(user_ids), "user.fields": USER_FIELDS}
+        body = await self._request("users_lookup", "GET", "/2/users", params=params)
+        data = body.get("data", [])
+        if not isinstance(data, list):
+            raise XMalformedResponseError("users_lookup", "`data` is not a list")
+        return Page([], users=data, errors=_list(body.get("errors")))
+
+    async def create_post(self, text: str, in_reply_to: str) -> str:
+        """Post a reply; returns the new post id. Duplicate content raises XDuplicateContentError."""
+        payload = {"text": text, "reply": {"in_reply_to_tweet_id": in_reply_to}}
+        body = await self._request("create_post", "POST", "/2/tweets", json=payload)
+        post_id = _object(body, "data", "create_post").get("id")
+        if not isinstance(post_id, str) or not post_id:
+            raise XMalformedResponseError("create_post", "no post id in the response")
+        return post_id
+
+    # --- transport -------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        await self._refuse_if_exhausted(key)
+        token = await self._tokens.access_token(self.bot_id)
+        response = await self._send(key, method, path, token, params, json)
+        if response.status_code == 401:
+            token = await self._tokens.refresh(self.bot_id, token.version)
+            await self._refuse_if_exhausted(key)
+            response = await self._send(key, method, path, token, params, json)
+            if response.status_code == 401:
+                reason = f"X answered 401 to {key} with a freshly refreshed token"
+                await self._tokens.mark_needs_reauthorization(self._pool, self.bot_id, reason)
+                raise XUnauthorizedError(key, "HTTP 401 after a token refresh", 401)
+        return _body_or_error(key, response)
+
+    async def _refuse_if_exhausted(self, key: str) -> None:
+        room = await rate_limits.headroom(self._pool, self.bot_id, key, self._plan_tier)
+        if room.reset_at is not None and room.remaining <= 0:
+            raise XRateLimitedError(key, room.reset_at, sent=False)
+
+    async def _send(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        token: AccessToken,
+        params: dict[str, Any] | None,
+        json: dict[str, Any] | None,
+    ) -> httpx.Response:
+        try:
+            response = await self._http.request(
+                method,
+                self._base_url + path,
+                params=params,
+                json=json,
+                headers={"Authorization": f"Bearer {token.value}"},
+                timeout=self._timeout,
+            )
+        except httpx.TimeoutException:
+            raise XTimeoutError(key, f"no answer within {self._timeout:g}s") from None
+        except httpx.HTTPError as error:
+            raise XServerError(key, f"request failed ({type(error).__name__})") from None
+        await self._track(key, response)
+        return response
+
+    async def _track(self, key: str, response: httpx.Response) -> None:
+        window = rate_limits.parse_rate_limit_headers(response.headers)
+        if response.status_code == 429:
+            static = rate_limits.static_limit(self._plan_tier, key)
+            reset_at = window[2] if window else datetime.now(UTC) + static.window
+            limit = window[0] if window else static.requests
+            await rate_limits.record_window(self._pool, self.bot_id, key, limit, 0, reset_at)
+            raise XRateLimitedError(key, reset_at, sent=True)
+        if window is not None:
+            await rate_limits.record_window(self._pool, self.bot_id, key, *window)
+        else:
+            await rate_limits.consume_static(self._pool, self.bot_id, key, self._plan_tier)
+
+
+def _body_or_error(key: str, response: httpx.Response) -> dict[str, Any]:
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if 200 <= status < 300:
+        if not isinstance(body, dict):
+            raise XMalformedResponseError(key, f"HTTP {status} with a body that is not a JSON object", status)
+        return body
+    if status >= 500:
+        raise XServerError(key, f"HTTP {status}", status)
+    details, codes = describe_error_body(body)
+    if status in (400, 403) and is_duplicate_content(details, codes):
+        raise XDuplicateContentError(key, status, details, codes)
+    error_type: type[XClientError] = {
+        400: XBadRequestError,
+        403: XForbiddenError,
+        404: XNotFoundError,
+    }.get(status, XBadRequestError)
+    raise error_type(key, status, details, codes)
+
+
+def _raise_lookup_errors(key: str, errors: list[dict[str, Any]]) -> None:
+    """X answers 200 with only `errors` when a looked-up resource is missing or not visible."""
+    for error in errors:
+        kind = str(error.get("type", ""))
+        details, codes = describe_error_body({"errors": [error]})
+        if kind.endswith("resource-not-found"):
+            raise XNotFoundError(key, 404, details, codes)
+        if kind.endswith("not-authorized-for-resource"):
+            raise XForbiddenError(key, 403, details, codes)
+
+
+def _object(body: dict[str, Any], name: str, key: str) -> dict[str, Any]:
+    value = body.get(name)
+    if not isinstance(value, dict):
+        raise XMalformedResponseError(key, f"`{name}` missing or not an object")
+    return value
+
+
+def _list(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _page(body: dict[str, Any], key: str) -> Page:
+    data = body.get("data", [])
+    if not isinstance(data, list):
+        raise XMalformedResponseError(key, "`data` is not a list")
+    for post in data:
+        if not isinstance(post, dict) or not isinstance(post.get("id"), str):
+            raise XMalformedResponseError(key, "a post without an id")
+    includes: dict[str, Any] = body["includes"] if isinstance(body.get("includes"), dict) else {}
+    meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    next_token = meta.get("next_token")
+    return Page(
+        posts=data,
+        users=_list(includes.get("users")),
+        included_posts=_list(includes.get("tweets")),
+        next_token=next_token if isinstance(next_token, str) and next_token else None,
+        errors=_list(body.get("errors")),
+    )
+
+
+__all__ = ["MAX_IDS_PER_LOOKUP", "Page", "XApiError", "XClient", "x_time"]
