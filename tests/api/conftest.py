@@ -27,7 +27,9 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture
-async def app(pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[FastAPI]:
+async def app(
+    pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str
+) -> AsyncIterator[FastAPI]:
     application = create_app(
         api_settings(task_queue), pool=pool, temporal_client=dev_server_env.client, feed_poll_interval=0.05
     )

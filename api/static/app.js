@@ -1,0 +1,416 @@
+// xbot dashboard: plain JavaScript, no build step. Talks to the API with the token kept in
+// sessionStorage and follows one bot live over its WebSocket feed.
+"use strict";
+
+const TOKEN_KEY = "xbot.apiToken";
+const $ = (id) => document.getElementById(id);
+
+// ---- DOM helpers (textContent only: tweet text and logs are untrusted) ----------------------
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "className") node.className = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function formatTime(value) {
+  if (!value) return "—";
+  const date = new Date(value);
+  if (Number.isNaN(date.getTime())) return String(value);
+  const seconds = Math.round((date.getTime() - Date.now()) / 1000);
+  const abs = Math.abs(seconds);
+  let relative;
+  if (abs < 60) relative = `${abs}s`;
+  else if (abs < 3600) relative = `${Math.round(abs / 60)}m`;
+  else if (abs < 86400) relative = `${Math.round(abs / 3600)}h`;
+  else relative = `${Math.round(abs / 86400)}d`;
+  return seconds >= 0 ? `in ${relative}` : `${relative} ago`;
+}
+
+function timeEl(value) {
+  return el("time", { datetime: value || "", title: value ? new Date(value).toLocaleString() : "" }, formatTime(value));
+}
+
+function notice(message, isError) {
+  const box = $("notice");
+  box.textContent = message || "";
+  box.className = isError ? "error" : "";
+  box.hidden = !message;
+}
+
+// ---- API ---------------------------------------------------------------------------------------
+class Unauthorized extends Error {}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (response.status === 401) throw new Unauthorized("The API token was refused.");
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function handleError(error) {
+  if (error instanceof Unauthorized) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    notice(error.message, true);
+    route();
+    return;
+  }
+  notice(error.message, true);
+}
+
+// ---- views ---------------------------------------------------------------------------------------
+let current = null; // the open bot page, or null
+
+function show(id) {
+  for (const view of ["login", "bots-view", "bot-view"]) $(view).hidden = view !== id;
+  $("forget-token").hidden = id === "login";
+}
+
+function route() {
+  if (current) current.close();
+  current = null;
+  if (!token()) {
+    show("login");
+    $("token-input").focus();
+    return;
+  }
+  const match = location.hash.match(/^#\/bots\/([^/]+)$/);
+  if (match) {
+    show("bot-view");
+    current = new BotPage(decodeURIComponent(match[1]));
+  } else {
+    show("bots-view");
+    current = new BotList();
+  }
+}
+
+class BotList {
+  constructor() {
+    this.timer = setInterval(() => this.load(), 5000);
+    this.load();
+  }
+
+  close() {
+    clearInterval(this.timer);
+  }
+
+  async load() {
+    try {
+      const bots = await api("GET", "/bots");
+      $("bots-empty").hidden = bots.length > 0;
+      $("bots-body").replaceChildren(
+        ...bots.map((bot) =>
+          el("tr", { "data-bot-id": bot.id },
+            el("td", {}, el("a", { href: `#/bots/${encodeURIComponent(bot.id)}` }, bot.id)),
+            el("td", {}, bot.name),
+            el("td", {}, bot.plan_tier, bot.dry_run ? " · dry run" : "", bot.approval_required ? " · approval" : ""),
+            el("td", {}, runningBadge(bot.isRunning)),
+            el("td", {}, bot.isRunning ? timeEl(bot.nextAlarmTime) : "—"),
+            el("td", {}, el("span", { className: `badge ${bot.auth_state}` }, bot.auth_state)),
+          ),
+        ),
+      );
+    } catch (error) {
+      handleError(error);
+    }
+  }
+}
+
+function runningBadge(isRunning) {
+  if (isRunning === null || isRunning === undefined) return el("span", { className: "badge" }, "unknown");
+  return el("span", { className: `badge ${isRunning ? "running" : "stopped"}` }, isRunning ? "Running" : "Stopped");
+}
+
+function schedule(task) {
+  if (task.cron_expression) return `cron ${task.cron_expression}`;
+  if (task.interval_seconds) return `every ${task.interval_seconds}s`;
+  return `every ${task.interval_minutes}m`;
+}
+
+class BotPage {
+  constructor(botId) {
+    this.botId = botId;
+    this.closed = false;
+    this.logIds = new Set();
+    this.pending = {};
+    this.socket = null;
+    this.retry = 500;
+    $("bot-title").textContent = botId;
+    $("bot-subtitle").textContent = "";
+    $("logs").replaceChildren();
+    $("tasks-body").replaceChildren();
+    $("executions-body").replaceChildren();
+    $("replies").replaceChildren();
+    $("start-btn").onclick = () => this.control("start");
+    $("stop-btn").onclick = () => this.control("stop");
+    // Drafts appear from the generate_replies task: look for new ones now and then.
+    this.timer = setInterval(() => this.loadReplies(), 10000);
+    this.reloadAll();
+    this.connect();
+  }
+
+  close() {
+    this.closed = true;
+    clearInterval(this.timer);
+    if (this.socket) this.socket.close();
+  }
+
+  path(suffix) {
+    return `/bots/${encodeURIComponent(this.botId)}${suffix}`;
+  }
+
+  reloadAll() {
+    this.loadBot();
+    this.loadStatusAndTasks();
+    this.loadExecutions();
+    this.loadLogs();
+    this.loadReplies();
+  }
+
+  // Coalesce bursts of events into one fetch per kind.
+  soon(name, fn) {
+    if (this.pending[name]) return;
+    this.pending[name] = setTimeout(() => {
+      delete this.pending[name];
+      if (!this.closed) fn.call(this);
+    }, 150);
+  }
+
+  async loadBot() {
+    try {
+      const bot = await api("GET", this.path(""));
+      $("bot-title").textContent = `${bot.name} (${bot.id})`;
+      const flags = [bot.plan_tier, bot.dry_run && "dry run", bot.approval_required && "approval required",
+        bot.auth_state !== "ok" && bot.auth_state, bot.x_username && `@${bot.x_username}`].filter(Boolean);
+      $("bot-subtitle").textContent = flags.join(" · ");
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  setStatus(isRunning, alarm) {
+    const badge = $("bot-status");
+    badge.textContent = isRunning ? "Running" : "Stopped";
+    badge.className = `badge ${isRunning ? "running" : "stopped"}`;
+    $("bot-next").replaceChildren(...(isRunning && alarm ? ["next run ", timeEl(alarm)] : []));
+    $("start-btn").disabled = isRunning;
+    $("stop-btn").disabled = !isRunning;
+  }
+
+  async loadStatusAndTasks() {
+    try {
+      const [status, tasks] = await Promise.all([api("GET", this.path("/status")), api("GET", this.path("/tasks"))]);
+      this.setStatus(status.isRunning, status.nextAlarmTime);
+      const live = new Map(status.tasks.map((task) => [task.id, task]));
+      $("tasks-body").replaceChildren(...tasks.map((task) => this.taskRow(task, live.get(task.id), status)));
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  taskRow(task, live, status) {
+    let state = task.is_active ? (task.is_paused ? "paused" : "scheduled") : "inactive";
+    if (live && status.isRunning) state = live.state;
+    if (status.runningTasks.includes(task.id)) state = "running";
+    const nextDue = live && status.isRunning ? live.nextDueAt : task.next_planned_run_at;
+    return el("tr", { "data-task-id": task.id },
+      el("td", {}, task.id),
+      el("td", {}, task.name || task.task_type, task.name ? el("div", { className: "muted" }, task.task_type) : null),
+      el("td", {}, schedule(task)),
+      el("td", {}, task.priority),
+      el("td", {}, el("span", { className: `badge ${state}`, title: (live && live.stateReason) || "" }, state)),
+      el("td", {}, timeEl(nextDue)),
+      el("td", {}, timeEl(task.last_successful_run_at)),
+      el("td", {}, `${task.consecutive_failures} / ${task.error_threshold}`),
+      el("td", { className: "actions" },
+        el("button", { type: "button", className: "run", disabled: !status.isRunning, onclick: () => this.taskAction(task.id, "run") }, "Run now"),
+        task.is_paused
+          ? el("button", { type: "button", className: "resume", onclick: () => this.taskAction(task.id, "resume") }, "Resume")
+          : el("button", { type: "button", className: "pause", onclick: () => this.taskAction(task.id, "pause") }, "Pause"),
+      ),
+    );
+  }
+
+  async taskAction(taskId, action) {
+    try {
+      const result = await api("POST", this.path(`/tasks/${taskId}/${action}`));
+      notice(action === "run" ? result.message : "");
+      this.loadStatusAndTasks();
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  async control(action) {
+    try {
+      const result = await api("POST", this.path(`/${action}`));
+      notice(result.message === "No tasks to schedule" ? result.message : "");
+      this.loadStatusAndTasks();
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  async loadExecutions() {
+    try {
+      const page = await api("GET", this.path("/executions?limit=20"));
+      $("executions-body").replaceChildren(
+        ...page.items.map((run) =>
+          el("tr", { "data-execution-id": run.id },
+            el("td", {}, run.id),
+            el("td", {}, run.task_type),
+            el("td", {}, el("span", { className: `badge ${run.status}` }, run.status)),
+            el("td", {}, run.attempt_number),
+            el("td", {}, timeEl(run.started_at)),
+            el("td", {}, run.duration_ms === null ? "—" : `${run.duration_ms} ms`),
+            el("td", { className: "muted" }, run.error_message || ""),
+          ),
+        ),
+      );
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  async loadLogs() {
+    try {
+      const page = await api("GET", this.path("/logs?limit=50"));
+      for (const entry of page.items.reverse()) this.addLog(entry.id, entry.created_at, entry.level, entry.content);
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  addLog(id, timestamp, level, content) {
+    const key = String(id);
+    if (this.logIds.has(key)) return;
+    this.logIds.add(key);
+    const list = $("logs");
+    list.prepend(
+      el("li", { "data-log-id": key, className: `level-${level}` },
+        el("time", { datetime: timestamp }, new Date(timestamp).toLocaleTimeString()),
+        el("span", { className: `level level-${level}` }, level),
+        content,
+      ),
+    );
+    while (list.children.length > 200) list.lastElementChild.remove();
+  }
+
+  async loadReplies() {
+    try {
+      const page = await api("GET", this.path("/replies?status=pending_approval&limit=50"));
+      $("replies-empty").hidden = page.items.length > 0;
+      $("replies").replaceChildren(...page.items.map((reply) => this.replyCard(reply)));
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  replyCard(reply) {
+    const text = el("textarea", { maxlength: 1000, "aria-label": "Reply text" });
+    text.value = reply.text || "";
+    const act = async (method, suffix, body) => {
+      try {
+        await api(method, this.path(`/replies/${reply.id}${suffix}`), body);
+        notice("");
+        this.loadReplies();
+      } catch (error) {
+        handleError(error);
+      }
+    };
+    const author = reply.mention_author_username ? `@${reply.mention_author_username}: ` : "";
+    return el("div", { className: "reply", "data-reply-id": reply.id },
+      el("blockquote", {}, author, reply.mention_text || ""),
+      text,
+      el("div", { className: "row" },
+        el("span", { className: "muted" }, `draft #${reply.id}`),
+        el("button", { type: "button", className: "save", onclick: () => act("PATCH", "", { text: text.value }) }, "Save text"),
+        el("button", { type: "button", className: "reject", onclick: () => act("POST", "/reject") }, "Reject"),
+        el("button", { type: "button", className: "approve primary", onclick: async () => {
+          if (text.value !== (reply.text || "")) await act("PATCH", "", { text: text.value });
+          await act("POST", "/approve");
+        } }, "Approve"),
+      ),
+    );
+  }
+
+  // ---- live feed ----
+  connect() {
+    if (this.closed) return;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const url = `${scheme}://${location.host}${this.path("/ws")}?token=${encodeURIComponent(token())}`;
+    const socket = new WebSocket(url);
+    this.socket = socket;
+    socket.onopen = () => {
+      this.retry = 500;
+      $("feed-state").textContent = "live";
+      $("feed-state").className = "badge small live";
+    };
+    socket.onmessage = (message) => this.onEvent(JSON.parse(message.data));
+    socket.onclose = () => {
+      $("feed-state").textContent = "offline";
+      $("feed-state").className = "badge small";
+      if (this.closed) return;
+      setTimeout(() => this.connect(), this.retry);
+      this.retry = Math.min(this.retry * 2, 10000);
+    };
+  }
+
+  onEvent(event) {
+    switch (event.type) {
+      case "connection_ack":
+        this.setStatus(event.initialSchedulerStatus.isRunning, event.initialSchedulerStatus.currentAlarmTime);
+        break;
+      case "scheduler_status_update":
+        this.setStatus(event.isRunning, event.currentAlarmTime);
+        this.soon("tasks", this.loadStatusAndTasks);
+        break;
+      case "entity_update":
+        if (event.entityType === "task_execution") this.soon("executions", this.loadExecutions);
+        this.soon("tasks", this.loadStatusAndTasks);
+        this.soon("replies", this.loadReplies);
+        break;
+      case "log":
+        this.addLog(`live-${event.id}`, event.timestamp, event.level, event.content);
+        break;
+      case "resync":
+        this.reloadAll();
+        break;
+      default:
+        break; // ping, pong
+    }
+  }
+}
+
+// ---- start ---------------------------------------------------------------------------------------
+document.addEventListener("DOMContentLoaded", () => {
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token-input").value.trim());
+    $("token-input").value = "";
+    notice("");
+    route();
+  });
+  $("forget-token").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    route();
+  });
+  window.addEventListener("hashchange", route);
+  route();
+});
