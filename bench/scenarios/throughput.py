@@ -1,0 +1,163 @@
+"""Throughput: raise the load step by step until p99 lateness exceeds 1 s (or runs go missing).
+
+The ceiling is the highest step a system sustained: p99 lateness (a missing run counts as infinitely
+late) at most 1 s. The project runs `noop` tasks with its real bookkeeping in PostgreSQL; the bare
+baseline runs a no-op activity behind a durable timer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.env import BenchEnv
+from bench.report import Result, goal
+from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
+from bench.scenarios.common import LoadResult, LoadRunner, LoadSpec, System
+from bench.stats import latency_summary_ms, ratio
+from xbot.db import create_pool
+
+NAME = "throughput"
+DESCRIPTION = (
+    "Load raised step by step (bots x one task every 5 s) until p99 lateness exceeds 1 s; each step runs "
+    "25 s and measures the last 20 s. Sustained = the highest step whose p99 lateness (a run that never "
+    "started counts as infinitely late) stayed within 1 s. The project runs `noop` tasks with its real "
+    "bookkeeping in PostgreSQL."
+)
+THRESHOLD_SECONDS = 1.0
+GOAL_SHARE_OF_BARE = 0.8
+FULL_RATES = (20, 40, 60, 80, 100, 125, 150, 200, 250, 300)
+INTERVAL_SECONDS = 5
+
+
+def steps(quick: bool) -> list[LoadSpec]:
+    if quick:
+        return [LoadSpec(bots=10, interval_seconds=2, duration_seconds=3, lead_seconds=2, grace_seconds=1.5)]
+    return [
+        LoadSpec(
+            bots=rate * INTERVAL_SECONDS,
+            interval_seconds=INTERVAL_SECONDS,
+            duration_seconds=25,
+            warmup_seconds=5,
+            lead_seconds=4 + rate * INTERVAL_SECONDS * 0.01,
+            grace_seconds=2.5,
+        )
+        for rate in FULL_RATES
+    ]
+
+
+def _step_seconds(load: LoadSpec) -> float:
+    return load.lead_seconds + load.duration_seconds + load.grace_seconds + 3
+
+
+def estimate_seconds(quick: bool) -> float:
+    # Full: assume both systems stop around the 6th step.
+    plan = steps(quick)
+    per_system = sum(_step_seconds(load) for load in plan[: 1 if quick else 6]) + 5
+    return 5 + 2 * per_system
+
+
+def _passes(load: LoadResult) -> bool:
+    return latency_summary_ms(load.with_missing())["p99_ms"] <= THRESHOLD_SECONDS * 1000
+
+
+async def _ramp(runner: LoadRunner, quick: bool) -> list[LoadResult]:
+    results: list[LoadResult] = []
+    try:
+        for load in steps(quick):
+            step = await runner.run(load, NAME)
+            results.append(step)
+            if not _passes(step):
+                break
+    finally:
+        runner.stop()
+    return results
+
+
+def _ceiling(results: list[LoadResult]) -> float | None:
+    sustained = [step.executed / step.window_seconds for step in results if _passes(step)]
+    return round(max(sustained), 1) if sustained else None
+
+
+def _rows(system: str, results: list[LoadResult]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for step in results:
+        figures = step.summary()
+        lateness = latency_summary_ms(step.with_missing())
+        rows.append(
+            [
+                system,
+                step.spec.bots,
+                figures["offered_per_second"],
+                figures["executed_per_second"],
+                step.missing,
+                lateness["p50_ms"],
+                lateness["p99_ms"],
+                figures["worker_cpu_seconds"],
+                figures["server_cpu_seconds"],
+                "yes" if _passes(step) else "no",
+            ]
+        )
+    return rows
+
+
+async def run(ctx: RunContext, result: Result) -> None:
+    result["description"] = DESCRIPTION
+    result["config"] = {
+        "rates_per_second": list(FULL_RATES),
+        "interval_seconds": INTERVAL_SECONDS,
+        "threshold_seconds": THRESHOLD_SECONDS,
+    }
+    ramps: dict[System, list[LoadResult]] = {}
+    missing = missing_module(*PROJECT_MODULES)
+    async with BenchEnv(ctx.postgres, ctx.workdir, NAME) as env:
+        if missing is None:
+            database_url = await ctx.postgres.new_database()
+            pool = await create_pool(database_url, min_size=1, max_size=4)
+            try:
+                runner = LoadRunner(env, "project", ctx.progress, pool, database_url, "noop")
+                ramps["project"] = await _ramp(runner, ctx.quick)
+            finally:
+                await pool.close()
+        else:
+            result["notes"].append(f"project not available yet ({missing} is missing); baseline only")
+        ramps["bare"] = await _ramp(LoadRunner(env, "bare", ctx.progress), ctx.quick)
+
+    ceilings = {system: _ceiling(steps_run) for system, steps_run in ramps.items()}
+    result["systems"] = {
+        system: {
+            "sustained_executions_per_second": ceilings[system],
+            "steps": [step.summary() for step in steps_run],
+        }
+        for system, steps_run in ramps.items()
+    }
+    result["table"] = {
+        "columns": [
+            "system",
+            "bots",
+            "offered/s",
+            "ran/s",
+            "missing",
+            "p50 ms",
+            "p99 ms",
+            "worker CPU s",
+            "server CPU s",
+            "sustained",
+        ],
+        "rows": _rows("project", ramps.get("project", [])) + _rows("bare Temporal", ramps["bare"]),
+    }
+    share = ratio(ceilings.get("project"), ceilings.get("bare"))
+    result["ratios"] = {"project ceiling / bare ceiling": share}
+    for system, ceiling in ceilings.items():
+        last = ramps[system][-1] if ramps[system] else None
+        if last is not None and _passes(last):
+            result["notes"].append(f"{system}: still within 1 s at the last step; its ceiling is higher")
+        result["notes"].append(f"{system}: sustained {ceiling} executions/s")
+    if "project" in ramps:
+        result["goals"].append(
+            goal(
+                "project ceiling vs bare",
+                f">= {GOAL_SHARE_OF_BARE:.0%} of bare",
+                share,
+                None if share is None else share >= GOAL_SHARE_OF_BARE,
+            )
+        )
