@@ -1,0 +1,88 @@
+"""The WebSocket handshake: refused before the upgrade without the token; one poller per bot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import AsyncExitStack
+
+import asyncpg
+import pytest
+import websockets
+from fastapi import FastAPI
+
+from tests.api.conftest import API_TOKEN
+from tests.api.helpers import insert_bot
+
+
+async def _refused(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, additional_headers=headers or {}):
+            pass
+    response = refused.value.response
+    return response.status_code, json.loads(response.body or b"{}")
+
+
+async def test_refused_before_upgrade_without_a_valid_token(live_server: str, pool: asyncpg.Pool) -> None:
+    await insert_bot(pool, "b")
+    base = f"ws://{live_server}/bots/b/ws"
+    for url, headers in [
+        (base, None),
+        (f"{base}?token=wrong", None),
+        (base, {"Authorization": "Bearer wrong"}),
+        (base, {"Authorization": API_TOKEN}),  # not a bearer credential
+    ]:
+        status, body = await _refused(url, headers)
+        assert status == 401 and body == {"error": "missing or invalid token"}
+    status, body = await _refused(f"ws://{live_server}/bots/nobody/ws?token={API_TOKEN}")
+    assert status == 404 and body == {"error": "bot nobody not found"}
+
+
+async def test_header_or_query_token_is_acked_for_a_bot_that_is_not_running(
+    live_server: str, pool: asyncpg.Pool
+) -> None:
+    await insert_bot(pool, "b")
+    ack = {
+        "type": "connection_ack",
+        "message": "Connected to bot scheduler",
+        "botId": "b",
+        "initialSchedulerStatus": {"isRunning": False, "currentAlarmTime": None},
+    }
+    async with websockets.connect(f"ws://{live_server}/bots/b/ws?token={API_TOKEN}") as socket:
+        assert json.loads(await socket.recv()) == ack
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with websockets.connect(f"ws://{live_server}/bots/b/ws", additional_headers=headers) as socket:
+        assert json.loads(await socket.recv()) == ack
+        await socket.send(json.dumps({"type": "ping"}))
+        assert json.loads(await socket.recv())["type"] == "pong"
+
+
+async def test_fifty_clients_share_one_poller(app: FastAPI, live_server: str, pool: asyncpg.Pool) -> None:
+    await insert_bot(pool, "b")
+    await insert_bot(pool, "c")
+    hub = app.state.api.hub
+    started_before = hub.pollers_started
+    async with AsyncExitStack() as stack:
+        sockets = await asyncio.gather(
+            *(
+                stack.enter_async_context(
+                    websockets.connect(f"ws://{live_server}/bots/b/ws?token={API_TOKEN}")
+                )
+                for _ in range(50)
+            )
+        )
+        acks = await asyncio.gather(*(socket.recv() for socket in sockets))
+        assert all(json.loads(ack)["type"] == "connection_ack" for ack in acks)
+        other = await stack.enter_async_context(
+            websockets.connect(f"ws://{live_server}/bots/c/ws?token={API_TOKEN}")
+        )
+        await other.recv()
+        assert set(hub.pollers) == {"b", "c"}
+        assert len(hub.pollers["b"].clients) == 50
+        assert hub.pollers_started - started_before == 2  # one for b's fifty clients, one for c
+    # The last client gone, the poller stops.
+    for _ in range(200):
+        if not hub.pollers:
+            break
+        await asyncio.sleep(0.02)
+    assert hub.pollers == {}
