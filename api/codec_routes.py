@@ -167,9 +167,15 @@ def build_codec_router(
 
 
 def codec_router(settings: Settings, dependencies: Sequence[Depends] = ()) -> APIRouter:
-    """The codec router configured from `ENCRYPTION_KEY` and `CODEC_CORS_ORIGINS`."""
-    # getattr: the lead adds `codec_cors_origins` to Settings; until then the default applies.
+    """The codec router configured from `ENCRYPTION_KEY`, `CODEC_CORS_ORIGINS`, `CODEC_REQUIRE_TOKEN`.
+
+    `dependencies` (the API token check) are dropped when `CODEC_REQUIRE_TOKEN=false`: the Web UI
+    calls the codec from the browser and cannot send the API's bearer token.
+    """
+    # getattr: these settings are optional fields of Settings; absent, the safe defaults apply.
     origins = getattr(settings, "codec_cors_origins", None) or DEFAULT_CORS_ORIGINS
+    if getattr(settings, "codec_require_token", True) is False:
+        dependencies = ()
     return build_codec_router(
         codec_from_settings(settings), allowed_origins=parse_origins(origins), dependencies=dependencies
     )

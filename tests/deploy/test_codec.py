@@ -14,7 +14,7 @@ from datetime import timedelta
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
@@ -22,7 +22,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from api.codec_routes import build_codec_router
+from api.codec_routes import build_codec_router, codec_router
 from xbot.codec import (
     ENCRYPTED_ENCODING,
     KEY_ID_METADATA,
@@ -338,6 +338,44 @@ async def test_without_a_key_the_routes_pass_payloads_through() -> None:
     assert payloads_from_json(response.json()) == [plain("as is")]
 
 
+async def _require_test_token(request: Request) -> None:
+    if request.headers.get("authorization") != "Bearer t0ken":
+        raise HTTPException(status_code=401, detail="missing bearer token")
+
+
+async def test_token_dependency_guards_posts_but_not_the_preflight(codec: EncryptionCodec) -> None:
+    app = FastAPI()
+    router = build_codec_router(
+        codec, allowed_origins=[UI_ORIGIN], dependencies=[Depends(_require_test_token)]
+    )
+    app.include_router(router)
+    body = payloads_json(await codec.encode([plain(SECRET)]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        refused = await client.post("/codec/decode", json=body)
+        allowed = await client.post("/codec/decode", json=body, headers={"Authorization": "Bearer t0ken"})
+        preflight = await client.options(
+            "/codec/decode", headers={"Origin": UI_ORIGIN, "Access-Control-Request-Method": "POST"}
+        )
+    assert refused.status_code == 401 and SECRET not in refused.text
+    assert payloads_from_json(allowed.json()) == [plain(SECRET)]
+    assert preflight.status_code == 204
+
+
+@pytest.mark.skipif(
+    "codec_require_token" not in Settings.model_fields, reason="Settings has no CODEC_REQUIRE_TOKEN field yet"
+)
+@pytest.mark.parametrize(("required", "status"), [("true", 401), ("false", 200)])
+async def test_codec_require_token_setting(
+    monkeypatch: pytest.MonkeyPatch, required: str, status: int
+) -> None:
+    monkeypatch.setenv("CODEC_REQUIRE_TOKEN", required)
+    app = FastAPI()
+    app.include_router(codec_router(load_settings(), dependencies=[Depends(_require_test_token)]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        response = await client.post("/codec/decode", json={"payloads": []})
+    assert response.status_code == status
+
+
 # --- the real `temporal` CLI reading history through the codec endpoint -------------------------
 
 
@@ -365,8 +403,10 @@ async def test_temporal_cli_shows_plaintext_only_through_the_codec_endpoint(
     async with Worker(client, task_queue=task_queue, workflows=[EchoWorkflow], activities=[echo_activity]):
         await client.execute_workflow(EchoWorkflow.run, SECRET, id=workflow_id, task_queue=task_queue)
 
-    app = FastAPI()
-    app.include_router(build_codec_router(codec, allowed_origins=[UI_ORIGIN]))
+    app = FastAPI()  # token-protected, as the API includes it by default
+    app.include_router(
+        build_codec_router(codec, allowed_origins=[UI_ORIGIN], dependencies=[Depends(_require_test_token)])
+    )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -389,7 +429,8 @@ async def test_temporal_cli_shows_plaintext_only_through_the_codec_endpoint(
         ]
         show += ["--namespace", base.namespace]
         assert not _history_contains((await _temporal_cli(*show)).encode(), SECRET)
-        decoded = await _temporal_cli(*show, "--codec-endpoint", f"http://127.0.0.1:{port}/codec")
+        codec_flags = ["--codec-endpoint", f"http://127.0.0.1:{port}/codec", "--codec-auth", "Bearer t0ken"]
+        decoded = await _temporal_cli(*show, *codec_flags)
         assert _history_contains(decoded.encode(), SECRET)
     finally:
         server.should_exit = True
