@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from fastapi.params import Depends
@@ -19,7 +20,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
 from xbot.codec import PayloadDecryptionError, codec_from_settings
-from xbot.settings import Settings
+
+if TYPE_CHECKING:
+    from xbot.settings import Settings
 
 DEFAULT_CORS_ORIGINS = "http://localhost:8233"
 MAX_BODY_BYTES = 8 * 1024 * 1024

@@ -237,8 +237,10 @@ def test_external_temporal_override_starts_only_postgres_api_and_workers(tmp_pat
         assert service["environment"]["TEMPORAL_API_KEY"] == "cloud-key-sentinel"
     assert model["services"]["worker"]["deploy"]["replicas"] == 2
 
-    missing = run_compose("config", "-q", env=REQUIRED_SECRETS, files=files, tmp_path=tmp_path)
-    assert missing.returncode != 0 and "TEMPORAL_ADDRESS" in missing.stderr
+    for required in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"):
+        env = {name: value for name, value in cloud.items() if name != required}
+        missing = run_compose("config", "-q", env=env, files=files, tmp_path=tmp_path)
+        assert missing.returncode != 0 and required in missing.stderr
 
 
 def test_env_example_documents_every_setting() -> None:
