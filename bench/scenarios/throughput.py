@@ -19,7 +19,7 @@ from xbot.db import create_pool
 NAME = "throughput"
 DESCRIPTION = (
     "Load raised step by step (bots x one task every 5 s) until p99 lateness exceeds 1 s; each step runs "
-    "25 s and measures the last 20 s. Sustained = the highest step whose p99 lateness (a run that never "
+    "25 s and measures the last 20 s; after the first failing step, two more steps halve the gap. Sustained = the highest step whose p99 lateness (a run that never "
     "started counts as infinitely late) stayed within 1 s. The project runs `noop` tasks with its real "
     "bookkeeping in PostgreSQL."
 )
@@ -27,22 +27,25 @@ THRESHOLD_SECONDS = 1.0
 GOAL_SHARE_OF_BARE = 0.8
 FULL_RATES = (20, 40, 60, 80, 100, 125, 150, 200, 250, 300)
 INTERVAL_SECONDS = 5
+REFINEMENTS = 2
+
+
+def step(rate: float) -> LoadSpec:
+    bots = round(rate * INTERVAL_SECONDS)
+    return LoadSpec(
+        bots=bots,
+        interval_seconds=INTERVAL_SECONDS,
+        duration_seconds=25,
+        warmup_seconds=5,
+        lead_seconds=4 + bots * 0.01,
+        grace_seconds=2.5,
+    )
 
 
 def steps(quick: bool) -> list[LoadSpec]:
     if quick:
         return [LoadSpec(bots=10, interval_seconds=2, duration_seconds=3, lead_seconds=2, grace_seconds=1.5)]
-    return [
-        LoadSpec(
-            bots=rate * INTERVAL_SECONDS,
-            interval_seconds=INTERVAL_SECONDS,
-            duration_seconds=25,
-            warmup_seconds=5,
-            lead_seconds=4 + rate * INTERVAL_SECONDS * 0.01,
-            grace_seconds=2.5,
-        )
-        for rate in FULL_RATES
-    ]
+    return [step(rate) for rate in FULL_RATES]
 
 
 def _step_seconds(load: LoadSpec) -> float:
@@ -52,7 +55,7 @@ def _step_seconds(load: LoadSpec) -> float:
 def estimate_seconds(quick: bool) -> float:
     # Full: assume both systems stop around the 6th step.
     plan = steps(quick)
-    per_system = sum(_step_seconds(load) for load in plan[: 1 if quick else 6]) + 5
+    per_system = sum(_step_seconds(load) for load in plan[: 1 if quick else 6 + REFINEMENTS]) + 5
     return 5 + 2 * per_system
 
 
@@ -61,16 +64,22 @@ def _passes(load: LoadResult) -> bool:
 
 
 async def _ramp(runner: LoadRunner, quick: bool) -> list[LoadResult]:
+    """Steps up until one fails, then narrows the gap between the last pass and the failure."""
     results: list[LoadResult] = []
     try:
         for load in steps(quick):
-            step = await runner.run(load, NAME)
-            results.append(step)
-            if not _passes(step):
+            results.append(await runner.run(load, NAME))
+            if not _passes(results[-1]):
                 break
+        for _ in range(0 if quick else REFINEMENTS):
+            passed = [r.spec.rate for r in results if _passes(r)]
+            failed = [r.spec.rate for r in results if not _passes(r)]
+            if not passed or not failed or min(failed) - max(passed) <= 5:
+                break
+            results.append(await runner.run(step((max(passed) + min(failed)) / 2), NAME))
     finally:
         runner.stop()
-    return results
+    return sorted(results, key=lambda r: r.spec.rate)
 
 
 def _ceiling(results: list[LoadResult]) -> float | None:
