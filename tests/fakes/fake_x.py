@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -146,7 +147,9 @@ class FakeX:
                 Route("/2/users/me", self._endpoint("users_me", self._me), methods=["GET"]),
                 Route("/2/users", self._endpoint("users_lookup", self._users), methods=["GET"]),
                 Route("/2/users/{id}/mentions", self._endpoint("mentions", self._mentions), methods=["GET"]),
-                Route("/2/users/{id}/tweets", self._endpoint("user_tweets", self._user_posts), methods=["GET"]),
+                Route(
+                    "/2/users/{id}/tweets", self._endpoint("user_tweets", self._user_posts), methods=["GET"]
+                ),
                 Route("/2/tweets/{id}", self._endpoint("tweet_lookup", self._lookup), methods=["GET"]),
                 Route("/2/tweets", self._endpoint("create_post", self._create), methods=["POST"]),
             ]
@@ -155,7 +158,9 @@ class FakeX:
     def _endpoint(self, name: str, handler: Any) -> Any:
         async def route(request: Request) -> Response:
             auth = request.headers.get("authorization")
-            self.requests.append(Recorded(name, request.method, request.url.path, dict(request.query_params), auth))
+            self.requests.append(
+                Recorded(name, request.method, request.url.path, dict(request.query_params), auth)
+            )
             faults = self.faults.get(name) or []
             fault = faults.pop(0) if faults else None
             token = auth.removeprefix("Bearer ") if auth else None
@@ -188,7 +193,9 @@ class FakeX:
             posts = [p for p in posts if int(p["id"]) < int(query["until_id"])]
         if "start_time" in query:
             start = datetime.fromisoformat(query["start_time"].replace("Z", "+00:00"))
-            posts = [p for p in posts if datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")) >= start]
+            posts = [
+                p for p in posts if datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")) >= start
+            ]
         if "pagination_token" in query:
             after = int(query["pagination_token"].removeprefix("next"))
             posts = [p for p in posts if int(p["id"]) < after]
@@ -227,9 +234,15 @@ class FakeX:
         missing = [i for i in ids if i not in self.users]
         if missing:
             body["errors"] = [
-                {"value": i, "detail": f"Could not find user with ids: [{i}].", "title": "Not Found Error",
-                 "resource_type": "user", "parameter": "ids", "resource_id": i,
-                 "type": "https://api.twitter.com/2/problems/resource-not-found"}
+                {
+                    "value": i,
+                    "detail": f"Could not find user with ids: [{i}].",
+                    "title": "Not Found Error",
+                    "resource_type": "user",
+                    "parameter": "ids",
+                    "resource_id": i,
+                    "type": "https://api.twitter.com/2/problems/resource-not-found",
+                }
                 for i in missing
             ]
         return body, 200
@@ -245,10 +258,19 @@ class FakeX:
         post = self.posts.get(request.path_params["id"])
         if post is None:
             post_id = request.path_params["id"]
-            return {"errors": [{"value": post_id, "detail": f"Could not find tweet with id: [{post_id}].",
-                                "title": "Not Found Error", "resource_type": "tweet", "parameter": "id",
-                                "resource_id": post_id,
-                                "type": "https://api.twitter.com/2/problems/resource-not-found"}]}, 200
+            return {
+                "errors": [
+                    {
+                        "value": post_id,
+                        "detail": f"Could not find tweet with id: [{post_id}].",
+                        "title": "Not Found Error",
+                        "resource_type": "tweet",
+                        "parameter": "id",
+                        "resource_id": post_id,
+                        "type": "https://api.twitter.com/2/problems/resource-not-found",
+                    }
+                ]
+            }, 200
         return {"data": post, "includes": self._includes([post])}, 200
 
     async def _create(self, request: Request) -> tuple[dict[str, Any], int]:
@@ -256,13 +278,27 @@ class FakeX:
         text = payload.get("text", "")
         target = (payload.get("reply") or {}).get("in_reply_to_tweet_id")
         if not text or len(text) > 280:
-            return {"title": "Invalid Request", "detail": "One or more parameters to your request was invalid.",
-                    "errors": [{"message": "text is invalid"}]}, 400
+            return {
+                "title": "Invalid Request",
+                "detail": "One or more parameters to your request was invalid.",
+                "errors": [{"message": "text is invalid"}],
+            }, 400
+        if target and target not in self.posts:
+            return {
+                "title": "Forbidden",
+                "status": 403,
+                "type": "about:blank",
+                "detail": "You attempted to reply to a Tweet that is deleted or not visible to you.",
+            }, 403
         if any(p["author_id"] == self.bot_user_id and p["text"] == text for p in self.posts.values()):
             if self.duplicate_style == "code187":
                 return {"errors": [{"code": 187, "message": "Status is a duplicate."}]}, 403
-            return {"title": "Forbidden", "status": 403, "type": "about:blank",
-                    "detail": "You are not allowed to create a Tweet with duplicate content."}, 403
+            return {
+                "title": "Forbidden",
+                "status": 403,
+                "type": "about:blank",
+                "detail": "You are not allowed to create a Tweet with duplicate content.",
+            }, 403
         post_id = self.add_post(self.bot_user_id, text, in_reply_to=target)
         if target:
             self.posts_per_mention[target] += 1
@@ -273,7 +309,7 @@ class FakeX:
         expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
         if request.headers.get("authorization") != f"Basic {expected}":
             return JSONResponse({"error": "invalid_client"}, 401)
-        form = await request.form()
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
         faults = self.faults.get("token") or []
         if faults and faults.pop(0) == "500":
             return JSONResponse({"error": "server_error"}, 500)
@@ -286,6 +322,11 @@ class FakeX:
             await asyncio.sleep(self.refresh_delay)
         access, refresh = self.issue_tokens()
         return JSONResponse(
-            {"token_type": "bearer", "expires_in": 7200, "access_token": access, "refresh_token": refresh,
-             "scope": "tweet.read tweet.write users.read offline.access"}
+            {
+                "token_type": "bearer",
+                "expires_in": 7200,
+                "access_token": access,
+                "refresh_token": refresh,
+                "scope": "tweet.read tweet.write users.read offline.access",
+            }
         )

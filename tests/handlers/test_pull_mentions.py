@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from activities.handlers.pull_mentions import PullMentionsHandler
-from tests.handlers.conftest import World
 from tests.fakes.fake_x import RateWindow
+from tests.handlers.conftest import World
 from xbot.errors import RateLimitedError
 
 
@@ -31,7 +31,9 @@ async def test_all_pages_then_only_new_mentions(world: World) -> None:
     assert result == {"mentions_pulled": 12}
     assert await mention_rows(world, bot) == sorted(first)
     assert len(world.x.requests_to("mentions")) == 3  # 5 + 5 + 2
-    row = await world.pool.fetchrow("SELECT x_user_id, x_username, mentions_since_id FROM bots WHERE id = $1", bot)
+    row = await world.pool.fetchrow(
+        "SELECT x_user_id, x_username, mentions_since_id FROM bots WHERE id = $1", bot
+    )
     assert (row["x_user_id"], row["x_username"]) == ("1000", "helperbot")
     assert row["mentions_since_id"] == max(first, key=int)
     author = await world.pool.fetchrow("SELECT username, fetched_at FROM x_users WHERE x_user_id = '2001'")
@@ -90,10 +92,13 @@ async def test_parents_from_expansions_are_stored_as_context(world: World) -> No
     parent = world.x.add_post("2002", "what do you all think?")
     reply = world.x.mention("2001", "@helperbot what do you think?", in_reply_to=parent)
 
-    assert await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions")) == {"mentions_pulled": 1}
+    assert await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions")) == {
+        "mentions_pulled": 1
+    }
 
     rows = await world.pool.fetch(
-        "SELECT x_post_id, kind, in_reply_to_post_id FROM pulled_posts WHERE bot_id = $1 ORDER BY x_post_id", bot
+        "SELECT x_post_id, kind, in_reply_to_post_id FROM pulled_posts WHERE bot_id = $1 ORDER BY x_post_id",
+        bot,
     )
     assert [(r["x_post_id"], r["kind"], r["in_reply_to_post_id"]) for r in rows] == [
         (parent, "context", None),

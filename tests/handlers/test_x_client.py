@@ -1,0 +1,152 @@
+"""The X client against the fake X: error types, rate-limit tracking, refusing what X would refuse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.fakes.fake_x import RateWindow
+from tests.handlers.conftest import World
+from xbot.errors import NonRetryableTaskError, RateLimitedError
+from xbot.repositories.bots import load_bot
+from xbot.tokens import TokenStore
+from xbot.x_client import XClient
+from xbot.x_errors import (
+    XBadRequestError,
+    XMalformedResponseError,
+    XNotFoundError,
+    XRateLimitedError,
+    XServerError,
+    XTimeoutError,
+    XTransientError,
+)
+
+
+async def client_for(world: World, bot_id: str) -> XClient:
+    bot = await load_bot(world.pool, bot_id)
+    tokens = TokenStore(world.pool, world.cipher, world.http, world.settings)
+    return XClient(
+        http=world.http,
+        pool=world.pool,
+        settings=world.settings,
+        tokens=tokens,
+        bot_id=bot.id,
+        plan_tier=bot.plan_tier,
+    )
+
+
+async def tracked(world: World, bot_id: str, endpoint: str) -> tuple[int, int, datetime] | None:
+    row = await world.pool.fetchrow(
+        "SELECT limit_total, remaining, reset_at FROM rate_limit_tracking WHERE bot_id = $1 AND endpoint = $2",
+        bot_id,
+        endpoint,
+    )
+    return (row["limit_total"], row["remaining"], row["reset_at"]) if row else None
+
+
+async def test_headers_update_rate_limit_tracking(world: World) -> None:
+    bot = await world.add_bot()
+    reset = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=7)
+    world.x.rate["mentions"] = RateWindow(limit=75, remaining=40, reset_at=reset)
+    x = await client_for(world, bot)
+
+    await x.mentions("1000")
+
+    assert await tracked(world, bot, "mentions") == (75, 39, reset)
+
+
+async def test_429_raises_with_the_reset_and_the_next_request_is_not_sent(world: World) -> None:
+    bot = await world.add_bot()
+    reset = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=9)
+    world.x.rate["mentions"] = RateWindow(limit=75, remaining=0, reset_at=reset)
+    x = await client_for(world, bot)
+
+    with pytest.raises(XRateLimitedError) as raised:
+        await x.mentions("1000")
+    assert raised.value.reset_at == reset and raised.value.sent
+    assert isinstance(raised.value, RateLimitedError)
+    assert await tracked(world, bot, "mentions") == (75, 0, reset)
+
+    sent_before = len(world.x.requests_to("mentions"))
+    with pytest.raises(XRateLimitedError) as refused:
+        await x.mentions("1000")
+    assert not refused.value.sent and refused.value.reset_at == reset
+    assert len(world.x.requests_to("mentions")) == sent_before
+    # Other endpoints are not affected.
+    await x.get_me()
+
+
+async def test_static_plan_limit_applies_before_x_sent_headers(world: World) -> None:
+    bot = await world.add_bot(plan_tier="free")  # mentions: 1 request per 15 minutes
+    world.x.rate_headers = False
+    x = await client_for(world, bot)
+
+    await x.mentions("1000")
+    with pytest.raises(XRateLimitedError) as refused:
+        await x.mentions("1000")
+
+    assert not refused.value.sent
+    assert len(world.x.requests_to("mentions")) == 1
+    limit, remaining, _reset = await tracked(world, bot, "mentions") or (0, 0, None)
+    assert (limit, remaining) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type"),
+    [
+        ("500", XServerError),
+        ("503", XServerError),
+        ("hang", XTimeoutError),
+        ("malformed", XMalformedResponseError),
+    ],
+)
+async def test_transient_failures_are_retryable(
+    world: World, fault: str, error_type: type[Exception]
+) -> None:
+    bot = await world.add_bot()
+    world.x.inject("mentions", fault)  # type: ignore[arg-type]
+    x = await client_for(world, bot)
+
+    with pytest.raises(error_type) as raised:
+        await x.mentions("1000")
+
+    assert isinstance(raised.value, XTransientError)
+    assert not isinstance(raised.value, NonRetryableTaskError)
+    assert (await x.mentions("1000")).posts == []  # the next call goes through
+
+
+async def test_400_carries_x_error_details_and_is_not_retryable(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.add_user("2001", "alice")
+    mention = world.x.mention("2001")
+    x = await client_for(world, bot)
+
+    with pytest.raises(XBadRequestError) as raised:
+        await x.create_post("x" * 281, mention)
+
+    assert isinstance(raised.value, NonRetryableTaskError)
+    assert raised.value.status == 400
+    assert "One or more parameters to your request was invalid" in str(raised.value)
+    assert "text is invalid" in raised.value.details
+
+
+async def test_missing_post_is_not_found(world: World) -> None:
+    bot = await world.add_bot()
+    x = await client_for(world, bot)
+
+    with pytest.raises(XNotFoundError):
+        await x.get_post("123456789")
+
+
+async def test_users_lookup_reports_missing_ids(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.add_user("2001", "alice")
+    x = await client_for(world, bot)
+
+    page = await x.users_by_ids(["2001", "2999"])
+
+    assert [u["username"] for u in page.users] == ["alice"]
+    assert [e["resource_id"] for e in page.errors] == ["2999"]
+    with pytest.raises(ValueError):
+        await x.users_by_ids([str(i) for i in range(101)])
