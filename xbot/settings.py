@@ -16,7 +16,9 @@ class SettingsError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     xbot_env: Literal["development", "test", "production"] = Field(
         default="production", validation_alias="XBOT_ENV"
@@ -45,6 +47,24 @@ class Settings(BaseSettings):
     openai_model: str = Field(default="gpt-4o-mini", validation_alias="OPENAI_MODEL")
 
     token_encryption_key: SecretStr | None = Field(default=None, validation_alias="TOKEN_ENCRYPTION_KEY")
+
+    # Temporal payload encryption (see docs/deployment.md): `id:key[,id:key...]`, first one encrypts.
+    encryption_key: SecretStr | None = Field(default=None, validation_alias="ENCRYPTION_KEY")
+    codec_cors_origins: str = Field(default="http://localhost:8233", validation_alias="CODEC_CORS_ORIGINS")
+    codec_require_token: bool = Field(default=True, validation_alias="CODEC_REQUIRE_TOKEN")
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _payload_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        from xbot.codec import EncryptionKeyError, parse_keyring
+
+        try:
+            parse_keyring(value.get_secret_value())
+        except EncryptionKeyError as error:
+            raise ValueError(str(error).removeprefix("invalid setting ENCRYPTION_KEY: ")) from None
+        return value
 
     @field_validator("x_api_base_url", "openai_base_url")
     @classmethod

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from xbot.codec import data_converter
 from xbot.settings import Settings
 
 BOT_ID = SearchAttributeKey.for_keyword("BotId")
@@ -28,7 +28,7 @@ async def connect_temporal(settings: Settings) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         tls=settings.temporal_tls or api_key is not None,
         api_key=api_key,
     )
