@@ -1,0 +1,201 @@
+"""Contract test: every request the X client and the Discord notifier send is valid per the official
+OpenAPI specifications, as judged by Stoplight Prism (an independent mock that validates requests).
+
+Prism runs with `--errors`, so a request violation is an error answer, and every answer carries the
+violations in its `sl-violations` header. Prism's own generated responses often break the schemas'
+formats too (those are reported as `response` violations and turned into 500s): they say nothing
+about our requests, so only violations located in the `request` fail the test.
+
+Prism comes from npm (`npm install --prefix .ci/node @stoplight/prism-cli@5.16.0`, done by `.ci/run`);
+the test is skipped, saying so, only when the binary is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from xbot import discord
+from xbot.crypto import cipher_from_settings
+from xbot.settings import load_settings
+from xbot.tokens import TokenStore, store_tokens
+from xbot.x_client import XClient
+from xbot.x_errors import XApiError
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+X_SPEC = HERE / "x-api-v2-openapi.json"
+DISCORD_SPEC = HERE / "discord-api-openapi.json"
+POST_ID = "1346889436626259968"
+USER_ID = "2244994945"
+
+
+def prism_binary() -> str | None:
+    local = REPO / ".ci" / "node" / "node_modules" / ".bin" / "prism"
+    return str(local) if local.exists() else shutil.which("prism")
+
+
+pytestmark = pytest.mark.skipif(
+    prism_binary() is None,
+    reason="Stoplight Prism not installed: run `npm install --prefix .ci/node @stoplight/prism-cli@5.16.0`",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Prism:
+    base_url: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Violations:
+    """Every `sl-violations` entry Prism reported, with the request that caused it."""
+
+    seen: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    statuses: list[tuple[str, int]] = field(default_factory=list)
+
+    async def hook(self, response: httpx.Response) -> None:
+        where = f"{response.request.method} {response.request.url.path}"
+        self.statuses.append((where, response.status_code))
+        for violation in json.loads(response.headers.get("sl-violations", "[]")):
+            self.seen.append((where, violation))
+
+    def in_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(where, v) for where, v in self.seen if v.get("location", [""])[0] == "request"]
+
+
+def start_prism(spec: Path) -> Iterator[Prism]:
+    binary = prism_binary()
+    assert binary is not None
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "mock", "--errors", "-h", "127.0.0.1", "-p", str(port), str(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield Prism(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def wait_until_listening(prism: Prism) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(240):  # Prism parses a large spec first: allow up to a minute
+            if prism.process.poll() is not None:
+                raise RuntimeError(f"prism exited with {prism.process.returncode}")
+            try:
+                await http.get(prism.base_url + "/", timeout=1)
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.25)
+    raise RuntimeError("prism did not start listening within a minute")
+
+
+@pytest.fixture(scope="module")
+def prism_servers() -> Iterator[tuple[Prism, Prism]]:
+    x_gen, discord_gen = start_prism(X_SPEC), start_prism(DISCORD_SPEC)
+    x_prism, discord_prism = next(x_gen), next(discord_gen)
+    try:
+        yield x_prism, discord_prism
+    finally:
+        for gen in (x_gen, discord_gen):
+            gen.close()
+
+
+@pytest.fixture
+async def prisms(prism_servers: tuple[Prism, Prism]) -> AsyncIterator[tuple[Prism, Prism]]:
+    await asyncio.gather(*(wait_until_listening(p) for p in prism_servers))
+    yield prism_servers
+
+
+async def x_client(pool: asyncpg.Pool, base_url: str, http: httpx.AsyncClient) -> XClient:
+    settings = load_settings(XBOT_ENV="test", X_API_BASE_URL=base_url, X_REQUEST_TIMEOUT_SECONDS=10)
+    cipher = cipher_from_settings(settings)
+    await pool.execute("INSERT INTO bots (id, name, plan_tier) VALUES ('contract', 'Contract', 'pro')")
+    await store_tokens(
+        pool, cipher, "contract", "any-bearer", "any-refresh", datetime.now(UTC) + timedelta(hours=1)
+    )
+    tokens = TokenStore(pool, cipher, http, settings)
+    return XClient(http=http, pool=pool, settings=settings, tokens=tokens, bot_id="contract", plan_tier="pro")
+
+
+async def test_x_client_requests_match_the_x_api_specification(
+    prisms: tuple[Prism, Prism], pool: asyncpg.Pool
+) -> None:
+    violations = Violations()
+    async with httpx.AsyncClient(event_hooks={"response": [violations.hook]}) as http:
+        x = await x_client(pool, prisms[0].base_url, http)
+        calls = [
+            x.get_me(),
+            x.mentions(USER_ID),
+            x.mentions(
+                USER_ID,
+                since_id=POST_ID,
+                until_id="1946889436626259968",
+                pagination_token="7140dibdnow9c7btw4",
+            ),
+            x.user_posts(USER_ID, start_time=datetime.now(UTC) - timedelta(hours=1), max_results=100),
+            x.get_post(POST_ID),
+            x.users_by_ids([USER_ID, "783214"]),
+            x.create_post("Thanks for the mention!", POST_ID),
+        ]
+        for call in calls:
+            # Prism's example answers may themselves break the spec; only our requests are judged.
+            with contextlib.suppress(XApiError):
+                await call
+
+        assert len(violations.statuses) == len(calls)
+        assert violations.in_requests() == []
+        rejected = [(where, status) for where, status in violations.statuses if 400 <= status < 500]
+        assert rejected == []
+
+        # The check can fail: a request the spec forbids is reported.
+        await http.get(
+            f"{prisms[0].base_url}/2/users/{USER_ID}/mentions",
+            params={"max_results": 3},
+            headers={"Authorization": "Bearer any"},
+        )
+        assert [v["location"] for _, v in violations.in_requests()] == [["request", "query", "max_results"]]
+
+
+async def test_discord_webhook_request_matches_the_discord_specification(prisms: tuple[Prism, Prism]) -> None:
+    violations = Violations()
+    # `Prefer: code=204` makes Prism answer with a webhook's real 204 (no `?wait=true`).
+    async with httpx.AsyncClient(
+        headers={"Prefer": "code=204"}, event_hooks={"response": [violations.hook]}
+    ) as http:
+        notice = discord.ReplyNotice(
+            "Helper", "alice", POST_ID, "Thanks for the mention!", "1946889436626259968"
+        )
+        delivered = await discord.notify_reply(
+            http, f"{prisms[1].base_url}/webhooks/223704706495545344/tok-en_1", notice
+        )
+
+    assert violations.in_requests() == []
+    assert delivered
