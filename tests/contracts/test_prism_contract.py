@@ -18,7 +18,7 @@ import json
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,7 +84,7 @@ class Violations:
         return [(where, v) for where, v in self.seen if v.get("location", [""])[0] == "request"]
 
 
-def start_prism(spec: Path) -> Iterator[Prism]:
+def start_prism(spec: Path) -> Generator[Prism, None, None]:
     binary = prism_binary()
     assert binary is not None
     port = free_port()
