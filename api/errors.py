@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
+from xbot.scheduler_client import WorkerUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +91,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(503, "Temporal is unavailable")
         log.exception("Temporal call failed")
         return error_response(502, f"Temporal call failed: {error.status.name}")
+
+    @app.exception_handler(WorkerUnavailable)
+    async def _no_worker(_: Request, error: WorkerUnavailable) -> JSONResponse:
+        return error_response(503, f"{error} (is a worker running?)")
 
     @app.exception_handler(TimeoutError)
     async def _timeout(_: Request, error: TimeoutError) -> JSONResponse:

@@ -53,6 +53,10 @@ class SchedulerConflict(Exception):
     """The request contradicts the scheduler's state (already running, not running)."""
 
 
+class WorkerUnavailable(Exception):
+    """The workflow exists but no worker answered its `status` query in time."""
+
+
 class StartResult(BaseModel):
     message: str
     isRunning: bool
@@ -101,7 +105,11 @@ async def query_status(
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             return None
+        if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            raise WorkerUnavailable(f"no worker answered the status query of {bot_id}") from None
         raise
+    except WorkflowQueryFailedError as error:
+        raise WorkerUnavailable(f"the status query of {bot_id} failed: {error}") from None
     return result
 
 
@@ -120,7 +128,7 @@ async def _wait_until(
     while True:
         try:
             status = await query_status(client, bot_id)
-        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError) as error:
+        except (RPCError, WorkerUnavailable, WorkflowQueryRejectedError) as error:
             log.debug("status query while waiting failed: %s", error)
         if (status is not None and predicate(status)) or asyncio.get_running_loop().time() >= deadline:
             return status

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -18,6 +19,7 @@ from api.app import create_app
 from xbot.settings import Settings, load_settings
 
 API_TOKEN = "test-api-token-" + uuid.uuid4().hex
+T = TypeVar("T")
 
 
 def api_settings(task_queue: str, **overrides: object) -> Settings:
@@ -79,3 +81,29 @@ async def serve(application: FastAPI) -> AsyncIterator[str]:
 async def live_server(app: FastAPI) -> AsyncIterator[str]:
     async with serve(app) as address:
         yield address
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "") -> T:
+    """Poll `check` until it returns something truthy; bounded, so a broken feature fails, not hangs."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def worker(
+    pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str
+) -> AsyncIterator[None]:
+    """The real BotScheduler worker, in process, on this test's task queue."""
+    from xbot.worker_app import build_worker
+
+    settings = api_settings(task_queue)
+    async with httpx.AsyncClient(timeout=10) as http:
+        running = build_worker(dev_server_env.client, pool, settings, task_queue, http)
+        async with running:
+            yield

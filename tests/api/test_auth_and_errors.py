@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -21,7 +22,7 @@ def _concrete(path: str) -> str:
 
 
 def _protected_routes(app: FastAPI) -> list[tuple[str, str]]:
-    routes = []
+    routes: list[tuple[str, str]] = []
     for path, operations in app.openapi()["paths"].items():
         if path not in PUBLIC:
             routes.extend((method.upper(), _concrete(path)) for method in operations)
@@ -136,7 +137,7 @@ async def test_oversized_body_is_refused_before_anything_is_written(
     assert response.status_code == 413
     assert "error" in response.json()
 
-    async def chunks():  # no Content-Length: counted while streaming
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while streaming
         for _ in range(40):
             yield b" " * 10_000
 

@@ -12,11 +12,11 @@ from tests.api.helpers import insert_bot, insert_definition, insert_execution, i
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def _all_pages(client: httpx.AsyncClient, path: str, **params: object) -> list[list[int]]:
+async def _all_pages(client: httpx.AsyncClient, path: str, **params: int) -> list[list[int]]:
     pages: list[list[int]] = []
     cursor = None
     while True:
-        query = {**params, **({"cursor": cursor} if cursor else {})}
+        query: dict[str, str | int] = {**params, **({"cursor": cursor} if cursor else {})}
         body = (await client.get(path, params=query)).json()
         pages.append([item["id"] for item in body["items"]])
         cursor = body["next_cursor"]

@@ -1,0 +1,87 @@
+"""The dashboard end to end in headless Chromium (Debian's package) driven by Playwright.
+
+Open the page, give the token, open a bot, start it, see its status change and a log line arrive
+over the WebSocket, and approve a reply waiting for approval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.api.conftest import API_TOKEN
+from tests.api.helpers import insert_bot, insert_definition, insert_reply
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+    ),
+    pytest.mark.usefixtures("worker"),
+]
+
+
+@pytest.fixture
+async def page(live_server: str) -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context()
+            tab = await context.new_page()
+            tab.set_default_timeout(30_000)
+            yield tab
+        finally:
+            await browser.close()
+
+
+async def test_dashboard_start_live_log_and_approve(
+    page: object, live_server: str, pool: asyncpg.Pool
+) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    await insert_bot(pool, "demo", approval_required=True)
+    await insert_definition(
+        pool, "demo", "noop", interval_seconds=1, next_planned_run_at=datetime.now(UTC) + timedelta(seconds=1)
+    )
+    reply_id = await insert_reply(pool, "demo", "555", mention="@demo is this thing on?", text="It is!")
+
+    await page.goto(f"http://{live_server}/")
+    await page.fill("#token-input", API_TOKEN)
+    await page.click("#token-save")
+    row = page.locator('tr[data-bot-id="demo"]')
+    await expect(row).to_contain_text("Stopped")
+    assert await page.evaluate("sessionStorage.getItem('xbot.apiToken')") == API_TOKEN
+
+    await row.locator("a").click()
+    await expect(page.locator("#feed-state")).to_have_text("live")
+    await expect(page.locator("#bot-status")).to_have_text("Stopped")
+    await expect(page.locator("[data-reply-id] blockquote")).to_contain_text("is this thing on?")
+
+    await page.click("#start-btn")
+    await expect(page.locator("#bot-status")).to_have_text("Running")
+    # A log line pushed over the WebSocket (not loaded by the initial fetch).
+    await expect(page.locator('#logs li[data-log-id^="live-"]').first).to_be_visible()
+
+    await page.locator(f'[data-reply-id="{reply_id}"] button.approve').click()
+    await expect(page.locator(f'[data-reply-id="{reply_id}"]')).to_have_count(0)
+    assert await pool.fetchval("SELECT status FROM post_replies WHERE id = $1", reply_id) == "approved"
+
+    await page.click("#stop-btn")
+    await expect(page.locator("#bot-status")).to_have_text("Stopped")
