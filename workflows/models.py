@@ -61,7 +61,204 @@ class SchedulerStatus(BaseModel):
     lastEventSeq: int = 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Scheduler internals: the plan, activity payloads and the state carried across continue-as-new.
+# Added by the scheduler; the API only needs the models above.
+# ---------------------------------------------------------------------------------------------
+
+ACTIVITY_LOAD_PLAN = "load_bot_plan"
+ACTIVITY_RUN_TASK = "run_bot_task"
+ACTIVITY_RECORD_SKIPPED = "record_skipped_run"
+ACTIVITY_SET_PAUSED = "set_task_paused"
+ACTIVITY_SETTLE_LOST_RUN = "settle_lost_run"
+# Sent by the task runner to its own workflow: lock contention and "attempt failed, backing off".
+SIGNAL_TASK_PROGRESS = "task_progress"
+
+RunTrigger = Literal["schedule", "run_task", "dependency"]
+
+
+class TaskPlan(BaseModel):
+    """The scheduling fields of one active definition. Never its `config` (it may hold secrets)."""
+
+    id: int
+    task_type: str
+    name: str | None = None
+    interval_seconds: int | None = None
+    cron_expression: str | None = None
+    jitter_seconds: int = 0
+    priority: int = 0
+    dependencies: list[int] = Field(default_factory=list)
+    max_retries: int = 3
+    retry_delay_minutes: float = 1.0
+    retry_backoff_coefficient: float = 2.0
+    max_retry_delay_minutes: float = 60.0
+    timeout_seconds: int = 300
+    error_threshold: int = 5
+    consecutive_failures: int = 0
+    rate_limit_endpoint: str | None = None
+    min_rate_limit_remaining: int = 0
+    lock_key: str | None = None
+    allow_overlap: bool = False
+    is_paused: bool = False
+    next_planned_run_at: datetime | None = None
+    last_successful_run_at: datetime | None = None
+    last_started_at: datetime | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name or self.task_type} #{self.id}"
+
+
+class BotPlan(BaseModel):
+    bot_id: str
+    exists: bool = True
+    plan_tier: str = "basic"
+    lead_seconds: float = 60.0
+    tasks: list[TaskPlan] = Field(default_factory=list)
+    healed_executions: int = 0
+
+
+class LoadPlanInput(BaseModel):
+    bot_id: str
+    # Executions whose key starts with one of these belong to attempts still running: not stale.
+    keep_execution_prefixes: list[str] = Field(default_factory=list)
+
+
+class TaskRunRequest(BaseModel):
+    bot_id: str
+    task_id: int
+    task_type: str
+    trigger: RunTrigger = "schedule"
+    fire_at: datetime
+    dispatched_at: datetime
+    # What the runner saves as next_planned_run_at once this run settles (success or final failure).
+    next_planned_run_at: datetime
+    plan_tier: str = "basic"
+    lock_key: str | None = None
+    allow_overlap: bool = False
+    rate_limit_endpoint: str | None = None
+    min_rate_limit_remaining: int = 0
+    timeout_seconds: int = 300
+
+
+class TaskRunResult(BaseModel):
+    outcome: Literal["completed", "postponed", "gone"]
+    execution_id: int | None = None
+    attempt: int = 1
+    finished_at: datetime
+    last_success_at: datetime | None = None
+    postponed_until: datetime | None = None
+    reason: str | None = None
+
+
+class TaskFailure(BaseModel):
+    """Details of the ApplicationError a task attempt ends with."""
+
+    execution_id: int | None = None
+    attempt: int = 1
+    final: bool = False
+    consecutive_failures: int = 0
+    deactivated: bool = False
+    log_id: int | None = None
+    error: str = ""
+
+
+class TaskProgress(BaseModel):
+    task_id: int
+    activity_id: str
+    attempt: int
+    state: Literal["waiting_lock", "running", "retrying"]
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+class SkipRunInput(BaseModel):
+    bot_id: str
+    task_id: int
+    task_type: str
+    due_at: datetime
+    reason: str
+    next_planned_run_at: datetime
+
+
+class SetPausedInput(BaseModel):
+    bot_id: str
+    task_id: int
+    paused: bool
+
+
+class LostRunInput(BaseModel):
+    """An attempt whose worker vanished: close its rows and count the failure if it was final."""
+
+    bot_id: str
+    task_id: int
+    keep_execution_prefixes: list[str] = Field(default_factory=list)
+    reason: str
+    count_failure: bool = True
+    next_planned_run_at: datetime | None = None
+
+
+class SettleResult(BaseModel):
+    execution_id: int | None = None
+    healed: int = 0
+    consecutive_failures: int = 0
+    deactivated: bool = False
+    log_id: int | None = None
+
+
+class TaskRuntime(BaseModel):
+    """Per-definition scheduling state the workflow carries across continue-as-new."""
+
+    id: int
+    nominal_due_at: datetime
+    fire_at: datetime
+    not_before: datetime | None = None
+    not_before_reason: str | None = None
+    run_requested: bool = False
+    paused: bool = False
+    consecutive_failures: int = 0
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_error: str | None = None
+
+
+class SchedulerOptions(BaseModel):
+    # Wake this much before a due time; the task runner waits for the exact instant.
+    early_wake_ms: int = 1000
+    heartbeat_timeout_seconds: float = 10.0
+    # The Java time-skipping test server rejects undeclared custom search attributes.
+    search_attributes: bool = True
+    # Continue-as-new at the first idle moment past this history length...
+    continue_after_events: int = 2000
+    # ...and past this one stop starting tasks until the running ones finish, then continue.
+    drain_after_events: int = 8000
+    event_buffer_size: int = 200
+
+
+class SearchAttributeState(BaseModel):
+    running: bool | None = None
+    next_due_at: datetime | None = None
+    bot_id_set: bool = False
+
+
+class SchedulerCarry(BaseModel):
+    """Everything a continued run needs; None on a bot's first run."""
+
+    running: bool = True
+    plan: BotPlan | None = None
+    tasks: list[TaskRuntime] = Field(default_factory=list)
+    events: list[SchedulerEvent] = Field(default_factory=list)
+    last_event_seq: int = 0
+    reload_requested: bool = False
+    heal_requested: bool = False
+    pending_run_requests: list[int] = Field(default_factory=list)
+    search_attributes: SearchAttributeState = Field(default_factory=SearchAttributeState)
+    generation: int = 0
+
+
 class SchedulerInput(BaseModel):
     """Start argument of BotScheduler. The scheduler may add fields with defaults (carried state)."""
 
     bot_id: str
+    options: SchedulerOptions = Field(default_factory=SchedulerOptions)
+    carry: SchedulerCarry | None = None

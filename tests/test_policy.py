@@ -1,0 +1,192 @@
+"""The scheduling policy: pure functions, no Temporal, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from workflows import policy
+from workflows.models import TaskPlan
+from workflows.policy import Candidate, DependencyVerdict, DependencyView, Schedule
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def plan(**fields: object) -> TaskPlan:
+    defaults: dict[str, object] = {"id": 1, "task_type": "noop", "interval_seconds": 60}
+    defaults.update(fields)
+    return TaskPlan.model_validate(defaults)
+
+
+def view(task_id: int = 2, **fields: object) -> DependencyView:
+    values: dict[str, object] = {
+        "task_id": task_id,
+        "label": f"dep #{task_id}",
+        "schedule": Schedule(interval=timedelta(minutes=10)),
+        "last_success_at": None,
+        "last_failure_at": None,
+        "last_error": None,
+        "busy": False,
+        "paused": False,
+    }
+    values.update(fields)
+    return DependencyView(**values)  # type: ignore[arg-type]
+
+
+class TestInitialDue:
+    def test_planned_time_wins_even_in_the_past(self) -> None:
+        planned = T0 - timedelta(hours=3)
+        task = plan(next_planned_run_at=planned, last_started_at=T0 - MINUTE)
+        assert policy.initial_due(task, T0, 60) == planned
+
+    def test_last_start_plus_interval(self) -> None:
+        task = plan(interval_seconds=300, last_started_at=T0 - MINUTE)
+        assert policy.initial_due(task, T0, 60) == T0 + 4 * MINUTE
+
+    def test_new_task_waits_the_lead_time(self) -> None:
+        assert policy.initial_due(plan(), T0, 45) == T0 + timedelta(seconds=45)
+
+    def test_cron_without_history_takes_next_occurrence(self) -> None:
+        task = plan(interval_seconds=None, cron_expression="*/15 * * * *")
+        assert policy.initial_due(task, T0 + MINUTE, 60) == T0 + 15 * MINUTE
+
+    def test_cron_after_last_start(self) -> None:
+        task = plan(interval_seconds=None, cron_expression="0 * * * *", last_started_at=T0)
+        assert policy.initial_due(task, T0 + 5 * MINUTE, 60) == T0 + timedelta(hours=1)
+
+
+class TestAdvance:
+    def test_next_is_nominal_plus_interval_not_completion_plus_interval(self) -> None:
+        schedule = Schedule(interval=MINUTE)
+        finished_late = T0 + timedelta(seconds=40)
+        assert policy.advance(schedule, T0, finished_late) == T0 + MINUTE
+
+    def test_missed_occurrences_are_skipped_on_the_same_phase(self) -> None:
+        schedule = Schedule(interval=timedelta(minutes=10))
+        now = T0 + timedelta(hours=3, minutes=4)
+        assert policy.advance(schedule, T0, now) == T0 + timedelta(hours=3, minutes=10)
+
+    def test_exact_boundary_moves_strictly_forward(self) -> None:
+        schedule = Schedule(interval=MINUTE)
+        assert policy.advance(schedule, T0, T0 + MINUTE) == T0 + 2 * MINUTE
+
+    def test_cron(self) -> None:
+        schedule = Schedule(cron="*/5 * * * *")
+        assert policy.advance(schedule, T0, T0 + timedelta(seconds=3)) == T0 + 5 * MINUTE
+        assert policy.advance(schedule, T0, T0 + 12 * MINUTE) == T0 + 15 * MINUTE
+
+    def test_sub_minute_interval(self) -> None:
+        schedule = policy.schedule_of(plan(interval_seconds=15))
+        assert policy.advance(schedule, T0, T0 + timedelta(seconds=1)) == T0 + timedelta(seconds=15)
+
+    def test_schedule_requires_exactly_one_kind(self) -> None:
+        with pytest.raises(ValueError):
+            Schedule()
+        with pytest.raises(ValueError):
+            Schedule(interval=MINUTE, cron="* * * * *")
+
+    def test_valid_cron(self) -> None:
+        assert policy.valid_cron("0 9 * * mon-fri")
+        assert not policy.valid_cron("every tuesday")
+
+
+class TestJitter:
+    def test_jitter_stays_within_bounds(self) -> None:
+        assert policy.jittered(T0, 30, 0.0) == T0
+        assert policy.jittered(T0, 30, 0.5) == T0 + timedelta(seconds=15)
+        assert policy.jittered(T0, 30, 0.9999999) < T0 + timedelta(seconds=30)
+
+    def test_no_jitter(self) -> None:
+        assert policy.jittered(T0, 0, 0.7) == T0
+
+
+class TestOrder:
+    def test_priority_then_due_then_id(self) -> None:
+        ordered = policy.dispatch_order(
+            [
+                Candidate(1, 0, T0),
+                Candidate(2, 10, T0 + MINUTE),
+                Candidate(3, 10, T0),
+                Candidate(4, -5, T0 - MINUTE),
+                Candidate(5, 0, T0),
+            ]
+        )
+        assert [c.task_id for c in ordered] == [3, 2, 1, 5, 4]
+
+
+class TestDependencies:
+    def test_fresh_dependency_lets_the_task_run(self) -> None:
+        decision = policy.resolve_dependencies([2], {2: view(last_success_at=T0 - MINUTE)}, T0)
+        assert decision.verdict is DependencyVerdict.READY
+
+    def test_stale_dependency_runs_first(self) -> None:
+        decision = policy.resolve_dependencies([2], {2: view(last_success_at=T0 - timedelta(hours=1))}, T0)
+        assert decision.verdict is DependencyVerdict.RUN_FIRST
+        assert decision.run_first == (2,)
+
+    def test_never_run_dependency_runs_first(self) -> None:
+        decision = policy.resolve_dependencies([2, 3], {2: view(2), 3: view(3)}, T0)
+        assert decision.run_first == (2, 3)
+
+    def test_dependency_that_ran_for_the_task_counts_even_with_a_short_interval(self) -> None:
+        dep = view(
+            schedule=Schedule(interval=timedelta(seconds=1)), last_success_at=T0 + timedelta(seconds=5)
+        )
+        assert policy.resolve_dependencies([2], {2: dep}, T0).verdict is DependencyVerdict.READY
+
+    def test_busy_dependency_makes_the_task_wait(self) -> None:
+        decision = policy.resolve_dependencies([2], {2: view(busy=True)}, T0)
+        assert decision.verdict is DependencyVerdict.WAIT
+        assert decision.reason is not None and "dep #2" in decision.reason
+
+    def test_dependency_failed_after_the_task_fell_due_skips_it(self) -> None:
+        dep = view(last_failure_at=T0 + timedelta(seconds=3), last_error="boom")
+        decision = policy.resolve_dependencies([2], {2: dep}, T0)
+        assert decision.verdict is DependencyVerdict.SKIP
+        assert decision.reason == "dependency dep #2 failed: boom"
+
+    def test_older_failure_gives_the_dependency_another_chance(self) -> None:
+        dep = view(last_failure_at=T0 - timedelta(hours=1))
+        assert policy.resolve_dependencies([2], {2: dep}, T0).verdict is DependencyVerdict.RUN_FIRST
+
+    def test_paused_stale_dependency_skips(self) -> None:
+        decision = policy.resolve_dependencies([2], {2: view(paused=True)}, T0)
+        assert decision.verdict is DependencyVerdict.SKIP
+
+    def test_unknown_dependency_is_ignored(self) -> None:
+        assert policy.resolve_dependencies([99], {}, T0).verdict is DependencyVerdict.READY
+
+
+class TestRetries:
+    def test_retry_policy_from_definition(self) -> None:
+        task = plan(
+            max_retries=4, retry_delay_minutes=2, retry_backoff_coefficient=3, max_retry_delay_minutes=30
+        )
+        retry = policy.retry_policy(task)
+        assert retry.initial_interval == timedelta(minutes=2)
+        assert retry.backoff_coefficient == 3
+        assert retry.maximum_interval == timedelta(minutes=30)
+        assert retry.maximum_attempts == 5
+        assert "NonRetryableTaskError" in (retry.non_retryable_error_types or [])
+
+    def test_no_retries_means_one_attempt(self) -> None:
+        assert policy.retry_policy(plan(max_retries=0)).maximum_attempts == 1
+
+    def test_cap_never_below_first_delay(self) -> None:
+        task = plan(retry_delay_minutes=10, max_retry_delay_minutes=1)
+        assert policy.retry_policy(task).maximum_interval == timedelta(minutes=10)
+
+    def test_delays_grow_then_cap(self) -> None:
+        task = plan(retry_delay_minutes=1, retry_backoff_coefficient=2, max_retry_delay_minutes=5)
+        delays = [policy.retry_delay(task, attempt) for attempt in range(1, 6)]
+        assert delays == [MINUTE, 2 * MINUTE, 4 * MINUTE, 5 * MINUTE, 5 * MINUTE]
+
+    def test_huge_attempt_numbers_do_not_overflow(self) -> None:
+        task = plan(retry_backoff_coefficient=10, max_retries=100)
+        assert policy.retry_delay(task, 100) == timedelta(minutes=60)
+
+    def test_start_to_close_covers_handler_timeout_and_lock_wait(self) -> None:
+        timeout = policy.start_to_close(plan(timeout_seconds=30), timedelta(seconds=1))
+        assert timeout > timedelta(seconds=61)
