@@ -136,6 +136,8 @@ class TaskRunRequest(BaseModel):
     plan_tier: str = "basic"
     lock_key: str | None = None
     allow_overlap: bool = False
+    # Also take the per-bot lock: another exclusive task of the bot is in a retry cycle.
+    bot_lock: bool = False
     rate_limit_endpoint: str | None = None
     min_rate_limit_remaining: int = 0
     timeout_seconds: int = 300
@@ -214,7 +216,8 @@ class TaskRuntime(BaseModel):
     fire_at: datetime
     not_before: datetime | None = None
     not_before_reason: str | None = None
-    run_requested: bool = False
+    # Set by `run_task`: run once as soon as possible, whatever the schedule says.
+    requested_at: datetime | None = None
     paused: bool = False
     consecutive_failures: int = 0
     last_success_at: datetime | None = None
@@ -250,7 +253,6 @@ class SchedulerCarry(BaseModel):
     events: list[SchedulerEvent] = Field(default_factory=list)
     last_event_seq: int = 0
     reload_requested: bool = False
-    heal_requested: bool = False
     pending_run_requests: list[int] = Field(default_factory=list)
     search_attributes: SearchAttributeState = Field(default_factory=SearchAttributeState)
     generation: int = 0

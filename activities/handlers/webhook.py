@@ -1,0 +1,53 @@
+"""`webhook`: POST `{botId, taskId, taskType, dueAt, attempt}` to `config.url`; non-2xx fails.
+
+The generic task type that lets the scheduler drive work outside X. A 4xx answer is final (the
+request will not get better by repeating it) except 408 and 429; 5xx and network errors retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from activities.handlers.base import HandlerDeps, TaskContext
+from xbot.errors import NonRetryableTaskError, TaskError
+
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+class WebhookHandler:
+    """Config: `{"url": "https://…", "headers": {...} (optional), "timeout_seconds": 30 (optional)}`."""
+
+    def __init__(self, deps: HandlerDeps) -> None:
+        self.http = deps.http
+
+    async def run(self, ctx: TaskContext) -> dict[str, Any]:
+        url = ctx.config.get("url")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise NonRetryableTaskError("config.url must be an http(s) URL")
+        headers = ctx.config.get("headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise NonRetryableTaskError("config.headers must map header names to strings")
+        timeout = ctx.config.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+        body = {
+            "botId": ctx.bot_id,
+            "taskId": ctx.task_id,
+            "taskType": ctx.task_type,
+            "dueAt": ctx.due_at.isoformat(),
+            "attempt": ctx.attempt,
+        }
+        try:
+            response = await self.http.post(url, json=body, headers=headers, timeout=float(timeout))
+        except httpx.HTTPError as error:
+            # The URL may carry a token in its query: name only the host.
+            raise TaskError(f"webhook to {urlsplit(url).netloc} failed: {type(error).__name__}") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return {"status": status}
+        message = f"webhook to {urlsplit(url).netloc} answered HTTP {status}"
+        if 400 <= status < 500 and status not in RETRYABLE_CLIENT_ERRORS:
+            raise NonRetryableTaskError(message)
+        raise TaskError(message)

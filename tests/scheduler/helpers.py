@@ -1,0 +1,174 @@
+"""Scheduler test helpers: plain-SQL fixtures, scripted task handlers, starting bots."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.handlers.base import TaskContext, TaskHandler
+from activities.handlers.noop import NoopHandler
+from workflows.models import (
+    QUERY_STATUS,
+    SIGNAL_START,
+    WORKFLOW_NAME,
+    SchedulerInput,
+    SchedulerOptions,
+    SchedulerStatus,
+)
+from xbot.errors import NonRetryableTaskError, RateLimitedError, TaskError
+from xbot.settings import load_settings
+from xbot.worker_app import build_worker
+
+T = TypeVar("T")
+
+# Time-skipping runs: no early wake (the runner would wait in real time), quick cancellation,
+# no custom search attributes (the Java test server has none registered).
+TEST_OPTIONS = SchedulerOptions(early_wake_ms=0, heartbeat_timeout_seconds=2.0, search_attributes=False)
+
+
+def new_bot_id() -> str:
+    return f"bot-{uuid.uuid4().hex[:10]}"
+
+
+async def insert_bot(pool: asyncpg.Pool, bot_id: str | None = None, plan_tier: str = "basic") -> str:
+    bot_id = bot_id or new_bot_id()
+    await pool.execute(
+        "INSERT INTO bots (id, name, plan_tier, scheduler_enabled) VALUES ($1, $2, $3, true)",
+        bot_id,
+        f"Test {bot_id}",
+        plan_tier,
+    )
+    return bot_id
+
+
+async def insert_task(pool: asyncpg.Pool, bot_id: str, task_type: str = "noop", **columns: Any) -> int:
+    """A task definition; every minute unless the columns say otherwise."""
+    if not {"interval_minutes", "interval_seconds", "cron_expression"} & set(columns):
+        columns["interval_minutes"] = 1
+    names = ", ".join(["bot_id", "task_type", *columns])
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 3))
+    task_id: int = await pool.fetchval(
+        f"INSERT INTO bot_task_definitions ({names}) VALUES ({marks}) RETURNING id",
+        bot_id,
+        task_type,
+        *columns.values(),
+    )
+    return task_id
+
+
+async def executions(pool: asyncpg.Pool, bot_id: str, task_id: int | None = None) -> list[asyncpg.Record]:
+    return list(
+        await pool.fetch(
+            """
+            SELECT * FROM bot_task_executions
+            WHERE bot_id = $1 AND ($2::bigint IS NULL OR task_definition_id = $2)
+            ORDER BY id
+            """,
+            bot_id,
+            task_id,
+        )
+    )
+
+
+async def definition(pool: asyncpg.Pool, task_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM bot_task_definitions WHERE id = $1", task_id)
+    assert row is not None
+    return row
+
+
+@dataclass
+class Call:
+    task_id: int
+    attempt: int
+    due_at: Any
+    execution_id: int
+
+
+@dataclass
+class ScriptedHandler:
+    """Does what the script says for each call of a task: ok, fail, fatal, sleep, rate_limited.
+
+    `script[task_id]` is consumed one action per call; when it runs out every call succeeds.
+    `sleep` runs until cancelled (or `sleep_seconds` of real time).
+    """
+
+    script: dict[int, list[str]] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    sleep_seconds: float = 60.0
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, ctx: TaskContext) -> dict[str, Any]:
+        self.calls.append(Call(ctx.task_id, ctx.attempt, ctx.due_at, ctx.execution_id))
+        self.started.set()
+        steps = self.script.get(ctx.task_id) or []
+        action = steps.pop(0) if steps else "ok"
+        if action == "fail":
+            raise TaskError(f"scripted failure of task {ctx.task_id}")
+        if action == "fatal":
+            raise NonRetryableTaskError(f"scripted fatal failure of task {ctx.task_id}")
+        if action == "rate_limited":
+            raise RateLimitedError("mentions", ctx.due_at + timedelta(minutes=15))
+        if action == "sleep":
+            await asyncio.sleep(self.sleep_seconds)
+        return {"ok": 1}
+
+    def calls_of(self, task_id: int) -> list[Call]:
+        return [call for call in self.calls if call.task_id == task_id]
+
+
+def handlers_with(handler: TaskHandler, *task_types: str) -> dict[str, TaskHandler]:
+    handlers: dict[str, TaskHandler] = {"noop": NoopHandler()}
+    for task_type in task_types or ("scripted",):
+        handlers[task_type] = handler
+    return handlers
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client, pool: asyncpg.Pool, task_queue: str, handlers: Mapping[str, TaskHandler]
+) -> AsyncIterator[Worker]:
+    async with httpx.AsyncClient() as http:
+        worker = build_worker(client, pool, load_settings(), task_queue, http, handlers=handlers)
+        async with worker:
+            yield worker
+
+
+async def start_bot(
+    client: Client, bot_id: str, task_queue: str, options: SchedulerOptions = TEST_OPTIONS
+) -> WorkflowHandle[Any, Any]:
+    return await client.start_workflow(
+        WORKFLOW_NAME,
+        SchedulerInput(bot_id=bot_id, options=options),
+        id=bot_id,
+        task_queue=task_queue,
+        start_signal=SIGNAL_START,
+    )
+
+
+async def status(handle: WorkflowHandle[Any, Any]) -> SchedulerStatus:
+    result: SchedulerStatus = await handle.query(QUERY_STATUS, result_type=SchedulerStatus)
+    return result
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 20.0
+) -> T:
+    """Poll `probe` in real time until `check` accepts its value; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if check(value):
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s; last value: {value!r}")
+        await asyncio.sleep(0.05)
