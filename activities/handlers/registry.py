@@ -8,12 +8,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from activities.handlers.base import HandlerDeps, TaskHandler
+from activities.handlers.generate_replies import GenerateRepliesHandler
 from activities.handlers.noop import NoopHandler
+from activities.handlers.pull_mentions import PullMentionsHandler
+from activities.handlers.reply_to_mentions import ReplyToMentionsHandler
+from activities.handlers.user_fetch import UserFetchHandler
 from activities.handlers.webhook import WebhookHandler
 
 HANDLER_CLASSES: dict[str, Callable[[HandlerDeps], TaskHandler]] = {
     "noop": NoopHandler,
     "webhook": WebhookHandler,
+    "pull_mentions": PullMentionsHandler,
+    "generate_replies": GenerateRepliesHandler,
+    "generate_replys": GenerateRepliesHandler,  # the seed's spelling
+    "reply_to_mentions": ReplyToMentionsHandler,
+    "user_fetch": UserFetchHandler,
 }
 
 TASK_TYPES: frozenset[str] = frozenset(HANDLER_CLASSES)

@@ -21,9 +21,18 @@ class XHandlerBase:
 
     def __init__(self, deps: HandlerDeps, tokens: TokenStore | None = None) -> None:
         self.deps = deps
-        self.tokens = tokens or TokenStore(
-            deps.pool, cipher_from_settings(deps.settings), deps.http, deps.settings
-        )
+        self._tokens = tokens
+        if tokens is None and (deps.settings.token_encryption_key is not None or deps.settings.is_production):
+            # Outside development a worker without TOKEN_ENCRYPTION_KEY refuses to start, here.
+            self._tokens = TokenStore(
+                deps.pool, cipher_from_settings(deps.settings), deps.http, deps.settings
+            )
+
+    @property
+    def tokens(self) -> TokenStore:
+        if self._tokens is None:
+            raise NonRetryableTaskError("missing setting TOKEN_ENCRYPTION_KEY: X tokens cannot be read")
+        return self._tokens
 
     def x_client(self, bot: BotProfile) -> XClient:
         return XClient(
