@@ -1,0 +1,77 @@
+"""Mentions -> drafts -> posts -> Discord through the real BotScheduler workflow, a real worker and the
+Temporal dev server, with the registry's handlers talking to the loopback fakes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests.handlers.conftest import World
+from tests.handlers.scheduling import add_task, completed_results, eventually, start_scheduler, unique_bot_id
+from xbot.worker_app import build_worker
+
+pytestmark = pytest.mark.devserver
+
+
+async def test_mentions_are_answered_once_and_announced(
+    world: World, dev_server_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    client = dev_server_env.client
+    bot = await world.add_bot(
+        unique_bot_id(), discord_webhook_url=world.discord_url, persona_prompt="You are Helper."
+    )
+    for user_id, name in (("2001", "alice"), ("2002", "bob"), ("2003", "carol")):
+        world.x.add_user(user_id, name)
+    mentions = [world.x.mention(u, f"@helperbot question from {u}") for u in ("2001", "2002", "2003")]
+    pull = await add_task(world.pool, bot, "pull_mentions", priority=3, rate_limit_endpoint="mentions")
+    draft = await add_task(world.pool, bot, "generate_replys", priority=2, dependencies=[pull])
+    reply = await add_task(
+        world.pool,
+        bot,
+        "reply_to_mentions",
+        priority=1,
+        dependencies=[draft],
+        rate_limit_endpoint="create_post",
+        min_rate_limit_remaining=1,
+    )
+
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, world.pool, world.settings, task_queue, http),
+    ):
+        handle = await start_scheduler(client, bot, task_queue)
+        try:
+            await eventually(lambda: completed_results(world.pool, reply), bool)
+        finally:
+            await handle.terminate("test finished")
+
+    assert await completed_results(world.pool, pull) == [{"mentions_pulled": 3}]
+    assert await completed_results(world.pool, draft) == [{"replies_generated": 3, "replies_failed": 0}]
+    assert await completed_results(world.pool, reply) == [
+        {"replies_sent": 3, "replies_failed": 0, "replies_recovered": 0}
+    ]
+    assert world.x.posts_per_mention == dict.fromkeys(mentions, 1)
+    rows = await world.pool.fetch(
+        "SELECT in_reply_to_x_post_id, status, posted_x_post_id, discord_notified_at FROM post_replies"
+        " WHERE bot_id = $1",
+        bot,
+    )
+    assert {r["in_reply_to_x_post_id"] for r in rows} == set(mentions)
+    for row in rows:
+        assert row["status"] == "posted" and row["discord_notified_at"] is not None
+        assert [p["id"] for p in world.x.replies_by_bot(row["in_reply_to_x_post_id"])] == [
+            row["posted_x_post_id"]
+        ]
+    assert sorted(m["content"].split(":", 1)[0] for m in world.discord.messages) == sorted(
+        f"**Bot {bot}** replied to @{name} (post {mention})"
+        for name, mention in zip(("alice", "bob", "carol"), mentions, strict=True)
+    )
+
+    # Tokens, post text and LLM output never enter the workflow history.
+    # (Raw event bytes: payloads are plain JSON there, base64 in the JSON rendering.)
+    history = await handle.fetch_history()
+    raw = b"".join(event.SerializeToString() for event in history.events)
+    assert bot.encode() in raw and b"reply_to_mentions" in raw  # payloads are readable here
+    for secret in ("secretvalue", "question from", "Thanks for the mention", "You are Helper"):
+        assert secret.encode() not in raw
