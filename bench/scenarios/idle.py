@@ -34,7 +34,7 @@ SETTLE_TIMEOUT_SECONDS = 600.0
 
 def sizes(quick: bool) -> tuple[int, float]:
     """(bots, measuring seconds)."""
-    return (200, 5.0) if quick else (10_000, 60.0)
+    return (200, 3.0) if quick else (10_000, 60.0)
 
 
 def estimate_seconds(quick: bool) -> float:

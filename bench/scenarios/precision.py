@@ -8,7 +8,7 @@ from bench.env import BenchEnv
 from bench.receiver import WebhookReceiver
 from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
-from bench.scenarios.common import LoadResult, LoadRunner, LoadSpec, System
+from bench.scenarios.common import LoadResult, LoadRunner, LoadSpec, System, run_loads
 from bench.stats import ratio
 from xbot.db import create_pool
 
@@ -35,7 +35,7 @@ def spec(quick: bool) -> LoadSpec:
 def estimate_seconds(quick: bool) -> float:
     load = spec(quick)
     per_system = load.lead_seconds + load.duration_seconds + load.grace_seconds + 6
-    return 5 + 3 * per_system
+    return 5 + (1 if quick else 3) * per_system
 
 
 def _row(name: str, load: LoadResult | None) -> list[Any]:
@@ -63,26 +63,29 @@ async def run(ctx: RunContext, result: Result) -> None:
         "interval_seconds": load.interval_seconds,
         "duration_seconds": load.duration_seconds,
     }
-    loads: dict[System, LoadResult] = {}
     missing = missing_module(*PROJECT_MODULES)
     async with BenchEnv(ctx.postgres, ctx.workdir, NAME) as env:
+        runners: dict[System, LoadRunner] = {}
+        pool, receiver = None, None
         if missing is None:
             database_url = await ctx.postgres.new_database()
             pool = await create_pool(database_url, min_size=1, max_size=4)
             receiver = await WebhookReceiver().start()
-            try:
-                runner = LoadRunner(env, "project", ctx.progress, pool, database_url, "webhook", receiver)
-                loads["project"] = await runner.run(load, NAME)
-                runner.stop()
-            finally:
-                await receiver.stop()
-                await pool.close()
+            runners["project"] = LoadRunner(
+                env, "project", ctx.progress, pool, database_url, "webhook", receiver
+            )
         else:
             result["notes"].append(f"project not available yet ({missing} is missing); baselines only")
-        for system in ("bare", "schedules"):
-            runner = LoadRunner(env, system, ctx.progress)
-            loads[system] = await runner.run(load, NAME)
-            runner.stop()
+        runners["bare"] = LoadRunner(env, "bare", ctx.progress)
+        runners["schedules"] = LoadRunner(env, "schedules", ctx.progress)
+        try:
+            # Quick mode only proves the figures are produced, so its systems may share the machine.
+            loads = await run_loads(runners, load, NAME, concurrently=ctx.quick)
+        finally:
+            if receiver is not None:
+                await receiver.stop()
+            if pool is not None:
+                await pool.close()
 
     result["systems"] = {system: figures.summary() for system, figures in loads.items()}
     result["table"] = {
