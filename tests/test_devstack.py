@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,21 +53,28 @@ def _xbot(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def _read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        chunk = process.stdout.read()
-        if chunk:
-            seen += chunk
-            if marker in seen:
-                return seen
-        elif process.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"{marker!r} not printed within {timeout}s; output:\n{seen[-4000:]}")
+class OutputCollector:
+    """Reads a child's output on a thread so the test can wait for a line without blocking."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.text = ""
+        self._thread = threading.Thread(target=self._pump, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.text += line
+
+    def wait_for(self, marker: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker in self.text:
+                return self.text
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{marker!r} not printed within {timeout}s; output:\n{self.text[-4000:]}")
 
 
 @pytest.fixture
@@ -74,7 +82,7 @@ def running_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[
     env = _dev_env(tmp_path / "data")
     process = _xbot("dev", env=env, cwd=tmp_path)
     try:
-        banner = _read_until(process, "Ctrl-C stops everything", timeout=90)
+        banner = OutputCollector(process).wait_for("Ctrl-C stops everything", timeout=90)
         yield process, env, banner
     finally:
         if process.poll() is None:
