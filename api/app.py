@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import require_token
 from api.errors import ErrorBody, install_error_handlers
-from api.feed import FeedHub
+from api.feed import Event, FeedHub, LogSource, StatusSource, log_event
 from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, RequestTimeout
 from api.routes import bots, health, history, metrics, replies, tasks, ws
 from api.state import ApiState, TemporalConnector
@@ -64,7 +64,7 @@ def _cipher(settings: Settings) -> TokenCipher | None:
         raise SettingsError(str(error)) from None
 
 
-def _status_source(temporal: TemporalConnector) -> object:
+def _status_source(temporal: TemporalConnector) -> StatusSource:
     async def source(bot_id: str) -> SchedulerStatus | None:
         client = await temporal.get()
         try:
@@ -83,6 +83,25 @@ def _status_source(temporal: TemporalConnector) -> object:
         return status
 
     return source
+
+
+def _log_source(state: ApiState) -> LogSource:
+    async def logs_after(bot_id: str, after: int | None) -> tuple[int, list[Event]]:
+        pool = state.pool
+        if after is None:  # a new poller starts at the present, with no backlog
+            last: int = await pool.fetchval("SELECT coalesce(max(id), 0) FROM logs WHERE bot_id = $1", bot_id)
+            return last, []
+        rows = await pool.fetch(
+            "SELECT id, level, content, created_at FROM logs WHERE bot_id = $1 AND id > $2 ORDER BY id LIMIT 500",
+            bot_id,
+            after,
+        )
+        events = [
+            log_event(bot_id, row["id"], row["created_at"], row["level"], row["content"]) for row in rows
+        ]
+        return (rows[-1]["id"] if rows else after), events
+
+    return logs_after
 
 
 def _openapi(app: FastAPI) -> dict[str, object]:
@@ -128,7 +147,7 @@ def create_app(
         raise
 
     temporal = TemporalConnector(settings, temporal_client)
-    hub = FeedHub(_status_source(temporal), poll_interval=feed_poll_interval, queue_size=feed_queue_size)  # type: ignore[arg-type]
+    hub = FeedHub(_status_source(temporal), poll_interval=feed_poll_interval, queue_size=feed_queue_size)
     state = ApiState(
         settings=settings,
         api_token=api_token,
@@ -139,6 +158,7 @@ def create_app(
         task_queue=settings.temporal_task_queue,
         feed_ping_interval=feed_ping_interval,
     )
+    hub.set_log_source(_log_source(state))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

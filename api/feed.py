@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 # Returns the bot's status, or None when its workflow is not running (never started or closed).
 StatusSource = Callable[[str], Awaitable[SchedulerStatus | None]]
+# (bot id, last log id seen or None at first) -> (new last id, log events after the old one).
+LogSource = Callable[[str, int | None], Awaitable[tuple[int, list[Event]]]]
+
+# The seed's entity_update actions; the workflow reports finer changes, kept in `change`.
+_SEED_ACTIONS = {"created", "updated", "deleted"}
+_CREATED = {"started", "created"}
 
 
 def iso(value: datetime | None) -> str | None:
@@ -48,8 +54,47 @@ def status_update(bot_id: str, is_running: bool, alarm: datetime | str | None) -
     }
 
 
+def entity_update(
+    bot_id: str, entity_type: str, change: str, entity_id: object, timestamp: str | None = None
+) -> Event:
+    """The seed's entity_update; `action` is created/updated/deleted, `change` says exactly what."""
+    action = change if change in _SEED_ACTIONS else "created" if change in _CREATED else "updated"
+    return {
+        "type": "entity_update",
+        "entityType": entity_type,
+        "action": action,
+        "change": change,
+        "entityId": entity_id,
+        "botId": bot_id,
+        "timestamp": timestamp or now_iso(),
+    }
+
+
+def log_event(bot_id: str, log_id: object, at: datetime | str | None, level: str, content: str) -> Event:
+    return {
+        "type": "log",
+        "id": log_id,
+        "timestamp": iso(at) if isinstance(at, datetime) else at,
+        "level": level,
+        "content": content,
+        "botId": bot_id,
+    }
+
+
 def resync_event(bot_id: str, reason: str) -> Event:
     return {"type": "resync", "botId": bot_id, "reason": reason, "timestamp": now_iso()}
+
+
+def _normalized(value: object) -> str | None:
+    """One spelling of an instant, so a status poll and an event agree when they mean the same."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, str):
+        try:
+            return iso(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return None
 
 
 def wire_event(bot_id: str, event: SchedulerEvent) -> Event:
@@ -57,7 +102,7 @@ def wire_event(bot_id: str, event: SchedulerEvent) -> Event:
     data = event.data
     timestamp = iso(event.timestamp)
     if event.type == "scheduler_status_update":
-        alarm = data.get("currentAlarmTime", data.get("nextAlarmTime"))
+        alarm = _normalized(data.get("currentAlarmTime", data.get("nextAlarmTime")))
         return {
             "type": event.type,
             "botId": bot_id,
@@ -67,24 +112,19 @@ def wire_event(bot_id: str, event: SchedulerEvent) -> Event:
             "seq": event.seq,
         }
     if event.type == "entity_update":
-        return {
-            "type": event.type,
-            "entityType": data.get("entityType"),
-            "action": data.get("action"),
-            "entityId": data.get("entityId"),
-            "botId": bot_id,
-            "timestamp": timestamp,
-            "seq": event.seq,
-        }
-    return {
-        "type": "log",
-        "id": data.get("id", event.seq),
-        "timestamp": timestamp,
-        "level": data.get("level", "info"),
-        "content": data.get("content", ""),
-        "botId": bot_id,
-        "seq": event.seq,
-    }
+        change = str(data.get("action") or "updated")
+        wire = entity_update(
+            bot_id, str(data.get("entityType")), change, data.get("entityId"), timestamp=timestamp
+        )
+        wire["seq"] = event.seq
+        if data.get("taskId") is not None:
+            wire["taskId"] = data["taskId"]
+        return wire
+    wire = log_event(
+        bot_id, data.get("id"), timestamp, str(data.get("level", "info")), str(data.get("content", ""))
+    )
+    wire["seq"] = event.seq
+    return wire
 
 
 @dataclass(eq=False)
@@ -111,9 +151,13 @@ class FeedClient:
 
 
 class BotPoller:
-    def __init__(self, bot_id: str, source: StatusSource, interval: float) -> None:
+    def __init__(
+        self, bot_id: str, source: StatusSource, interval: float, log_source: LogSource | None = None
+    ) -> None:
         self.bot_id = bot_id
         self._source = source
+        self._log_source = log_source
+        self.last_log_id: int | None = None
         self._interval = interval
         self.clients: set[FeedClient] = set()
         self.last_seq: int | None = None
@@ -145,8 +189,24 @@ class BotPoller:
                 log.debug("feed poll for %s failed: %s", self.bot_id, error)
             else:
                 self.apply(status)
+            await self._tail_logs()
             self.ready.set()
             await asyncio.sleep(self._interval)
+
+    async def _tail_logs(self) -> None:
+        """Log rows written by handlers and the API since the last poll (each row once, by id)."""
+        if self._log_source is None:
+            return
+        try:
+            last, events = await self._log_source(self.bot_id, self.last_log_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.debug("feed log tail for %s failed: %s", self.bot_id, error)
+            return
+        self.last_log_id = last
+        for event in events:
+            self.broadcast(event)
 
     def apply(self, status: SchedulerStatus | None) -> None:
         """Forward what is new in one polled status; the first poll only sets the cursor."""
@@ -169,6 +229,8 @@ class BotPoller:
         if fresh and fresh[0].seq > self.last_seq + 1:
             self.broadcast(resync_event(self.bot_id, "events were missed"))
         for event in fresh:
+            if event.type == "log" and event.data.get("id") is not None and self._log_source is not None:
+                continue  # a stored log row: the log tail delivers it
             wire = wire_event(self.bot_id, event)
             if wire["type"] == "scheduler_status_update":
                 self.is_running, self.alarm = wire["isRunning"], wire["currentAlarmTime"]
@@ -190,11 +252,13 @@ class FeedHub:
         self,
         source: StatusSource,
         *,
+        log_source: LogSource | None = None,
         poll_interval: float = 0.5,
         queue_size: int = 256,
         first_poll_timeout: float = 5.0,
     ) -> None:
         self._source = source
+        self._log_source = log_source
         self.poll_interval = poll_interval
         self.queue_size = queue_size
         self.first_poll_timeout = first_poll_timeout
@@ -202,12 +266,15 @@ class FeedHub:
         self.pollers_started = 0
         self._lock = asyncio.Lock()
 
+    def set_log_source(self, log_source: LogSource) -> None:
+        self._log_source = log_source
+
     async def subscribe(self, bot_id: str) -> FeedClient:
         """A new client whose queue starts with `connection_ack`; events follow from this moment."""
         async with self._lock:
             poller = self.pollers.get(bot_id)
             if poller is None:
-                poller = BotPoller(bot_id, self._source, self.poll_interval)
+                poller = BotPoller(bot_id, self._source, self.poll_interval, self._log_source)
                 self.pollers[bot_id] = poller
                 self.pollers_started += 1
                 poller.start()

@@ -40,6 +40,7 @@ from workflows.models import (
     TaskStatus,
 )
 from xbot.bots import set_scheduler_enabled
+from xbot.repositories.logs import write_log
 from xbot.task_definitions import count_schedulable
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,11 @@ async def _wait_until(
         await asyncio.sleep(0.05)
 
 
+def _started(status: SchedulerStatus) -> bool:
+    # Running, and the task definitions loaded (the workflow loads them right after `start`).
+    return status.isRunning and bool(status.tasks)
+
+
 async def _signal_with_start(client: Client, bot_id: str, task_queue: str) -> None:
     await client.start_workflow(
         WORKFLOW_NAME,
@@ -154,7 +160,8 @@ async def start(client: Client, pool: asyncpg.Pool, bot_id: str, task_queue: str
         return StartResult(message="No tasks to schedule", isRunning=False)
     await _signal_with_start(client, bot_id, task_queue)
     await set_scheduler_enabled(pool, bot_id, True)
-    await _wait_until(client, bot_id, lambda status: status.isRunning, REFLECT_TIMEOUT_SECONDS)
+    await write_log(pool, bot_id, "info", "Scheduler started")
+    await _wait_until(client, bot_id, _started, REFLECT_TIMEOUT_SECONDS)
     return StartResult(message="Scheduler started", isRunning=True)
 
 
@@ -165,6 +172,7 @@ async def stop(client: Client, pool: asyncpg.Pool, bot_id: str) -> StopResult:
     if not running:
         raise SchedulerConflict("Scheduler is not running")
     await _handle(client, bot_id).signal(SIGNAL_STOP)
+    await write_log(pool, bot_id, "info", "Scheduler stopped")
     await _wait_until(client, bot_id, lambda status: not status.isRunning, REFLECT_TIMEOUT_SECONDS)
     return StopResult(message="Scheduler stopped")
 
@@ -178,10 +186,11 @@ async def status(client: Client, pool: asyncpg.Pool, bot_id: str, task_queue: st
         if await count_schedulable(pool, bot_id) > 0:
             log.warning("bot %s should be running but its workflow is %s: restarting it", bot_id, execution)
             await _signal_with_start(client, bot_id, task_queue)
-            await _wait_until(client, bot_id, lambda current: current.isRunning, REFLECT_TIMEOUT_SECONDS)
+            await _wait_until(client, bot_id, _started, REFLECT_TIMEOUT_SECONDS)
             execution = WorkflowExecutionStatus.RUNNING
             healed = True
             message = "Scheduler was enabled but its workflow was not running: restarted"
+            await write_log(pool, bot_id, "warn", message)
         else:
             await set_scheduler_enabled(pool, bot_id, False)
             enabled = False

@@ -7,8 +7,9 @@ import logging
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Depends, Response
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryRejectedError
 from temporalio.common import QueryRejectCondition
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, Temporal, error_docs
@@ -54,10 +55,15 @@ async def _live_state(client: Client | None, bot: Bot, gate: asyncio.Semaphore) 
                 reject_condition=QueryRejectCondition.NOT_OPEN,
                 rpc_timeout=LIST_QUERY_TIMEOUT,
             )
+        except WorkflowQueryRejectedError:
+            result.isRunning = False  # the workflow is closed
+            return result
+        except RPCError as error:
+            # Never started: not running. Anything else (no worker, Temporal slow): unknown.
+            result.isRunning = False if error.status == RPCStatusCode.NOT_FOUND else None
+            return result
         except Exception as error:
-            # Not started, closed (query rejected) or no worker: not running as far as we can tell.
-            log.debug("status of %s unavailable: %s", bot.id, error)
-            result.isRunning = False if not bot.scheduler_enabled else None
+            log.warning("status of %s unavailable: %s", bot.id, error)
             return result
     result.isRunning = status.isRunning
     result.nextAlarmTime = status.nextAlarmTime

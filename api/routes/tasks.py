@@ -12,6 +12,7 @@ from temporalio.client import Client
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, TaskIdPath, Temporal, error_docs
 from api.errors import ApiError
+from api.feed import entity_update
 from xbot import scheduler_client
 from xbot.task_definitions import (
     BotNotFound,
@@ -38,16 +39,21 @@ class RunRequested(BaseModel):
     taskId: int
 
 
-async def _tell_workflow(state: State, bot_id: str, signal: Callable[[Client], Awaitable[bool]]) -> None:
-    """Best effort: the change is saved; a workflow that misses the signal reloads on its next round."""
+async def _tell_workflow(state: State, bot_id: str, signal: Callable[[Client], Awaitable[bool]]) -> bool:
+    """Best effort: the change is saved, and a (re)started workflow loads it from the database.
+    True when a workflow received the signal."""
     try:
-        await signal(await state.temporal.get())
+        return await signal(await state.temporal.get())
     except Exception as error:
         log.warning("could not signal the scheduler of %s: %s", bot_id, error)
+        return False
 
 
-async def _reload(state: State, bot_id: str) -> None:
+async def _changed(state: State, bot_id: str, task_id: int, action: str) -> None:
+    """Tell the workflow to reload, and the feed's clients what changed (the workflow reports
+    only its own changes to definitions: pause, resume, deactivation)."""
     await _tell_workflow(state, bot_id, lambda client: scheduler_client.reload_tasks(client, bot_id))
+    state.hub.publish(bot_id, entity_update(bot_id, "task_definition", action, task_id))
 
 
 @router.get("/bots/{botId}/tasks", response_model=list[TaskDefinition], responses=error_docs(404))
@@ -66,7 +72,7 @@ async def create(
         raise ApiError(422, str(error)) from None
     except BotNotFound:
         raise NotFound(f"bot {bot_id} not found") from None
-    await _reload(state, bot_id)
+    await _changed(state, bot_id, definition.id, "created")
     return definition
 
 
@@ -90,7 +96,7 @@ async def patch(
         raise NotFound(f"bot {bot_id} not found") from None
     if definition is None:
         raise NotFound(f"task definition {task_id} not found")
-    await _reload(state, bot_id)
+    await _changed(state, bot_id, task_id, "updated")
     return definition
 
 
@@ -107,7 +113,7 @@ async def delete(bot_id: ExistingBotId, task_id: TaskIdPath, pool: Pool, state: 
         raise NotFound(f"bot {bot_id} not found") from None
     if not deleted:
         raise NotFound(f"task definition {task_id} not found")
-    await _reload(state, bot_id)
+    await _changed(state, bot_id, task_id, "deleted")
     return Response(status_code=204)
 
 
@@ -133,7 +139,11 @@ async def _set_paused(state: State, pool: Pool, bot_id: str, task_id: int, pause
     if definition is None:
         raise NotFound(f"task definition {task_id} not found")
     signal = scheduler_client.pause_task if paused else scheduler_client.resume_task
-    await _tell_workflow(state, bot_id, lambda client: signal(client, bot_id, task_id))
+    if not await _tell_workflow(state, bot_id, lambda client: signal(client, bot_id, task_id)):
+        # No workflow to report it: tell the feed's clients ourselves.
+        state.hub.publish(
+            bot_id, entity_update(bot_id, "task_definition", "paused" if paused else "resumed", task_id)
+        )
     return definition
 
 

@@ -297,13 +297,13 @@ class BotPage {
     }
   }
 
-  addLog(id, timestamp, level, content) {
+  addLog(id, timestamp, level, content, live) {
     const key = String(id);
     if (this.logIds.has(key)) return;
     this.logIds.add(key);
     const list = $("logs");
     list.prepend(
-      el("li", { "data-log-id": key, className: `level-${level}` },
+      el("li", { "data-log-id": key, "data-live": live, className: `level-${level}` },
         el("time", { datetime: timestamp }, new Date(timestamp).toLocaleTimeString()),
         el("span", { className: `level level-${level}` }, level),
         content,
@@ -387,7 +387,8 @@ class BotPage {
         this.soon("replies", this.loadReplies);
         break;
       case "log":
-        this.addLog(`live-${event.id}`, event.timestamp, event.level, event.content);
+        // Stored rows carry their id (the same as GET /logs gives); workflow-only lines do not.
+        this.addLog(event.id ?? `live-${event.seq}`, event.timestamp, event.level, event.content, true);
         break;
       case "resync":
         this.reloadAll();

@@ -107,3 +107,9 @@ async def worker(
         running = build_worker(dev_server_env.client, pool, settings, task_queue, http)
         async with running:
             yield
+
+
+@pytest.fixture
+def bot_id() -> str:
+    """Unique per test: workflow ids outlive a test on the shared dev server."""
+    return f"bot-{uuid.uuid4().hex[:10]}"

@@ -18,7 +18,8 @@ async def insert_bot(pool: asyncpg.Pool, bot_id: str, **columns: object) -> None
 async def insert_definition(
     pool: asyncpg.Pool, bot_id: str, task_type: str = "noop", **columns: object
 ) -> int:
-    columns.setdefault("interval_minutes", 60)
+    if not {"interval_minutes", "interval_seconds", "cron_expression"} & set(columns):
+        columns["interval_minutes"] = 60
     names = ["bot_id", "task_type", *columns]
     placeholders = ", ".join(f"${index}" for index in range(1, len(names) + 1))
     task_id: int = await pool.fetchval(

@@ -30,10 +30,7 @@ async def _run(settings: Settings, started: asyncio.Future[str], stop: asyncio.E
 
 
 async def _serve_until_stopped(settings: Settings, started: asyncio.Future[str], stop: asyncio.Event) -> None:
-    try:
-        from xbot.worker_app import build_worker
-    except ImportError:
-        build_worker = None
+    from xbot.worker_app import build_worker
 
     assert settings.database_url is not None
     async with AsyncExitStack() as stack:
@@ -41,9 +38,8 @@ async def _serve_until_stopped(settings: Settings, started: asyncio.Future[str],
         stack.push_async_callback(pool.close)
         client = await connect_temporal(settings)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
-        if build_worker is not None:
-            worker = build_worker(client, pool, settings, settings.temporal_task_queue, http)
-            await stack.enter_async_context(worker)
+        worker = build_worker(client, pool, settings, settings.temporal_task_queue, http)
+        await stack.enter_async_context(worker)
         app = create_app(settings, pool=pool, temporal_client=client)
         await stack.enter_async_context(app.router.lifespan_context(app))
         address = await stack.enter_async_context(serve(app))

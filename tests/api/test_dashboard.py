@@ -51,21 +51,21 @@ async def page(live_server: str) -> AsyncIterator[object]:
 
 
 async def test_dashboard_start_live_log_and_approve(
-    page: object, live_server: str, pool: asyncpg.Pool
+    page: object, live_server: str, pool: asyncpg.Pool, bot_id: str
 ) -> None:
     from playwright.async_api import Page, expect
 
     assert isinstance(page, Page)
-    await insert_bot(pool, "demo", approval_required=True)
+    await insert_bot(pool, bot_id, approval_required=True)
     await insert_definition(
-        pool, "demo", "noop", interval_seconds=1, next_planned_run_at=datetime.now(UTC) + timedelta(seconds=1)
+        pool, bot_id, "noop", interval_seconds=1, next_planned_run_at=datetime.now(UTC) + timedelta(seconds=1)
     )
-    reply_id = await insert_reply(pool, "demo", "555", mention="@demo is this thing on?", text="It is!")
+    reply_id = await insert_reply(pool, bot_id, "555", mention="@demo is this thing on?", text="It is!")
 
     await page.goto(f"http://{live_server}/")
     await page.fill("#token-input", API_TOKEN)
     await page.click("#token-save")
-    row = page.locator('tr[data-bot-id="demo"]')
+    row = page.locator(f'tr[data-bot-id="{bot_id}"]')
     await expect(row).to_contain_text("Stopped")
     assert await page.evaluate("sessionStorage.getItem('xbot.apiToken')") == API_TOKEN
 
@@ -77,7 +77,7 @@ async def test_dashboard_start_live_log_and_approve(
     await page.click("#start-btn")
     await expect(page.locator("#bot-status")).to_have_text("Running")
     # A log line pushed over the WebSocket (not loaded by the initial fetch).
-    await expect(page.locator('#logs li[data-log-id^="live-"]').first).to_be_visible()
+    await expect(page.locator("#logs li[data-live]").filter(has_text="Scheduler started")).to_have_count(1)
 
     await page.locator(f'[data-reply-id="{reply_id}"] button.approve').click()
     await expect(page.locator(f'[data-reply-id="{reply_id}"]')).to_have_count(0)

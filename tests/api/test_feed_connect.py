@@ -7,6 +7,7 @@ import json
 from contextlib import AsyncExitStack
 
 import asyncpg
+import httpx
 import pytest
 import websockets
 from fastapi import FastAPI
@@ -23,9 +24,11 @@ async def _refused(url: str, headers: dict[str, str] | None = None) -> tuple[int
     return response.status_code, json.loads(response.body or b"{}")
 
 
-async def test_refused_before_upgrade_without_a_valid_token(live_server: str, pool: asyncpg.Pool) -> None:
-    await insert_bot(pool, "b")
-    base = f"ws://{live_server}/bots/b/ws"
+async def test_refused_before_upgrade_without_a_valid_token(
+    bot_id: str, live_server: str, pool: asyncpg.Pool
+) -> None:
+    await insert_bot(pool, bot_id)
+    base = f"ws://{live_server}/bots/{bot_id}/ws"
     for url, headers in [
         (base, None),
         (f"{base}?token=wrong", None),
@@ -39,34 +42,52 @@ async def test_refused_before_upgrade_without_a_valid_token(live_server: str, po
 
 
 async def test_header_or_query_token_is_acked_for_a_bot_that_is_not_running(
-    live_server: str, pool: asyncpg.Pool
+    bot_id: str, live_server: str, pool: asyncpg.Pool
 ) -> None:
-    await insert_bot(pool, "b")
+    await insert_bot(pool, bot_id)
     ack = {
         "type": "connection_ack",
         "message": "Connected to bot scheduler",
-        "botId": "b",
+        "botId": bot_id,
         "initialSchedulerStatus": {"isRunning": False, "currentAlarmTime": None},
     }
-    async with websockets.connect(f"ws://{live_server}/bots/b/ws?token={API_TOKEN}") as socket:
+    async with websockets.connect(f"ws://{live_server}/bots/{bot_id}/ws?token={API_TOKEN}") as socket:
         assert json.loads(await socket.recv()) == ack
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
-    async with websockets.connect(f"ws://{live_server}/bots/b/ws", additional_headers=headers) as socket:
+    async with websockets.connect(
+        f"ws://{live_server}/bots/{bot_id}/ws", additional_headers=headers
+    ) as socket:
         assert json.loads(await socket.recv()) == ack
         await socket.send(json.dumps({"type": "ping"}))
         assert json.loads(await socket.recv())["type"] == "pong"
+        # A definition created through the API is announced even though no workflow runs.
+        async with httpx.AsyncClient(base_url=f"http://{live_server}", headers=headers) as http:
+            created = await http.post(
+                f"/bots/{bot_id}/tasks", json={"task_type": "noop", "interval_minutes": 5}
+            )
+        update = json.loads(await socket.recv())
+        assert {key: update[key] for key in ("type", "entityType", "action", "entityId", "botId")} == {
+            "type": "entity_update",
+            "entityType": "task_definition",
+            "action": "created",
+            "entityId": created.json()["id"],
+            "botId": bot_id,
+        }
 
 
-async def test_fifty_clients_share_one_poller(app: FastAPI, live_server: str, pool: asyncpg.Pool) -> None:
-    await insert_bot(pool, "b")
-    await insert_bot(pool, "c")
+async def test_fifty_clients_share_one_poller(
+    bot_id: str, app: FastAPI, live_server: str, pool: asyncpg.Pool
+) -> None:
+    other_id = f"{bot_id}-other"
+    await insert_bot(pool, bot_id)
+    await insert_bot(pool, other_id)
     hub = app.state.api.hub
     started_before = hub.pollers_started
     async with AsyncExitStack() as stack:
         sockets = await asyncio.gather(
             *(
                 stack.enter_async_context(
-                    websockets.connect(f"ws://{live_server}/bots/b/ws?token={API_TOKEN}")
+                    websockets.connect(f"ws://{live_server}/bots/{bot_id}/ws?token={API_TOKEN}")
                 )
                 for _ in range(50)
             )
@@ -74,11 +95,11 @@ async def test_fifty_clients_share_one_poller(app: FastAPI, live_server: str, po
         acks = await asyncio.gather(*(socket.recv() for socket in sockets))
         assert all(json.loads(ack)["type"] == "connection_ack" for ack in acks)
         other = await stack.enter_async_context(
-            websockets.connect(f"ws://{live_server}/bots/c/ws?token={API_TOKEN}")
+            websockets.connect(f"ws://{live_server}/bots/{other_id}/ws?token={API_TOKEN}")
         )
         await other.recv()
-        assert set(hub.pollers) == {"b", "c"}
-        assert len(hub.pollers["b"].clients) == 50
+        assert set(hub.pollers) == {bot_id, other_id}
+        assert len(hub.pollers[bot_id].clients) == 50
         assert hub.pollers_started - started_before == 2  # one for b's fifty clients, one for c
     # The last client gone, the poller stops.
     for _ in range(200):

@@ -31,38 +31,48 @@ async def _next(
 
 
 async def test_start_execution_stop_sequence(
-    live_server: str, client: httpx.AsyncClient, pool: asyncpg.Pool
+    bot_id: str, live_server: str, client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
-    await insert_bot(pool, "b")
+    await insert_bot(pool, bot_id)
     task_id = await insert_definition(
-        pool, "b", "noop", interval_minutes=60, next_planned_run_at=datetime.now(UTC) - timedelta(seconds=1)
+        pool,
+        bot_id,
+        "noop",
+        interval_minutes=60,
+        next_planned_run_at=datetime.now(UTC) - timedelta(seconds=1),
     )
     seen: list[dict[str, Any]] = []
-    async with websockets.connect(f"ws://{live_server}/bots/b/ws?token={API_TOKEN}") as socket:
+    async with websockets.connect(f"ws://{live_server}/bots/{bot_id}/ws?token={API_TOKEN}") as socket:
         ack = await _next(socket, seen, lambda event: True)
         assert ack["type"] == "connection_ack"
         assert ack["initialSchedulerStatus"] == {"isRunning": False, "currentAlarmTime": None}
 
-        assert (await client.post("/bots/b/start")).json()["isRunning"] is True
+        assert (await client.post(f"/bots/{bot_id}/start")).json()["isRunning"] is True
         running = await _next(
             socket, seen, lambda e: e["type"] == "scheduler_status_update" and e["isRunning"] is True
         )
         assert set(running) >= {"type", "botId", "isRunning", "currentAlarmTime", "timestamp"}
-        assert running["botId"] == "b"
+        assert running["botId"] == bot_id
 
-        execution_ids = {row["id"] for row in await _wait_for_execution(pool, task_id)}
-        update = await _next(
+        created = await _next(
+            socket, seen, lambda e: e["type"] == "entity_update" and e["entityType"] == "task_execution"
+        )
+        assert set(created) >= {"type", "entityType", "action", "entityId", "botId", "timestamp"}
+        assert created["action"] == "created" and created["botId"] == bot_id and created["taskId"] == task_id
+        finished = await _next(
             socket,
             seen,
-            lambda e: e["type"] == "entity_update" and e["entityType"] == "task_execution",
+            lambda e: (
+                e["type"] == "entity_update"
+                and e["entityType"] == "task_execution"
+                and e["action"] == "updated"
+            ),
         )
-        assert set(update) >= {"type", "entityType", "action", "entityId", "botId", "timestamp"}
-        assert update["action"] in {"created", "updated"} and update["botId"] == "b"
-        assert update["entityId"] in execution_ids or str(update["entityId"]) in {
-            str(i) for i in execution_ids
-        }
+        assert finished["change"] == "completed"
+        execution_ids = {row["id"] for row in await _wait_for_execution(pool, task_id)}
+        assert finished["entityId"] in execution_ids
 
-        assert (await client.post("/bots/b/stop")).json() == {"message": "Scheduler stopped"}
+        assert (await client.post(f"/bots/{bot_id}/stop")).json() == {"message": "Scheduler stopped"}
         await _next(
             socket, seen, lambda e: e["type"] == "scheduler_status_update" and e["isRunning"] is False
         )
