@@ -34,7 +34,7 @@ from api.routes import bots, health, history, metrics, replies, tasks, ws
 from api.state import ApiState, TemporalConnector
 from workflows.models import QUERY_STATUS, SchedulerStatus
 from xbot.crypto import TokenCipher, TokenCipherError
-from xbot.db import create_pool, resolve_database_url
+from xbot.db import create_pool, resolve_database_url, stop_embedded_postgres
 from xbot.migrate import migrate
 from xbot.settings import Settings, SettingsError, settings_or_exit
 
@@ -180,6 +180,9 @@ def create_app(
             if owned_pool is not None:
                 await owned_pool.close()
                 state.pool_or_none = None
+                if settings.database_url is None:
+                    # We started (or joined) the embedded server; it stops once nobody else uses it.
+                    await asyncio.to_thread(stop_embedded_postgres)
 
     app = FastAPI(
         title="xbot scheduler API",

@@ -11,8 +11,10 @@ import httpx
 import pytest
 import websockets
 from fastapi import FastAPI
+from temporalio.testing import WorkflowEnvironment
 
-from tests.api.conftest import API_TOKEN
+from api.app import create_app
+from tests.api.conftest import API_TOKEN, api_settings, serve
 from tests.api.helpers import insert_bot
 
 
@@ -107,3 +109,21 @@ async def test_fifty_clients_share_one_poller(
             break
         await asyncio.sleep(0.02)
     assert hub.pollers == {}
+
+
+async def test_idle_connections_get_pings(
+    bot_id: str, pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    await insert_bot(pool, bot_id)
+    app = create_app(
+        api_settings(task_queue), pool=pool, temporal_client=dev_server_env.client, feed_ping_interval=0.2
+    )
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        address = await stack.enter_async_context(serve(app))
+        socket = await stack.enter_async_context(
+            websockets.connect(f"ws://{address}/bots/{bot_id}/ws?token={API_TOKEN}")
+        )
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        ping = json.loads(await asyncio.wait_for(socket.recv(), 30))
+        assert ping["type"] == "ping" and ping["botId"] == bot_id
