@@ -233,11 +233,21 @@ class SchedulerActivities:
         healed = await close_stale_executions(
             self.pool, request.bot_id, request.keep_execution_prefixes, clip(request.reason), request.task_id
         )
+        if request.execution_id is not None:
+            await self.pool.execute(
+                "UPDATE bot_task_executions SET status = 'failed' WHERE id = $1 AND status = 'retrying'",
+                request.execution_id,
+            )
         if not request.count_failure:
             return SettleResult(healed=healed)
         async with self.pool.acquire() as db:
             result = await count_final_failure(
-                db, request.bot_id, request.task_id, request.next_planned_run_at, None, request.reason
+                db,
+                request.bot_id,
+                request.task_id,
+                request.next_planned_run_at,
+                request.execution_id,
+                request.reason,
             )
         result.healed = healed
         return result

@@ -49,9 +49,9 @@ LOCK = "SELECT pg_advisory_lock($1, hashtext($2))"
 class LogicalClock:
     """The time to compare with the workflow's due times.
 
-    The wall clock, except that it never lags the server's clock at the attempt's scheduling
-    (plus what has elapsed since): under the time-skipping test server the workflow's clock runs
-    far ahead of the wall clock, and due times come from the workflow.
+    The wall clock, except that it never lags the server's clock at the attempt's start (plus
+    what has elapsed since): under the time-skipping test server the workflow's clock runs far
+    ahead of the wall clock, and due times come from the workflow.
     """
 
     def __init__(self, server_time: datetime) -> None:
@@ -97,11 +97,10 @@ class _Attempt:
         self.pool = runner.pool
         self.request = request
         self.info = activity.info()
-        self.clock = LogicalClock(self.info.current_attempt_scheduled_time)
+        self.clock = LogicalClock(self.info.started_time)
         self.attempt = self.info.attempt
         self.key_prefix = f"{self.info.workflow_id}/{self.info.workflow_run_id}/{self.info.activity_id}/"
-        retry = self.info.retry_policy
-        self.max_attempts = retry.maximum_attempts if retry else 0
+        self.max_attempts = request.max_attempts
         self.execution_id: int | None = None
         self.started_monotonic = 0.0
 
@@ -228,21 +227,10 @@ class _Attempt:
             failure.deactivated = counted.deactivated
             failure.log_id = counted.log_id
         else:
-            await self._report("retrying", error=clip(error, 300), retry_at=self._next_retry_at())
+            await self._report("retrying", error=clip(error, 300))
         raise ApplicationError(
             clip(error, 500), failure.model_dump(mode="json"), type=error_type, non_retryable=non_retryable
         )
-
-    def _next_retry_at(self) -> datetime | None:
-        retry = self.info.retry_policy
-        if retry is None:
-            return None
-        delay = retry.initial_interval.total_seconds() * retry.backoff_coefficient ** min(
-            self.attempt - 1, 200
-        )
-        if retry.maximum_interval is not None:
-            delay = min(delay, retry.maximum_interval.total_seconds())
-        return self.clock.now() + timedelta(seconds=delay)
 
     async def _record_cancellation(self) -> None:
         details = activity.cancellation_details()
@@ -363,7 +351,7 @@ class _Attempt:
                 except Exception:
                     connection.terminate()
 
-    async def _report(self, state: str, error: str | None = None, retry_at: datetime | None = None) -> None:
+    async def _report(self, state: str, error: str | None = None) -> None:
         """Tell the workflow (best effort) that this attempt waits for a lock, runs, or backs off."""
         progress = TaskProgress(
             task_id=self.request.task_id,
@@ -371,7 +359,6 @@ class _Attempt:
             attempt=self.attempt,
             state=state,
             error=error,
-            retry_at=retry_at,
         )
         try:
             handle = activity.client().get_workflow_handle(

@@ -113,13 +113,14 @@ class BotScheduler:
                 self._dispatch(now)
             self._set_alarm(now)
             self._publish(now)
+            self.wake = False
+            await workflow.wait_condition(lambda: self.wake)
+            # Checked after a wait, so every run does some work before handing over.
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     SchedulerInput(bot_id=state.bot_id, options=state.options, carry=state.carry())
                 )
-            self.wake = False
-            await workflow.wait_condition(lambda: self.wake)
 
     async def _load_plan(self) -> bool:
         state = self.state
@@ -147,7 +148,8 @@ class BotScheduler:
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self.state.options.continue_after_events
         )
-        return wanted and not self.active and not self.side_jobs and not self.state.reload_requested
+        idle = not self.active and not self.side_jobs and not self.paused_writes
+        return wanted and idle and not self.state.reload_requested
 
     # ------------------------------------------------------------------------------ dispatch
 
@@ -198,6 +200,7 @@ class BotScheduler:
             rate_limit_endpoint=task.rate_limit_endpoint,
             min_rate_limit_remaining=task.min_rate_limit_remaining,
             timeout_seconds=task.timeout_seconds,
+            max_attempts=task.max_retries + 1,
         )
         run = ActiveRun(task.id, activity_id, request)
         run.handle = workflow.start_activity(
@@ -255,14 +258,15 @@ class BotScheduler:
             state.on_cancelled(task.id, now)
             return
         failure = _task_failure(cause)
-        if failure is not None:
+        if failure is not None and failure.final:
             state.on_failed(task.id, run.request, failure, now, workflow.random())
             return
-        # The runner could not record this attempt (its worker vanished, or it timed out):
-        # close its rows and count the failure from here.
-        reason = f"attempt lost without a result: {error.cause or error}"
+        # The runner did not settle this run: its worker vanished, the attempt timed out, or the
+        # runner failed unexpectedly. Close its rows and count the failure from here.
+        reason = failure.error if failure is not None else f"attempt lost without a result: {cause or error}"
         state.on_failed(task.id, run.request, TaskFailure(final=True, error=reason), now, workflow.random())
-        self._spawn(self._settle_lost_run(task.id, run.request, reason))
+        execution_id = failure.execution_id if failure is not None else None
+        self._spawn(self._settle_lost_run(task.id, run.request, reason, execution_id))
 
     def _skip(self, skip: Skip, now: datetime) -> None:
         due_at = self.state.due_instant(self.state.runtime(skip.task.id))
@@ -288,13 +292,16 @@ class BotScheduler:
             reason=request.reason,
         )
 
-    async def _settle_lost_run(self, task_id: int, request: TaskRunRequest, reason: str) -> None:
+    async def _settle_lost_run(
+        self, task_id: int, request: TaskRunRequest, reason: str, execution_id: int | None
+    ) -> None:
         settle = LostRunInput(
             bot_id=self.state.bot_id,
             task_id=task_id,
             keep_execution_prefixes=self._live_prefixes(),
             reason=reason,
             next_planned_run_at=request.next_planned_run_at,
+            execution_id=execution_id,
         )
         result = await bookkeeping(ACTIVITY_SETTLE_LOST_RUN, settle, SettleResult, "close lost attempt")
         self.state.on_settled(task_id, result, workflow.now())
@@ -407,6 +414,11 @@ class BotScheduler:
         run.phase = progress.state
         run.reason = progress.error
         if progress.state == "retrying":
+            task = self.state.task(progress.task_id)
+            retry_at = workflow.now() + policy.retry_delay(task, progress.attempt)
+            run.reason = (
+                f"attempt {progress.attempt} failed ({progress.error}); next try ~{retry_at.isoformat()}"
+            )
             self.state.on_retrying(progress, workflow.now())
         self.wake = True
 

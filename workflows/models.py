@@ -141,6 +141,8 @@ class TaskRunRequest(BaseModel):
     rate_limit_endpoint: str | None = None
     min_rate_limit_remaining: int = 0
     timeout_seconds: int = 300
+    # The retry policy's maximum_attempts: the attempt that reaches it is final (0 = unlimited).
+    max_attempts: int = 0
 
 
 class TaskRunResult(BaseModel):
@@ -198,6 +200,8 @@ class LostRunInput(BaseModel):
     reason: str
     count_failure: bool = True
     next_planned_run_at: datetime | None = None
+    # The attempt's row when the runner recorded it as retrying but Temporal gave up after it.
+    execution_id: int | None = None
 
 
 class SettleResult(BaseModel):
@@ -254,6 +258,8 @@ class SchedulerCarry(BaseModel):
     last_event_seq: int = 0
     reload_requested: bool = False
     pending_run_requests: list[int] = Field(default_factory=list)
+    # pause_task / resume_task for definitions not loaded yet, applied when they are.
+    pending_pauses: dict[int, bool] = Field(default_factory=dict)
     search_attributes: SearchAttributeState = Field(default_factory=SearchAttributeState)
     generation: int = 0
 

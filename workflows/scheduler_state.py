@@ -77,6 +77,7 @@ class SchedulerState:
         self.last_event_seq = carry.last_event_seq
         self.reload_requested = carry.reload_requested or carry.plan is None
         self.pending_run_requests = list(carry.pending_run_requests)
+        self.pending_pauses = dict(carry.pending_pauses)
         self.search_attributes = carry.search_attributes
         self.generation = carry.generation
         self.reasons: dict[int, str] = {}
@@ -144,6 +145,10 @@ class SchedulerState:
             else:
                 self.emit_log(now, "warn", f"run_task: no active task definition {task_id} for this bot")
         self.pending_run_requests = []
+        for task_id, paused in self.pending_pauses.items():
+            if task_id in self.tasks:
+                self.tasks[task_id].paused = paused
+        self.pending_pauses = {}
         if plan.healed_executions:
             self.emit_log(
                 now, "warn", f"closed {plan.healed_executions} execution(s) left 'started' by a lost worker"
@@ -354,6 +359,8 @@ class SchedulerState:
         rt = self.tasks.get(task_id)
         if rt is not None:
             rt.paused = paused
+        else:
+            self.pending_pauses[task_id] = paused
         self.emit_entity(now, "task_definition", "paused" if paused else "resumed", task_id, task_id)
 
     # ------------------------------------------------------------------------------- events
@@ -473,6 +480,7 @@ class SchedulerState:
             last_event_seq=self.last_event_seq,
             reload_requested=self.reload_requested,
             pending_run_requests=list(self.pending_run_requests),
+            pending_pauses=dict(self.pending_pauses),
             search_attributes=self.search_attributes,
             generation=self.generation + 1,
         )

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import httpx
@@ -39,8 +40,13 @@ def build_worker(
     task_queue: str,
     http: httpx.AsyncClient,
     handlers: Mapping[str, TaskHandler] | None = None,
+    **worker_options: Any,
 ) -> Worker:
-    """A worker for `task_queue`; `handlers` replaces the registry's (tests register their own)."""
+    """A worker for `task_queue`.
+
+    `handlers` replaces the registry's (tests register their own); `worker_options` go to
+    `temporalio.worker.Worker` (e.g. `max_cached_workflows`).
+    """
     identity = client.identity
     task_handlers = handlers if handlers is not None else build_handlers(HandlerDeps(pool, settings, http))
     scheduler = SchedulerActivities(pool, settings, identity)
@@ -56,7 +62,7 @@ def build_worker(
             scheduler.settle_lost_run,
             runner.run_bot_task,
         ],
-        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        **{"graceful_shutdown_timeout": GRACEFUL_SHUTDOWN, **worker_options},
     )
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.handlers.base import TaskContext, TaskHandler
@@ -30,6 +34,8 @@ from xbot.settings import load_settings
 from xbot.worker_app import build_worker
 
 T = TypeVar("T")
+
+HISTORIES = Path(__file__).parent / "histories"
 
 # Time-skipping runs: no early wake (the runner would wait in real time), quick cancellation,
 # no custom search attributes (the Java test server has none registered).
@@ -103,15 +109,27 @@ class ScriptedHandler:
     """
 
     script: dict[int, list[str]] = field(default_factory=dict)
+    default: str = "ok"
     calls: list[Call] = field(default_factory=list)
     sleep_seconds: float = 60.0
+    nap_seconds: float = 0.3
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0
+    max_running: int = 0
 
     async def run(self, ctx: TaskContext) -> dict[str, Any]:
         self.calls.append(Call(ctx.task_id, ctx.attempt, ctx.due_at, ctx.execution_id))
         self.started.set()
         steps = self.script.get(ctx.task_id) or []
-        action = steps.pop(0) if steps else "ok"
+        action = steps.pop(0) if steps else self.default
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            return await self._act(action, ctx)
+        finally:
+            self.running -= 1
+
+    async def _act(self, action: str, ctx: TaskContext) -> dict[str, Any]:
         if action == "fail":
             raise TaskError(f"scripted failure of task {ctx.task_id}")
         if action == "fatal":
@@ -120,10 +138,15 @@ class ScriptedHandler:
             raise RateLimitedError("mentions", ctx.due_at + timedelta(minutes=15))
         if action == "sleep":
             await asyncio.sleep(self.sleep_seconds)
+        if action == "nap":
+            await asyncio.sleep(self.nap_seconds)
         return {"ok": 1}
 
     def calls_of(self, task_id: int) -> list[Call]:
         return [call for call in self.calls if call.task_id == task_id]
+
+    def order(self) -> list[int]:
+        return [call.task_id for call in self.calls]
 
 
 def handlers_with(handler: TaskHandler, *task_types: str) -> dict[str, TaskHandler]:
@@ -133,26 +156,42 @@ def handlers_with(handler: TaskHandler, *task_types: str) -> dict[str, TaskHandl
     return handlers
 
 
+# Workflows started per task queue, terminated when their test's worker stops: a leftover
+# workflow whose activities nobody polls would stop the shared test server from skipping time.
+_started: dict[str, list[WorkflowHandle[Any, Any]]] = {}
+
+
 @asynccontextmanager
 async def running_worker(
     client: Client, pool: asyncpg.Pool, task_queue: str, handlers: Mapping[str, TaskHandler]
 ) -> AsyncIterator[Worker]:
     async with httpx.AsyncClient() as http:
         worker = build_worker(client, pool, load_settings(), task_queue, http, handlers=handlers)
-        async with worker:
-            yield worker
+        try:
+            async with worker:
+                yield worker
+        finally:
+            await terminate_started(task_queue)
+
+
+async def terminate_started(task_queue: str) -> None:
+    for handle in _started.pop(task_queue, []):
+        with contextlib.suppress(RPCError):  # already closed
+            await handle.terminate("test finished")
 
 
 async def start_bot(
     client: Client, bot_id: str, task_queue: str, options: SchedulerOptions = TEST_OPTIONS
 ) -> WorkflowHandle[Any, Any]:
-    return await client.start_workflow(
+    handle = await client.start_workflow(
         WORKFLOW_NAME,
         SchedulerInput(bot_id=bot_id, options=options),
         id=bot_id,
         task_queue=task_queue,
         start_signal=SIGNAL_START,
     )
+    _started.setdefault(task_queue, []).append(handle)
+    return handle
 
 
 async def status(handle: WorkflowHandle[Any, Any]) -> SchedulerStatus:
@@ -172,3 +211,21 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s; last value: {value!r}")
         await asyncio.sleep(0.05)
+
+
+def event_actions(current: SchedulerStatus, entity_type: str = "task_execution") -> list[tuple[int, str]]:
+    """(taskId, action) of the entity_update events in the status buffer, oldest first."""
+    return [
+        (event.data["taskId"], event.data["action"])
+        for event in current.recentEvents
+        if event.type == "entity_update" and event.data.get("entityType") == entity_type
+    ]
+
+
+async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """With XBOT_RECORD_HISTORIES=1, save this run's history for the replay test."""
+    if not os.environ.get("XBOT_RECORD_HISTORIES"):
+        return
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
