@@ -36,7 +36,11 @@ function formatTime(value) {
 }
 
 function timeEl(value) {
-  return el("time", { datetime: value || "", title: value ? new Date(value).toLocaleString() : "" }, formatTime(value));
+  return el(
+    "time",
+    { className: value ? "relative" : "", datetime: value || "", title: value ? new Date(value).toLocaleString() : "" },
+    formatTime(value),
+  );
 }
 
 function notice(message, isError) {
@@ -413,5 +417,9 @@ document.addEventListener("DOMContentLoaded", () => {
     route();
   });
   window.addEventListener("hashchange", route);
+  // Relative times ("in 58s") stay current between updates.
+  setInterval(() => {
+    for (const node of document.querySelectorAll("time.relative")) node.textContent = formatTime(node.getAttribute("datetime"));
+  }, 1000);
   route();
 });
