@@ -131,7 +131,9 @@ def build_codec_router(
             result = await apply(message.payloads)
         except PayloadDecryptionError as error:
             return _error(400, str(error), headers)
-        content = json_format.MessageToJson(Payloads(payloads=result), indent=None)
+        content = json_format.MessageToJson(
+            Payloads(payloads=result), indent=None, always_print_fields_with_no_presence=True
+        )
         return Response(content=content, media_type="application/json", headers=headers)
 
     def preflight(request: Request) -> Response:
