@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -228,4 +229,5 @@ async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
         return
     history = await handle.fetch_history()
     HISTORIES.mkdir(parents=True, exist_ok=True)
-    (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
+    record = {"workflow_id": history.workflow_id, "history": json.loads(history.to_json())}
+    (HISTORIES / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -210,3 +210,4 @@ async def test_continue_as_new_keeps_state_and_signals(
         await env.sleep(timedelta(minutes=1, seconds=5))
         assert len(handler.calls_of(every_minute)) > runs_before_pause
         assert (await status(handle)).isRunning
+        await keep_history(handle, "continued_run")

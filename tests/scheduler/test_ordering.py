@@ -141,11 +141,13 @@ async def test_cron_definitions_run_on_their_expression(
     handler = ScriptedHandler()
     bot = await insert_bot(pool)
     task = await insert_task(pool, bot, "scripted", cron_expression="*/5 * * * *")
+    now = await env.get_current_time()
+    first = now.replace(second=0, microsecond=0) + timedelta(minutes=5 - now.minute % 5)
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=16))
+        await env.sleep(first - now + timedelta(minutes=10, seconds=30))
         due_times = [call.due_at for call in handler.calls_of(task)]
-        assert len(due_times) == 3
+        assert len(due_times) == 3 and due_times[0] == first
         assert all(due.minute % 5 == 0 and due.second == 0 and due.microsecond == 0 for due in due_times)
         assert [b - a for a, b in itertools.pairwise(due_times)] == [timedelta(minutes=5)] * 2
         await keep_history(handle, "cron")
