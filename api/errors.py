@@ -100,6 +100,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _timeout(_: Request, error: TimeoutError) -> JSONResponse:
         return error_response(503, "a backing service did not answer in time")
 
+    @app.exception_handler(asyncpg.exceptions.DataError)
+    async def _bad_value(_: Request, error: asyncpg.exceptions.DataError) -> JSONResponse:
+        # PostgreSQL refused a value pydantic let through (e.g. a NUL character in text).
+        return error_response(
+            400, f"invalid value: {error.args[0] if error.args else 'rejected by the database'}"
+        )
+
     for outage in _DATABASE_OUTAGE:
 
         @app.exception_handler(outage)

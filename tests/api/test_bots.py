@@ -101,3 +101,12 @@ async def test_invalid_tokens_write_nothing(client: httpx.AsyncClient, pool: asy
     )
     assert response.status_code == 422 and "time zone" in response.json()["error"]
     assert await pool.fetchval("SELECT count(*) FROM bots") == 0
+
+
+async def test_text_postgres_refuses_is_a_400_and_writes_nothing(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    refused = await client.post("/bots", json={"id": "nul", "name": "n", "persona_prompt": "a\u0000b"})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("invalid value")
+    assert await pool.fetchval("SELECT count(*) FROM bots") == 0
