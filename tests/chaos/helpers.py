@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -169,6 +170,29 @@ async def open_executions(pool: asyncpg.Pool) -> list[asyncpg.Record]:
         " WHERE status = 'started' ORDER BY id"
     )
     return rows
+
+
+class MentionFeed:
+    """New mentions arriving while the test runs, each from a new author (so each needs a reply)."""
+
+    def __init__(self, accounts: list[ChaosX], rng: random.Random) -> None:
+        self.accounts = accounts
+        self.rng = rng
+        self.authors = 0
+        self.mentions: dict[str, list[str]] = {a.tag: [] for a in accounts}
+
+    def add(self, account: ChaosX | None = None) -> None:
+        account = account or self.rng.choice(self.accounts)
+        self.authors += 1
+        author = str(70_000 + self.authors)
+        account.add_user(author, f"fan{self.authors}", f"Fan {self.authors}")
+        mention = account.mention(author, f"@{account.bot_username} question {self.authors}?")
+        self.mentions[account.tag].append(mention)
+
+    async def run(self, stop: asyncio.Event, every: float) -> None:
+        while not stop.is_set():
+            self.add()
+            await asyncio.sleep(every)
 
 
 # ------------------------------------------------------------------------------------- processes

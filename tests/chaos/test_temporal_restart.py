@@ -121,16 +121,19 @@ async def test_bots_resume_with_their_due_times_after_a_temporal_restart(
             )
             after = {bot: await status(chaos_client, bot) for bot in bots}
             await stop_and_heal(chaos_client, bots)
-            await eventually(lambda: open_executions(chaos_pool), lambda rows: not rows, 30, "no open execution")
+            await eventually(
+                lambda: open_executions(chaos_pool), lambda rows: not rows, 30, "no open execution"
+            )
         except AssertionError:
             print(worker.tail(4000), chaos_temporal.proc.tail(2000))
             raise
 
     for bot, task_id in sleepers.items():
-        runs = sleeper_done[task_id]
-        assert len(runs) == 1 and runs[0]["due_at"] == planned[bot], (bot, runs, planned[bot])
+        runs, due = sleeper_done[task_id], planned[bot]
+        assert due is not None
+        assert len(runs) == 1 and runs[0]["due_at"] == due, (bot, runs, due)
         assert after[bot].isRunning
-        assert after[bot].tasks[0].nextDueAt == planned[bot] + timedelta(seconds=INTERVAL)
+        assert after[bot].tasks[0].nextDueAt == due + timedelta(seconds=INTERVAL)
     for bot, task_id in busy.items():
         first_due = busy_done[task_id][0]["due_at"]
         assert after[bot].isRunning

@@ -17,10 +17,10 @@ import pytest
 from temporalio.client import Client
 
 from tests.chaos.conftest import Fakes
-from tests.chaos.fleet import ChaosX
 from tests.chaos.helpers import (
     WORKER_READY,
     X_TASKS,
+    MentionFeed,
     add_bot,
     add_x_round,
     eventually,
@@ -45,29 +45,6 @@ class Kill:
     execution_id: int
     worker: str
     at: float  # epoch seconds
-
-
-class MentionFeed:
-    """New mentions arriving while the test runs, each from a new author (so each needs a reply)."""
-
-    def __init__(self, accounts: list[ChaosX], rng: random.Random) -> None:
-        self.accounts = accounts
-        self.rng = rng
-        self.authors = 0
-        self.mentions: dict[str, list[str]] = {a.tag: [] for a in accounts}
-
-    def add(self, account: ChaosX | None = None) -> None:
-        account = account or self.rng.choice(self.accounts)
-        self.authors += 1
-        author = str(70_000 + self.authors)
-        account.add_user(author, f"fan{self.authors}", f"Fan {self.authors}")
-        mention = account.mention(author, f"@{account.bot_username} question {self.authors}?")
-        self.mentions[account.tag].append(mention)
-
-    async def run(self, stop: asyncio.Event, every: float) -> None:
-        while not stop.is_set():
-            self.add()
-            await asyncio.sleep(every)
 
 
 async def _started_on_live_worker(
