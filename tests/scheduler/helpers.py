@@ -38,9 +38,9 @@ T = TypeVar("T")
 
 HISTORIES = Path(__file__).parent / "histories"
 
-# Time-skipping runs: no early wake (the runner would wait in real time), quick cancellation,
+# Time-skipping runs: no early wake (the runner would wait in real time), prompt cancellation,
 # no custom search attributes (the Java test server has none registered).
-TEST_OPTIONS = SchedulerOptions(early_wake_ms=0, heartbeat_timeout_seconds=2.0, search_attributes=False)
+TEST_OPTIONS = SchedulerOptions(early_wake_ms=0, heartbeat_timeout_seconds=5.0, search_attributes=False)
 
 
 def new_bot_id() -> str:
@@ -201,7 +201,7 @@ async def status(handle: WorkflowHandle[Any, Any]) -> SchedulerStatus:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 20.0
+    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 30.0
 ) -> T:
     """Poll `probe` in real time until `check` accepts its value; fail after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
