@@ -55,7 +55,6 @@ with workflow.unsafe.imports_passed_through():
         TaskProgress,
         TaskRunRequest,
         TaskRunResult,
-        TaskRuntime,
     )
     from workflows.scheduler_state import SchedulerState, Skip
 
@@ -97,7 +96,6 @@ class BotScheduler:
         self.alarm: asyncio.Task[None] | None = None
         self.alarm_at: datetime | None = None
         self.activity_seq = 0
-        self.first_run = input.carry is None
 
     # ----------------------------------------------------------------------------- main loop
 
@@ -437,5 +435,3 @@ def _task_failure(cause: BaseException | None) -> TaskFailure | None:
     except ValueError:
         return None
 
-
-__all__ = ["BotScheduler", "TaskRuntime"]
