@@ -32,6 +32,8 @@ class WebhookHandler:
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise NonRetryableTaskError("config.headers must map header names to strings")
         timeout = ctx.config.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise NonRetryableTaskError("config.timeout_seconds must be a positive number")
         body = {
             "botId": ctx.bot_id,
             "taskId": ctx.task_id,

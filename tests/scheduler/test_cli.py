@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
     ScriptedHandler,
+    definition,
     eventually,
     executions,
     insert_bot,
@@ -74,6 +75,18 @@ async def test_cli_stops_and_queries_a_running_bot(
         assert attributes.get(SCHEDULER_RUNNING) is True
         assert attributes.get(NEXT_DUE_AT) is not None
 
+        await temporal_cli(
+            env,
+            "workflow",
+            "signal",
+            "--workflow-id",
+            bot,
+            "--name",
+            "pause_task",
+            "--input",
+            json.dumps({"task_id": task}),
+        )
+        await eventually(lambda: definition(pool, task), lambda row: row["is_paused"])
         await temporal_cli(env, "workflow", "signal", "--workflow-id", bot, "--name", "stop")
         rows = await eventually(lambda: executions(pool, bot, task), lambda r: r[0]["status"] != "started")
         assert rows[0]["status"] == "cancelled"
