@@ -232,7 +232,9 @@ class TaskRuntime(BaseModel):
 class SchedulerOptions(BaseModel):
     # Wake this much before a due time; the task runner waits for the exact instant.
     early_wake_ms: int = 1000
-    heartbeat_timeout_seconds: float = 10.0
+    # A stop reaches a running attempt on its next heartbeat (at most 80 % of this); a dead worker's
+    # attempt is timed out and retried after this long.
+    heartbeat_timeout_seconds: float = 5.0
     # The Java time-skipping test server rejects undeclared custom search attributes.
     search_attributes: bool = True
     # Continue-as-new at the first idle moment past this history length...

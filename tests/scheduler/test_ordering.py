@@ -151,3 +151,24 @@ async def test_cron_definitions_run_on_their_expression(
         assert all(due.minute % 5 == 0 and due.second == 0 and due.microsecond == 0 for due in due_times)
         assert [b - a for a, b in itertools.pairwise(due_times)] == [timedelta(minutes=5)] * 2
         await keep_history(handle, "cron")
+
+
+async def test_jitter_delays_each_run_without_moving_the_schedule(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, task_queue: str
+) -> None:
+    handler = ScriptedHandler()
+    bot = await insert_bot(pool)
+    now = await env.get_current_time()
+    task = await insert_task(pool, bot, "scripted", jitter_seconds=40, next_planned_run_at=now)
+    async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
+        await start_bot(env.client, bot, task_queue)
+        await env.sleep(timedelta(minutes=5, seconds=50))
+    offsets = [
+        call.due_at - (now + index * timedelta(minutes=1))
+        for index, call in enumerate(handler.calls_of(task))
+    ]
+    assert len(offsets) == 6
+    assert all(timedelta(0) <= offset < timedelta(seconds=40) for offset in offsets)
+    assert len(set(offsets)) > 1  # drawn afresh for each occurrence
+    planned = await pool.fetchval("SELECT next_planned_run_at FROM bot_task_definitions WHERE id = $1", task)
+    assert planned == now + timedelta(minutes=6)  # nominal times stay on the minute phase
