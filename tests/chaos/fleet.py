@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import math
 import secrets
 import time
@@ -73,6 +74,10 @@ class ChaosX(FakeX):
         self.issued += [access, refresh]
         return access, refresh
 
+    def inject_faults(self, endpoint: str, *kinds: str) -> None:
+        """Like `inject`, also with this class's own kinds (`not_json`, `truncated`)."""
+        self.faults.setdefault(endpoint, []).extend(kinds)  # type: ignore[arg-type]
+
     def storm(self, endpoint: str, seconds: float, limit: int = 1) -> datetime:
         """The window is spent right now (the bot cannot know) until a whole second `seconds` away."""
         reset_at = whole_second(datetime.now(UTC) + timedelta(seconds=seconds))
@@ -123,6 +128,16 @@ class ChaosX(FakeX):
         return route
 
 
+def _quiet_truncation(record: logging.LogRecord) -> bool:
+    """uvicorn logs the aborted response as an application error; it is the point of the fault."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, ConnectionAbortedError) and TRUNCATED in str(error))
+
+
+logging.getLogger("uvicorn.error").addFilter(_quiet_truncation)
+TRUNCATED = "fake X cut the response short"
+
+
 class TruncatedResponse(Response):
     """Promises 4096 bytes, sends 20, then drops the connection (the server sees an error)."""
 
@@ -134,7 +149,7 @@ class TruncatedResponse(Response):
         headers.append((b"content-length", b"4096"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b'{"data": [{"id": "1', "more_body": True})
-        raise ConnectionAbortedError("fake X cut the response short")
+        raise ConnectionAbortedError(TRUNCATED)
 
 
 class FleetX:
