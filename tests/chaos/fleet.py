@@ -162,6 +162,7 @@ class FleetX:
         self._apps: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self.token_calls: list[tuple[str, int]] = []  # (account tag, HTTP status)
+        self.unknown_bearers: list[str] = []  # requests whose token no account knows (answered 401)
 
     def account(self, tag: str, **knobs: Any) -> ChaosX:
         """A new X account; its posts and users have ids that no other account uses."""
@@ -176,6 +177,12 @@ class FleetX:
         self.accounts[tag] = fake
         self._apps[tag] = fake.app()
         return fake
+
+    def revoke(self, tag: str) -> None:
+        """The user revoked the app: every token of the account stops working at once."""
+        fake = self.accounts[tag]
+        fake.access_tokens.clear()
+        fake.refresh_token = None
 
     def all_issued_tokens(self) -> list[str]:
         return [token for fake in self.accounts.values() for token in fake.issued]
@@ -196,6 +203,7 @@ class FleetX:
                     with contextlib.suppress(ClientDisconnect):  # a killed worker hung up mid-request
                         await self._apps[tag](scope, receive, send)
                     return
+            self.unknown_bearers.append(bearer)
             body = JSONResponse({"title": "Unauthorized", "status": 401, "detail": "Unauthorized"}, 401)
             await body(scope, receive, send)
 
@@ -209,7 +217,8 @@ class FleetX:
         presented = form.get("refresh_token")
         fake = next((f for f in self.accounts.values() if presented and f.refresh_token == presented), None)
         if form.get("grant_type") != "refresh_token" or fake is None:
-            self.token_calls.append(("?", 400))
+            owner = next((f.tag for f in self.accounts.values() if presented in f.issued), "?")
+            self.token_calls.append((owner, 400))
             description = "Value passed for the token was invalid."
             return JSONResponse({"error": "invalid_grant", "error_description": description}, 400)
         fake.refresh_calls += 1

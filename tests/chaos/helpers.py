@@ -72,7 +72,12 @@ async def eventually(
 
 
 async def add_bot(
-    pool: asyncpg.Pool, cipher: TokenCipher, account: ChaosX, bot_id: str, **columns: Any
+    pool: asyncpg.Pool,
+    cipher: TokenCipher,
+    account: ChaosX,
+    bot_id: str,
+    token_lifetime: timedelta = timedelta(hours=2),
+    **columns: Any,
 ) -> str:
     """A bot whose X account is `account`, with a fresh token pair stored encrypted."""
     values = {
@@ -86,7 +91,7 @@ async def add_bot(
     marks = ", ".join(f"${i}" for i in range(1, len(values) + 2))
     await pool.execute(f"INSERT INTO bots ({names}) VALUES ({marks})", bot_id, *values.values())
     access, refresh = account.issue_tokens()
-    await store_tokens(pool, cipher, bot_id, access, refresh, datetime.now(UTC) + timedelta(hours=2))
+    await store_tokens(pool, cipher, bot_id, access, refresh, datetime.now(UTC) + token_lifetime)
     return bot_id
 
 
