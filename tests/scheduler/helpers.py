@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.handlers.base import TaskContext, TaskHandler
@@ -231,3 +232,13 @@ async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
     record = {"workflow_id": history.workflow_id, "history": json.loads(history.to_json())}
     (HISTORIES / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+async def advance(
+    env: WorkflowEnvironment, duration: timedelta, step: timedelta = timedelta(minutes=10)
+) -> None:
+    """Skip `duration` of workflow time in steps, so no single skip RPC runs long on a busy machine."""
+    left = duration
+    while left > timedelta(0):
+        await env.sleep(min(step, left))
+        left -= step

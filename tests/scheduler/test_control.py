@@ -11,6 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 from tests.scheduler.helpers import (
     TEST_OPTIONS,
     ScriptedHandler,
+    advance,
     definition,
     event_actions,
     eventually,
@@ -51,7 +52,7 @@ async def test_stop_cancels_the_running_task_and_start_resumes(
         assert not stopped.isRunning and stopped.nextAlarmTime is None
         assert (task, "cancelled") in event_actions(stopped)
         # Stopped: nothing starts, however long we wait, and no timer is left behind.
-        await env.sleep(timedelta(hours=3))
+        await advance(env, timedelta(hours=3))
         assert len(handler.calls) == 1
         history = await handle.fetch_history()
         stop_at = max(
@@ -67,7 +68,7 @@ async def test_stop_cancels_the_running_task_and_start_resumes(
         assert timers_after_stop == []
         # Start resumes: the occurrence that was cancelled runs again at once, then every minute.
         await handle.signal(SIGNAL_START)
-        await env.sleep(timedelta(minutes=2, seconds=30))
+        await advance(env, timedelta(minutes=2, seconds=30))
         assert len(handler.calls) == 4
         current = await status(handle)
         assert current.isRunning
@@ -100,11 +101,11 @@ async def test_reload_wakes_early_and_picks_up_new_and_removed_definitions(
         handle = await start_bot(env.client, bot, task_queue)
         loaded = await eventually(lambda: status(handle), lambda s: len(s.tasks) == 1)
         assert loaded.nextAlarmTime == now + timedelta(days=1)
-        await env.sleep(timedelta(minutes=10))
+        await advance(env, timedelta(minutes=10))
         later = await env.get_current_time()
         frequent = await insert_task(pool, bot, "scripted", next_planned_run_at=later)
         await handle.signal(SIGNAL_RELOAD_TASKS)
-        await env.sleep(timedelta(seconds=30))
+        await advance(env, timedelta(seconds=30))
         assert handler.order() == [frequent]  # woke long before the daily task's timer
         await pool.execute("UPDATE bot_task_definitions SET is_active = false WHERE id = $1", daily)
         await handle.signal(SIGNAL_RELOAD_TASKS)
@@ -124,7 +125,7 @@ async def test_run_task_runs_now_without_moving_the_schedule(
     handler = ScriptedHandler()
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=5))
+        await advance(env, timedelta(minutes=5))
         await handle.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task))
         await eventually(lambda: status(handle), lambda s: s.tasks[0].lastSuccessAt is not None)
         assert len(handler.calls) == 1
@@ -158,14 +159,14 @@ async def test_pause_and_resume(env: WorkflowEnvironment, pool: asyncpg.Pool, ta
         handle = await start_bot(env.client, bot, task_queue)
         await handle.signal(SIGNAL_PAUSE_TASK, TaskIdArg(task_id=paused))
         await eventually(lambda: definition(pool, paused), lambda row: row["is_paused"])
-        await env.sleep(timedelta(minutes=5))
+        await advance(env, timedelta(minutes=5))
         assert handler.calls_of(paused) == []
         assert len(handler.calls_of(other)) == 5
         current = await status(handle)
         assert {t.id: t.state for t in current.tasks}[paused] == "paused"
         await handle.signal(SIGNAL_RESUME_TASK, TaskIdArg(task_id=paused))
         await eventually(lambda: definition(pool, paused), lambda row: not row["is_paused"])
-        await env.sleep(timedelta(minutes=2))
+        await advance(env, timedelta(minutes=2))
         # The missed occurrence runs once on resume, then the minute phase continues.
         assert len(handler.calls_of(paused)) == 3
         actions = event_actions(await status(handle), "task_definition")
@@ -188,12 +189,12 @@ async def test_continue_as_new_keeps_state_and_signals(
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue, options)
         first_run = (await handle.describe()).run_id
-        await env.sleep(timedelta(minutes=1, seconds=30))
+        await advance(env, timedelta(minutes=1, seconds=30))
         await handle.signal(SIGNAL_PAUSE_TASK, TaskIdArg(task_id=every_minute))
         await handle.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=hourly))
         await eventually(lambda: status(handle), lambda s: s.tasks[1].lastSuccessAt is not None)
         runs_before_pause = len(handler.calls_of(every_minute))
-        await env.sleep(timedelta(minutes=3))
+        await advance(env, timedelta(minutes=3))
         current = await status(handle)
         by_id = {t.id: t for t in current.tasks}
         assert by_id[every_minute].state == "paused"
@@ -207,7 +208,7 @@ async def test_continue_as_new_keeps_state_and_signals(
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and current.lastEventSeq == seqs[-1]
         assert (await handle.describe()).run_id != first_run
         await handle.signal(SIGNAL_RESUME_TASK, TaskIdArg(task_id=every_minute))
-        await env.sleep(timedelta(minutes=1, seconds=5))
+        await advance(env, timedelta(minutes=1, seconds=5))
         assert len(handler.calls_of(every_minute)) > runs_before_pause
         assert (await status(handle)).isRunning
         await keep_history(handle, "continued_run")

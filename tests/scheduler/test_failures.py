@@ -10,6 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
     ScriptedHandler,
+    advance,
     definition,
     event_actions,
     executions,
@@ -43,12 +44,12 @@ async def test_retries_back_off_exponentially_and_record_every_attempt(
     handler = ScriptedHandler(script={flaky: ["fail", "fail", "fail"]})
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=1, seconds=45))
+        await advance(env, timedelta(minutes=1, seconds=45))
         current = await status(handle)
         flaky_status = next(t for t in current.tasks if t.id == flaky)
         assert flaky_status.state == "retrying"
         assert flaky_status.stateReason is not None and "scripted failure" in flaky_status.stateReason
-        await env.sleep(timedelta(minutes=6))
+        await advance(env, timedelta(minutes=6))
         rows = await executions(pool, bot, flaky)
         assert [(r["attempt_number"], r["status"]) for r in rows] == [
             (1, "retrying"),
@@ -78,7 +79,7 @@ async def test_non_retryable_error_fails_at_once(
     handler = ScriptedHandler(script={task: ["fatal"]})
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=10))
+        await advance(env, timedelta(minutes=10))
         rows = await executions(pool, bot, task)
         assert [(r["attempt_number"], r["status"]) for r in rows] == [(1, "failed")]
         assert "NonRetryableTaskError" in rows[0]["error_message"]
@@ -98,7 +99,7 @@ async def test_unknown_task_type_fails_without_retrying(
     task = await insert_task(pool, bot, "not_registered", interval_minutes=30, next_planned_run_at=now)
     async with running_worker(env.client, pool, task_queue, handlers_with(ScriptedHandler())):
         await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=5))
+        await advance(env, timedelta(minutes=5))
     rows = await executions(pool, bot, task)
     assert [(r["attempt_number"], r["status"]) for r in rows] == [(1, "failed")]
     assert "no handler registered" in rows[0]["error_message"]
@@ -125,7 +126,7 @@ async def test_error_threshold_deactivates_and_success_resets_the_count(
     )
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=5, seconds=30))
+        await advance(env, timedelta(minutes=5, seconds=30))
         assert len(handler.calls_of(doomed)) == 3  # never runs again once deactivated
         saved = await definition(pool, doomed)
         assert not saved["is_active"]
@@ -170,7 +171,7 @@ async def test_low_rate_limit_headroom_postpones_until_the_window_resets(
     handler = ScriptedHandler()
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=3))
+        await advance(env, timedelta(minutes=3))
         assert handler.calls == []
         task_status = (await status(handle)).tasks[0]
         assert task_status.state == "rate_limited"
@@ -179,7 +180,7 @@ async def test_low_rate_limit_headroom_postpones_until_the_window_resets(
         rows = await executions(pool, bot, task)
         assert [(r["status"], r["rate_limit_remaining"]) for r in rows] == [("skipped", 1)]
         assert "postponed until" in rows[0]["error_message"]
-        await env.sleep(timedelta(minutes=8))
+        await advance(env, timedelta(minutes=8))
         assert len(handler.calls) == 1  # ran once the window reset
         assert (await executions(pool, bot, task))[-1]["status"] == "completed"
         task_status = (await status(handle)).tasks[0]
@@ -197,10 +198,10 @@ async def test_rate_limited_error_from_a_handler_postpones_instead_of_failing(
     handler = ScriptedHandler(script={task: ["rate_limited"]})  # resets 15 minutes after due
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=5))
+        await advance(env, timedelta(minutes=5))
         task_status = (await status(handle)).tasks[0]
         assert (task_status.state, task_status.nextDueAt) == ("rate_limited", now + timedelta(minutes=15))
-        await env.sleep(timedelta(minutes=11))
+        await advance(env, timedelta(minutes=11))
         rows = await executions(pool, bot, task)
         assert [r["status"] for r in rows] == ["skipped", "completed"]
         assert (await definition(pool, task))["consecutive_failures"] == 0

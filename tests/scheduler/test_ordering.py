@@ -10,6 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
     ScriptedHandler,
+    advance,
     event_actions,
     executions,
     handlers_with,
@@ -35,7 +36,7 @@ async def test_due_tasks_run_one_at_a_time_in_priority_order(
     early = await insert_task(pool, bot, "scripted", priority=0, next_planned_run_at=now - timedelta(hours=1))
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(seconds=30))
+        await advance(env, timedelta(seconds=30))
         assert handler.order() == [high, middle, low, early]
         assert handler.max_running == 1
         current = await status(handle)
@@ -60,14 +61,14 @@ async def test_stale_dependency_runs_first_and_a_fresh_one_does_not_rerun(
     )
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=3, seconds=30))
+        await advance(env, timedelta(minutes=3, seconds=30))
         # Dependency first, then the dependent every minute while the dependency stays fresh.
         assert handler.order() == [dependency, dependent, dependent, dependent, dependent]
         # Running it for the dependent did not move the dependency's own schedule.
         current = await status(handle)
         dep_status = next(t for t in current.tasks if t.id == dependency)
         assert dep_status.nextDueAt == now + timedelta(days=1)
-        await env.sleep(timedelta(minutes=8))
+        await advance(env, timedelta(minutes=8))
         # Ten minutes after its run the dependency is stale again and runs before the dependent.
         order = handler.order()
         assert order.count(dependency) == 2
@@ -88,7 +89,7 @@ async def test_failing_dependency_skips_the_dependent_and_says_why(
     handler = ScriptedHandler(script={dependency: ["fatal"]})
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(seconds=30))
+        await advance(env, timedelta(seconds=30))
         assert handler.order() == [dependency]
         rows = await executions(pool, bot, dependent)
         assert [row["status"] for row in rows] == ["skipped"]
@@ -99,7 +100,7 @@ async def test_failing_dependency_skips_the_dependent_and_says_why(
         assert planned == now + timedelta(minutes=1)  # rescheduled, on its own phase
         assert (dependent, "skipped") in event_actions(await status(handle))
         # At the next occurrence the dependency gets another chance; it succeeds, so both run.
-        await env.sleep(timedelta(minutes=1))
+        await advance(env, timedelta(minutes=1))
         assert handler.order() == [dependency, dependency, dependent]
 
 
@@ -114,7 +115,7 @@ async def test_lock_key_serializes_tasks_of_different_bots(
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         for bot in bots:
             await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=2, seconds=30))
+        await advance(env, timedelta(minutes=2, seconds=30))
     assert len(handler.calls) == 6
     assert handler.max_running == 1
 
@@ -131,7 +132,7 @@ async def test_without_lock_key_different_bots_overlap(
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         for bot in bots:
             await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(seconds=30))
+        await advance(env, timedelta(seconds=30))
     assert handler.max_running == 2
 
 
@@ -145,7 +146,7 @@ async def test_cron_definitions_run_on_their_expression(
     first = now.replace(second=0, microsecond=0) + timedelta(minutes=5 - now.minute % 5)
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
-        await env.sleep(first - now + timedelta(minutes=10, seconds=30))
+        await advance(env, first - now + timedelta(minutes=10, seconds=30))
         due_times = [call.due_at for call in handler.calls_of(task)]
         assert len(due_times) == 3 and due_times[0] == first
         assert all(due.minute % 5 == 0 and due.second == 0 and due.microsecond == 0 for due in due_times)
@@ -162,7 +163,7 @@ async def test_jitter_delays_each_run_without_moving_the_schedule(
     task = await insert_task(pool, bot, "scripted", jitter_seconds=40, next_planned_run_at=now)
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         await start_bot(env.client, bot, task_queue)
-        await env.sleep(timedelta(minutes=5, seconds=50))
+        await advance(env, timedelta(minutes=5, seconds=50))
     offsets = [
         call.due_at - (now + index * timedelta(minutes=1))
         for index, call in enumerate(handler.calls_of(task))
