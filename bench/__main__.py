@@ -18,7 +18,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from bench import report
+from bench import profile, report
 from bench.env import Postgres
 from bench.progress import Progress
 from bench.scenarios import SCENARIO_NAMES, RunContext, load
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="wall time for the simulated year of the history scenario (default 300; ~9000 for all 365 days)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="sample the worker and API processes with py-spy; stacks in DIR, summaries in the results",
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and samples for inspection")
     return parser
@@ -97,6 +104,9 @@ async def _run(args: argparse.Namespace, names: list[str], workdir: Path) -> int
                     result["notes"].append(f"failed: {type(error).__name__}: {error}")
                     progress.note(f"{name} failed:\n{traceback.format_exc()}")
                 result["duration_seconds"] = round(time.monotonic() - began, 1)
+                if profile.collected:
+                    result["profiles"] = dict(profile.collected)
+                    profile.collected.clear()
                 result["noise"] = noise.stop()
                 path = report.write_result(result, results_dir)
                 report.print_result(result)
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="xbot-bench-"))
+    profile.profile_dir = args.profile.resolve() if args.profile else None
     try:
         return asyncio.run(_run(args, names, workdir))
     except KeyboardInterrupt:

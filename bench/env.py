@@ -34,6 +34,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench import profile
+from bench.profile import Profiler, summarize
 from xbot.migrate import migrate
 from xbot.temporal import dev_server_search_attribute_args, ensure_search_attributes
 
@@ -66,6 +68,7 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     _ps: psutil.Process | None = field(default=None, repr=False)
+    profiler: Profiler | None = field(default=None, repr=False)
 
     @property
     def ps(self) -> psutil.Process:
@@ -99,6 +102,10 @@ class ManagedProcess:
         return ""
 
     def stop(self) -> None:
+        if self.profiler is not None:
+            output = self.profiler.stop()
+            profile.collected[output.stem] = summarize(output)
+            self.profiler = None
         if self.popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -111,7 +118,9 @@ class ManagedProcess:
             self.popen.wait()
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> ManagedProcess:
+def spawn(
+    name: str, argv: list[str], env: dict[str, str], log_path: Path, *, profiled: bool = False
+) -> ManagedProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as output:
         popen = subprocess.Popen(
@@ -124,7 +133,10 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Ma
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-    return ManagedProcess(name, popen, log_path)
+    process = ManagedProcess(name, popen, log_path)
+    if profiled and profile.profile_dir is not None:
+        process.profiler = Profiler(popen.pid, profile.profile_dir / f"{name}-{popen.pid}.txt")
+    return process
 
 
 def _with_database(url: str, database: str) -> str:
@@ -332,7 +344,7 @@ class BenchEnv:
     async def _start_worker(
         self, name: str, argv: list[str], env: dict[str, str], task_queue: str
     ) -> ManagedProcess:
-        worker = spawn(name, argv, env, self.workdir / f"{name}-{task_queue}.log")
+        worker = spawn(name, argv, env, self.workdir / f"{name}-{task_queue}.log", profiled=True)
         self._workers.append(worker)
         await self.wait_for_pollers(task_queue, worker)
         return worker

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.baselines import BotPlan
 from bench.env import BenchEnv, BenchError, ManagedProcess, free_port, spawn
@@ -58,7 +59,7 @@ async def _start_api(
     environment = env.worker_env(task_queue, database_url)
     environment["API_TOKEN"] = token
     argv = [sys.executable, "-m", "xbot.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
-    api = spawn("api", argv, environment, env.workdir / "api.log")
+    api = spawn("api", argv, environment, env.workdir / "api.log", profiled=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(timeout=2) as http:
@@ -71,6 +72,11 @@ async def _start_api(
             await asyncio.sleep(0.3)
     api.stop()
     raise BenchError(f"API not healthy at {url} within 60 s:\n{api.log_tail()}")
+
+
+def _own_cpu() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
 
 
 async def _status_load(url: str, token: str, bot_ids: list[str], seconds: float) -> dict[str, Any]:
@@ -165,7 +171,7 @@ async def run(ctx: RunContext, result: Result) -> None:
         try:
             task_queue = f"bench-{uuid.uuid4().hex[:8]}"
             ctx.progress.set_phase(f"{NAME}: starting worker, API and bots", 15)
-            await env.start_project_worker(task_queue, database_url)
+            worker = await env.start_project_worker(task_queue, database_url)
             api, url = await _start_api(env, task_queue, database_url, token)
             soon = time.time() + 3
             status_bots = [BotPlan(f"status-{index:02d}", soon + index) for index in range(STATUS_BOTS)]
@@ -176,7 +182,16 @@ async def run(ctx: RunContext, result: Result) -> None:
             await asyncio.sleep(4)
 
             ctx.progress.set_phase(f"{NAME}: {STATUS_CLIENTS} clients on GET /status", status_seconds)
+            processes = {"api": api, "worker": worker, "temporal": env.temporal}
+            cpu_before = {name: process.cpu_seconds() for name, process in processes.items() if process}
+            bench_before = _own_cpu()
             status = await _status_load(url, token, [plan.bot_id for plan in status_bots], status_seconds)
+            # Which process the 50 clients saturate: CPU seconds per second of load, per process.
+            status["cpu_cores_used"] = {
+                name: round((process.cpu_seconds() - cpu_before[name]) / status_seconds, 2)
+                for name, process in processes.items()
+                if process
+            } | {"load generator": round((_own_cpu() - bench_before) / status_seconds, 2)}
             ctx.progress.set_phase(f"{NAME}: feed with 1 client", feed_seconds)
             one_rate, one_delays = await _query_rate(
                 env, _feed_clients(url, token, feed_bot.bot_id, 1, feed_seconds), feed_seconds
@@ -246,6 +261,10 @@ async def run(ctx: RunContext, result: Result) -> None:
             None if query_ratio is None else query_ratio <= 1.1,
         ),
     ]
+    result["notes"].append(
+        "CPU cores busy during the status load: "
+        + ", ".join(f"{name} {cores}" for name, cores in status["cpu_cores_used"].items())
+    )
     if status["errors"]:
         result["notes"].append(f"GET /status: {status['errors']} failed requests")
     result["notes"].append(

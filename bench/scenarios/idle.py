@@ -30,6 +30,7 @@ DESCRIPTION = (
 GOAL_CPU_RATIO = 1.05
 GOAL_RSS_MB = 500.0
 SETTLE_TIMEOUT_SECONDS = 600.0
+CPU_TICKS_SECONDS = 0.02
 
 
 def sizes(quick: bool) -> tuple[int, float]:
@@ -75,6 +76,12 @@ async def _wait_until_quiet(env: BenchEnv, worker: ManagedProcess, bots: int) ->
         if quiet_seconds >= 3:
             break
     return time.monotonic() - began
+
+
+def _cpu_goal_met(empty: dict[str, float], loaded: dict[str, float]) -> bool:
+    """<= 1.05x, allowing the resolution of the readings: two 10 ms ticks (an idle worker may use 0.00 s,
+    and no ratio exists then)."""
+    return loaded["worker_cpu_seconds"] <= GOAL_CPU_RATIO * empty["worker_cpu_seconds"] + CPU_TICKS_SECONDS
 
 
 async def run(ctx: RunContext, result: Result) -> None:
@@ -157,7 +164,7 @@ async def run(ctx: RunContext, result: Result) -> None:
             "worker CPU with idle bots",
             f"<= {GOAL_CPU_RATIO}x of 0 bots",
             cpu_ratio,
-            None if cpu_ratio is None else cpu_ratio <= GOAL_CPU_RATIO,
+            _cpu_goal_met(empty, loaded),
         ),
         goal(
             "worker RSS with idle bots",
@@ -170,6 +177,7 @@ async def run(ctx: RunContext, result: Result) -> None:
         f"starting {bots:,} bots: {start_calls:.1f} s of start calls ({bots / max(start_calls, 1e-6):.0f}/s), "
         f"worker quiet again {start_calls + settle:.1f} s after the first call",
         f"worker CPU difference: {difference:+.3f} CPU-seconds over {seconds:.0f} s "
-        f"({1000 * difference / seconds:+.1f} ms per second; CPU times are counted in 10 ms ticks)",
+        f"({1000 * difference / seconds:+.1f} ms per second); CPU times are counted in 10 ms ticks, so the "
+        "verdict allows two ticks beyond 1.05x (with 0.00 s at 0 bots no ratio exists)",
         f"task executions while idle: {executions} (expected 0)",
     ]
