@@ -22,11 +22,12 @@ HttpUrlText = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^htt
 class BotTokensIn(BaseModel):
     """OAuth 2.0 user tokens of the bot's X account. Write-only."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON string is not a number or a boolean ("5", "true" are refused).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     access_token: str = Field(min_length=1, max_length=4096)
     refresh_token: str | None = Field(default=None, min_length=1, max_length=4096)
-    expires_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, strict=False)
     scope: str | None = Field(default=None, max_length=1000)
 
     @field_validator("expires_at")
@@ -41,7 +42,8 @@ class BotTokensIn(BaseModel):
 
 
 class _BotFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON string is not a number or a boolean ("5", "true" are refused).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200)
     x_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
@@ -70,7 +72,8 @@ _NULLABLE = {"x_user_id", "x_username", "discord_webhook_url", "llm_model", "llm
 class BotPatch(BaseModel):
     """Only the fields present are changed; `null` clears the optional ones."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON string is not a number or a boolean ("5", "true" are refused).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     x_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")

@@ -53,7 +53,8 @@ def _aware(value: datetime | None) -> datetime | None:
 class TaskDefinitionFields(BaseModel):
     """Every settable field with its default; also used to validate a PATCH merged onto a row."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON string is not a number or a boolean ("5", "true" are refused).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     task_type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     name: str | None = Field(default=None, max_length=200)
@@ -74,7 +75,7 @@ class TaskDefinitionFields(BaseModel):
     lock_key: str | None = Field(default=None, min_length=1, max_length=200)
     allow_overlap: bool = False
     is_active: bool = True
-    next_planned_run_at: datetime | None = None
+    next_planned_run_at: datetime | None = Field(default=None, strict=False)
     config: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("next_planned_run_at")
@@ -138,7 +139,8 @@ class TaskDefinitionCreate(TaskDefinitionFields):
 class TaskDefinitionPatch(BaseModel):
     """Only the fields present change; the merged definition is validated as a whole."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON string is not a number or a boolean ("5", "true" are refused).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     task_type: str | None = None
     name: str | None = None
@@ -159,7 +161,7 @@ class TaskDefinitionPatch(BaseModel):
     lock_key: str | None = None
     allow_overlap: bool | None = None
     is_active: bool | None = None
-    next_planned_run_at: datetime | None = None
+    next_planned_run_at: datetime | None = Field(default=None, strict=False)
     config: dict[str, Any] | None = None
 
     def changes(self) -> dict[str, Any]:
