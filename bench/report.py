@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,40 +59,51 @@ def machine_info(postgres_version: str) -> dict[str, Any]:
 
 @dataclass
 class NoiseMeter:
-    """CPU used on the machine by processes that are not part of this benchmark, during a scenario.
+    """CPU used on the machine by everything that is not this benchmark, during a scenario.
 
-    Other sessions run tests on the same 2 cores; this says how much they took from us.
+    Other sessions run tests on the same cores; this says how much they took. Machine-wide busy time
+    minus our own: this process, its children (live, and reaped ones through `children_*`) and the
+    PostgreSQL processes found by `own_markers` in their command lines.
     """
 
     own_markers: tuple[str, ...] = ()
     _start_wall: float = 0.0
     _start_other: float = 0.0
-    _seen: dict[int, float] = field(default_factory=dict)
 
-    def _other_cpu(self) -> float:
-        own = {os.getpid()} | {child.pid for child in psutil.Process().children(recursive=True)}
-        total = 0.0
+    def _own_cpu(self) -> float:
+        me = psutil.Process()
+        times = me.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        tree = {me.pid}
+        for child in me.children(recursive=True):
+            tree.add(child.pid)
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
         for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
             info = process.info
-            if info["pid"] in own or info["cpu_times"] is None:
+            if info["pid"] in tree or info["cpu_times"] is None:
                 continue
             cmdline = " ".join(info["cmdline"] or [])
-            if any(marker and marker in cmdline for marker in self.own_markers):
-                continue
-            cpu = info["cpu_times"].user + info["cpu_times"].system
-            # Only CPU used since we first saw the process counts.
-            first = self._seen.setdefault(info["pid"], cpu)
-            total += cpu - first
+            if any(marker in cmdline for marker in self.own_markers):
+                total += info["cpu_times"].user + info["cpu_times"].system
         return total
 
+    @staticmethod
+    def _machine_busy() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    def _other_cpu(self) -> float:
+        return self._machine_busy() - self._own_cpu()
+
     def start(self) -> None:
-        self._seen.clear()
         self._start_wall = time.monotonic()
         self._start_other = self._other_cpu()
 
     def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self._start_wall)
-        other = self._other_cpu() - self._start_other
+        other = max(0.0, self._other_cpu() - self._start_other)
         cores = os.cpu_count() or 1
         return {
             "other_processes_cpu_seconds": round(other, 1),
@@ -129,7 +140,9 @@ def _cell(value: Any) -> str:
             return "-"
         if math.isinf(value):
             return "∞"
-        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.2f}"
+        if abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.2g}" if 0 < abs(value) < 0.1 else f"{value:,.2f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

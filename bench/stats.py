@@ -41,4 +41,5 @@ def latency_summary_ms(seconds: Iterable[float]) -> dict[str, float]:
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0 or math.isnan(denominator):
         return None
-    return round(numerator / denominator, 3)
+    value = numerator / denominator
+    return round(value, 3) if abs(value) >= 0.01 else float(f"{value:.2g}")

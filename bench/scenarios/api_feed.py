@@ -137,7 +137,7 @@ async def _feed_clients(url: str, token: str, bot_id: str, clients: int, seconds
 
 
 QUERY_LABELS = ('operation="QueryWorkflow"', 'service_name="frontend"')
-METRICS_SETTLE_SECONDS = 2.0  # the server's counters are published about once a second
+METRICS_SETTLE_SECONDS = 1.5  # the server's counters are published about once a second
 
 
 async def _query_rate(env: BenchEnv, feed: Any, seconds: float) -> tuple[float, list[float]]:
@@ -179,7 +179,7 @@ async def run(ctx: RunContext, result: Result) -> None:
             await insert_project_bots(pool, status_bots, 10, "noop", {})
             await insert_project_bots(pool, [feed_bot], 1, "noop", {})
             await start_project_bots(env, task_queue, [plan.bot_id for plan in [*status_bots, feed_bot]])
-            await asyncio.sleep(4)
+            await asyncio.sleep(2 if ctx.quick else 4)  # first rounds done
 
             ctx.progress.set_phase(f"{NAME}: {STATUS_CLIENTS} clients on GET /status", status_seconds)
             processes = {"api": api, "worker": worker, "temporal": env.temporal}

@@ -85,6 +85,8 @@ class LoadResult:
             "worker_cpu_seconds": round(self.worker_cpu_seconds, 2),
             "server_cpu_seconds": round(self.server_cpu_seconds, 2),
             "start_seconds": round(self.start_seconds, 2),
+            "worker_cpu_ms_per_execution": round(1000 * self.worker_cpu_seconds / max(self.executed, 1), 2),
+            "server_cpu_ms_per_execution": round(1000 * self.server_cpu_seconds / max(self.executed, 1), 2),
         }
         if self.missing:
             figures["lateness_with_missing"] = latency_summary_ms(self.with_missing())

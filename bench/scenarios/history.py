@@ -60,7 +60,7 @@ class Plan:
 
 
 def plan(quick: bool) -> Plan:
-    return Plan(4, 0.25, 20.0) if quick else Plan(30, 365, 300.0)
+    return Plan(3, 0.125, 20.0) if quick else Plan(30, 365, 300.0)
 
 
 def estimate_seconds(quick: bool) -> float:

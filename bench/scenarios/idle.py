@@ -35,7 +35,7 @@ CPU_TICKS_SECONDS = 0.02
 
 def sizes(quick: bool) -> tuple[int, float]:
     """(bots, measuring seconds)."""
-    return (200, 3.0) if quick else (10_000, 60.0)
+    return (100, 3.0) if quick else (10_000, 60.0)
 
 
 def estimate_seconds(quick: bool) -> float:

@@ -28,7 +28,7 @@ SYSTEM_NAMES: tuple[tuple[System, str], ...] = (
 
 def spec(quick: bool) -> LoadSpec:
     if quick:
-        return LoadSpec(bots=10, interval_seconds=2, duration_seconds=4, lead_seconds=2, grace_seconds=1.5)
+        return LoadSpec(bots=10, interval_seconds=2, duration_seconds=3, lead_seconds=1.5, grace_seconds=1)
     return LoadSpec(bots=100, interval_seconds=5, duration_seconds=120, lead_seconds=6, grace_seconds=3)
 
 

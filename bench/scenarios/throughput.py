@@ -102,8 +102,8 @@ def _rows(system: str, results: list[LoadResult]) -> list[list[Any]]:
                 step.missing,
                 lateness["p50_ms"],
                 lateness["p99_ms"],
-                figures["worker_cpu_seconds"],
-                figures["server_cpu_seconds"],
+                figures["worker_cpu_ms_per_execution"],
+                figures["server_cpu_ms_per_execution"],
                 "yes" if _passes(step) else "no",
             ]
         )
@@ -155,8 +155,8 @@ async def run(ctx: RunContext, result: Result) -> None:
             "missing",
             "p50 ms",
             "p99 ms",
-            "worker CPU s",
-            "server CPU s",
+            "worker CPU ms/exec",
+            "server CPU ms/exec",
             "sustained",
         ],
         "rows": _rows("project", ramps.get("project", [])) + _rows("bare Temporal", ramps["bare"]),
