@@ -12,6 +12,7 @@ import random
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,30 +79,42 @@ def with_database(url: str, name: str) -> str:
     return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
-@pytest.fixture
-async def chaos_database_url(chaos_postgres: StoppablePostgres) -> AsyncIterator[str]:
-    """A fresh, migrated database on the chaos PostgreSQL, dropped afterwards."""
-    if not chaos_postgres.running():  # a failed outage test may have left it stopped
-        chaos_postgres.start()
-    await wait_for_postgres(chaos_postgres.url)
+async def new_database(server: StoppablePostgres) -> str:
+    """A fresh, migrated database on the chaos PostgreSQL (started again if a test left it down)."""
+    if not server.running():
+        server.start()
+    await wait_for_postgres(server.url)
     name = f"chaos_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(chaos_postgres.url)
+    admin = await asyncpg.connect(server.url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = with_database(chaos_postgres.url, name)
+    url = with_database(server.url, name)
     await migrate(url)
+    return url
+
+
+async def drop_database(server: StoppablePostgres, url: str) -> None:
+    if not server.running():
+        server.start()
+    await wait_for_postgres(server.url)
+    name = url.partition("?")[0].rsplit("/", 1)[1]
+    admin = await asyncpg.connect(server.url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def chaos_database_url(chaos_postgres: StoppablePostgres) -> AsyncIterator[str]:
+    """A fresh, migrated database on the chaos PostgreSQL, dropped afterwards."""
+    url = await new_database(chaos_postgres)
     try:
         yield url
     finally:
-        if not chaos_postgres.running():
-            chaos_postgres.start()
-        admin = await asyncpg.connect(chaos_postgres.url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(chaos_postgres, url)
 
 
 @pytest.fixture
@@ -138,8 +151,8 @@ class Fakes:
         return f"{self.discord_url}/api/webhooks/{uuid.uuid4().int % 10**18}/{token}"
 
 
-@pytest.fixture
-async def fakes() -> AsyncIterator[Fakes]:
+@asynccontextmanager
+async def serve_fakes() -> AsyncIterator[Fakes]:
     """X (many accounts), an OpenAI-compatible LLM and Discord, each a real server on 127.0.0.1."""
     client_id = "chaos-client-" + uuid.uuid4().hex[:8]
     client_secret = "cs_" + uuid.uuid4().hex + uuid.uuid4().hex[:8]
@@ -147,3 +160,9 @@ async def fakes() -> AsyncIterator[Fakes]:
     llm, discord = ChaosLlm(), FakeDiscord()
     async with serve(x.app()) as x_url, serve(llm.app()) as llm_url, serve(discord.app()) as discord_url:
         yield Fakes(x, x_url, llm, f"{llm_url}/v1", discord, discord_url, client_id, client_secret)
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    async with serve_fakes() as served:
+        yield served

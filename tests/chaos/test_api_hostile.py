@@ -323,11 +323,6 @@ async def test_bad_input_gets_a_4xx_error_and_writes_nothing(
     assert after == snapshot
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request models validate in pydantic's lax mode: JSON strings are coerced to numbers and "
-    'booleans ("5" -> 5, "true" -> True) and the row is written',
-)
 async def test_numbers_and_booleans_sent_as_strings_are_refused(
     api: httpx.AsyncClient, chaos_pool: asyncpg.Pool
 ) -> None:
