@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -50,7 +51,10 @@ def chaos_root() -> Iterator[Path]:
     # Short path: PostgreSQL's Unix socket lives in its data directory (~100-byte limit).
     root = Path(tempfile.mkdtemp(prefix="xbchaos", dir="/tmp"))
     root.chmod(0o755)
-    yield root
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ async def test_killed_workers_lose_no_task_and_answer_every_mention_once(
 
         started = time.time()
         stop_feed = asyncio.Event()
-        feeding = asyncio.create_task(feed.run(stop_feed, every=0.3 / scale))
+        feeding = asyncio.create_task(feed.run(stop_feed, every=max(0.1, 0.3 / scale)))
         kills: list[Kill] = []
         plan = [t for t in X_TASKS for _ in range(kills_per_type)]
         rng.shuffle(plan)
