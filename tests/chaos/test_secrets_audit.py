@@ -295,12 +295,6 @@ def test_no_secret_in_api_output(audit: Audit) -> None:
     assert audit.leaks("api output") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="worker.py / xbot/cli.py log httpx at INFO: every request URL is printed, and a Discord "
-    "webhook URL embeds its secret token",
-)
 def test_no_secret_in_worker_output(audit: Audit) -> None:
     """Promise: what the worker process prints (its logs) never carries a secret."""
     assert audit.leaks("worker output") == {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -58,11 +58,6 @@ async def test_bots_resume_with_their_due_times_after_a_temporal_restart(
         bot = f"{prefix}-sleep{n}"
         await chaos_pool.execute("INSERT INTO bots (id, name) VALUES ($1, $1)", bot)
         sleepers[bot] = await add_task(chaos_pool, bot, "noop", interval_seconds=INTERVAL)
-        await chaos_pool.execute(
-            "UPDATE bot_task_definitions SET next_planned_run_at = now() + $2::interval WHERE id = $1",
-            sleepers[bot],
-            timedelta(seconds=SLEEPERS_DUE_IN),
-        )
         bot = f"{prefix}-busy{n}"
         await chaos_pool.execute("INSERT INTO bots (id, name) VALUES ($1, $1)", bot)
         busy[bot] = await add_task(
@@ -77,6 +72,12 @@ async def test_bots_resume_with_their_due_times_after_a_temporal_restart(
         procs.append(worker)
         worker.start()
         await wait_for_log(worker, WORKER_READY)
+        # The sleepers' first due time is set now, so that the restart surely comes before it.
+        await chaos_pool.execute(
+            "UPDATE bot_task_definitions SET next_planned_run_at = now() + $2::interval WHERE id = ANY($1)",
+            list(sleepers.values()),
+            timedelta(seconds=SLEEPERS_DUE_IN),
+        )
         for bot in bots:
             await start_scheduler(chaos_client, bot, chaos_queue, options)
 
@@ -91,12 +92,19 @@ async def test_bots_resume_with_their_due_times_after_a_temporal_restart(
         planned = {bot: (await status(chaos_client, bot)).tasks[0].nextDueAt for bot in sleepers}
         assert all(due is not None for due in planned.values())
 
+        killed_at = datetime.now(UTC)
+        assert all(due is not None and due > killed_at + timedelta(seconds=3) for due in planned.values()), (
+            "setup too slow: the sleepers would wake before the restart"
+        )
         restarted_at = time.monotonic()
         chaos_temporal.proc.kill(signal.SIGKILL)
         await asyncio.sleep(1.0)  # down for a moment, with attempts still running on the worker
         chaos_temporal.start()
         print(f"Temporal back after {time.monotonic() - restarted_at:.1f} s")
-        assert time.monotonic() - restarted_at < SLEEPERS_DUE_IN - 2, "restart too slow for this test"
+        back = datetime.now(UTC)
+        assert all(due is not None and due > back for due in planned.values()), (
+            "restart too slow for this test"
+        )
 
         async def completed(task_ids: list[int]) -> dict[int, list[asyncpg.Record]]:
             rows = await chaos_pool.fetch(
