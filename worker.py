@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 
+from xbot.log_setup import configure_process_logging
 from xbot.settings import settings_or_exit
 from xbot.worker_app import run_worker
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_process_logging()
     asyncio.run(run_worker(settings_or_exit()))
 
 

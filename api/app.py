@@ -35,6 +35,7 @@ from api.state import ApiState, TemporalConnector
 from workflows.models import QUERY_STATUS, SchedulerStatus
 from xbot.crypto import TokenCipher, TokenCipherError
 from xbot.db import create_pool, resolve_database_url, stop_embedded_postgres
+from xbot.log_setup import guard_handlers
 from xbot.migrate import migrate
 from xbot.settings import Settings, SettingsError, settings_or_exit
 
@@ -184,6 +185,9 @@ def create_app(
                     # We started (or joined) the embedded server; it stops once nobody else uses it.
                     await asyncio.to_thread(stop_embedded_postgres)
 
+    # uvicorn configured its loggers before calling this factory; the WebSocket's `?token=` must not
+    # reach its access and handshake lines.
+    guard_handlers("uvicorn", "uvicorn.error", "uvicorn.access")
     app = FastAPI(
         title="xbot scheduler API",
         version="0.1.0",

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
+from xbot.log_setup import configure_process_logging
 from xbot.settings import settings_or_exit
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
@@ -92,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _configure_logging()
+    configure_process_logging()
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
