@@ -283,12 +283,6 @@ def test_no_secret_in_log_execution_or_reply_rows(audit: Audit) -> None:
         assert audit.leaks(source) == {}, source
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="uvicorn's access log prints the WebSocket handshake's query string, which carries the "
-    "API token (`/bots/{id}/ws?token=...`, accepted by api/auth.py websocket_token)",
-)
 def test_no_secret_in_api_output(audit: Audit) -> None:
     """Promise: what the API process prints (uvicorn's access log included, where the WebSocket
     handshake carried the token in its query string) never carries a secret."""
