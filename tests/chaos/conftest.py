@@ -34,6 +34,15 @@ def chaos_scale() -> int:
     return max(1, int(os.environ.get("XBOT_CHAOS_SCALE", "1")))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Bigger scales run longer than pytest-timeout's default allows: give chaos tests room."""
+    here = Path(__file__).parent
+    if chaos_scale() > 1:
+        for item in items:
+            if here in item.path.parents:
+                item.add_marker(pytest.mark.timeout(300 * chaos_scale()))
+
+
 @pytest.fixture
 def scale() -> int:
     return chaos_scale()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 from temporalio.client import Client, WorkflowHandle
 
-from tests.chaos.conftest import Fakes
+from tests.chaos.conftest import Fakes, chaos_scale
 from tests.chaos.fleet import ChaosX
 from tests.chaos.infra import REPO, Proc
 from workflows.models import (
@@ -57,7 +57,9 @@ async def eventually(
     what: str = "condition",
     interval: float = 0.2,
 ) -> T:
-    """Poll until `check` accepts the probed value; fail after `timeout` seconds of real time."""
+    """Poll until `check` accepts the probed value; fail after `timeout` seconds of real time
+    (times the chaos scale: bigger runs get more patience, never less)."""
+    timeout *= chaos_scale()
     deadline = time.monotonic() + timeout
     while True:
         value = await probe()
