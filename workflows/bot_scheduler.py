@@ -123,6 +123,7 @@ class BotScheduler:
     async def _load_plan(self) -> bool:
         state = self.state
         state.reload_requested = False
+        asked_before = state.pending_ids()
         request = LoadPlanInput(bot_id=state.bot_id, keep_execution_prefixes=self._live_prefixes())
         plan: BotPlan = await bookkeeping(ACTIVITY_LOAD_PLAN, request, BotPlan, "load task definitions")
         if not plan.exists:
@@ -131,7 +132,7 @@ class BotScheduler:
                 self._cancel(run)
             await workflow.wait_condition(lambda: not self.active and not self.side_jobs)
             return False
-        removed = state.merge_plan(plan, workflow.now(), workflow.random())
+        removed = state.merge_plan(plan, workflow.now(), workflow.random(), asked_before)
         for task_id in removed:
             if task_id in self.active:
                 self._cancel(self.active[task_id])
@@ -434,4 +435,3 @@ def _task_failure(cause: BaseException | None) -> TaskFailure | None:
         return TaskFailure.model_validate(cause.details[0])
     except ValueError:
         return None
-

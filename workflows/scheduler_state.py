@@ -57,8 +57,18 @@ class SchedulerState(SchedulerView):
 
     # ------------------------------------------------------------------------------ the plan
 
-    def merge_plan(self, plan: BotPlan, now: datetime, rng: random.Random) -> list[int]:
-        """Adopt freshly loaded definitions; return the ids no longer active."""
+    def pending_ids(self) -> frozenset[int]:
+        """Definitions that run_task / pause_task named before they were loaded."""
+        return frozenset(self.pending_run_requests) | frozenset(self.pending_pauses)
+
+    def merge_plan(
+        self, plan: BotPlan, now: datetime, rng: random.Random, asked_before: frozenset[int] = frozenset()
+    ) -> list[int]:
+        """Adopt freshly loaded definitions; return the ids no longer active.
+
+        `asked_before` are the pending ids from before this load started: one still unknown now
+        does not exist. Ids asked for during the load wait for the next one.
+        """
         before = {task.id: task for task in (self.plan.tasks if self.plan else [])}
         self.plan = plan
         for task in plan.tasks:
@@ -83,16 +93,20 @@ class SchedulerState(SchedulerView):
         removed = [task_id for task_id in self.tasks if task_id not in {t.id for t in plan.tasks}]
         for task_id in removed:
             self.forget(task_id)
+        waiting: list[int] = []
         for task_id in self.pending_run_requests:
             if task_id in self.tasks:
                 self.tasks[task_id].requested_at = now
-            else:
+            elif task_id in asked_before:
                 self.emit_log(now, "warn", f"run_task: no active task definition {task_id} for this bot")
-        self.pending_run_requests = []
-        for task_id, paused in self.pending_pauses.items():
+            else:
+                waiting.append(task_id)
+        self.pending_run_requests = waiting
+        for task_id, paused in list(self.pending_pauses.items()):
             if task_id in self.tasks:
                 self.tasks[task_id].paused = paused
-        self.pending_pauses = {}
+            if task_id in self.tasks or task_id in asked_before:
+                del self.pending_pauses[task_id]
         if plan.healed_executions:
             self.emit_log(
                 now, "warn", f"closed {plan.healed_executions} execution(s) left 'started' by a lost worker"

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -38,6 +39,7 @@ from xbot.worker_app import build_worker
 T = TypeVar("T")
 
 HISTORIES = Path(__file__).parent / "histories"
+SKIP_RPC_TIMEOUT = timedelta(minutes=3)
 
 # Time-skipping runs: no early wake (the runner would wait in real time), prompt cancellation,
 # no custom search attributes (the Java test server has none registered).
@@ -202,7 +204,7 @@ async def status(handle: WorkflowHandle[Any, Any]) -> SchedulerStatus:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 30.0
+    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 60.0
 ) -> T:
     """Poll `probe` in real time until `check` accepts its value; fail after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -237,8 +239,14 @@ async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
 async def advance(
     env: WorkflowEnvironment, duration: timedelta, step: timedelta = timedelta(minutes=10)
 ) -> None:
-    """Skip `duration` of workflow time in steps, so no single skip RPC runs long on a busy machine."""
+    """Skip `duration` of workflow time in steps.
+
+    Like `env.sleep`, with a longer RPC deadline than its 30 s default: on a busy machine the
+    test server may need a while to play out the timers and activities of one step.
+    """
     left = duration
     while left > timedelta(0):
-        await env.sleep(min(step, left))
+        request = SleepRequest()
+        request.duration.FromTimedelta(min(step, left))
+        await env.client.test_service.unlock_time_skipping_with_sleep(request, timeout=SKIP_RPC_TIMEOUT)
         left -= step
