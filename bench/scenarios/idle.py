@@ -7,7 +7,6 @@ Worker and server CPU seconds and worker RSS over 60 s with 0 bots, then the sam
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from typing import Any
@@ -61,20 +60,28 @@ async def _measure(worker: ManagedProcess, server: ManagedProcess, seconds: floa
 
 
 async def _wait_until_quiet(env: BenchEnv, worker: ManagedProcess, bots: int) -> float:
-    """Seconds until the started bots finished their first rounds: every bot reports itself running
-    (search attribute) or, failing that, the worker used < 5% of a core for 3 s in a row."""
+    """Seconds until every started bot has finished its first round (it reports itself running in
+    the `SchedulerRunning` search attribute) and then the worker used < 5% of a core for 3 s in a row.
+
+    Quietness alone is not enough: on a busy machine the worker can sit idle for seconds while it
+    waits for a starved server, with first rounds still to come.
+    """
     began = time.monotonic()
-    quiet_seconds = 0.0
     query = f"WorkflowType = '{WORKFLOW_NAME}' AND SchedulerRunning = true"
+    counted = False
     while time.monotonic() - began < SETTLE_TIMEOUT_SECONDS:
+        try:
+            if (await env.client.count_workflows(query)).count >= bots:
+                counted = True
+                break
+        except Exception:
+            break  # no visibility query: fall back to quietness alone
+        await asyncio.sleep(1.0)
+    quiet_seconds = 0
+    while time.monotonic() - began < SETTLE_TIMEOUT_SECONDS and quiet_seconds < (3 if counted else 10):
         before = worker.cpu_seconds()
         await asyncio.sleep(1.0)
         quiet_seconds = quiet_seconds + 1 if worker.cpu_seconds() - before < 0.05 else 0
-        with contextlib.suppress(Exception):
-            if (await env.client.count_workflows(query)).count >= bots and quiet_seconds >= 1:
-                break
-        if quiet_seconds >= 3:
-            break
     return time.monotonic() - began
 
 

@@ -20,7 +20,7 @@ from xbot.db import create_pool
 NAME = "throughput"
 DESCRIPTION = (
     "Load raised step by step (bots x one task every 5 s) until p99 lateness exceeds 1 s; each step runs "
-    "25 s and measures the last 20 s; after the first failing step, two more steps halve the gap. Sustained = the highest step whose p99 lateness (a run that never "
+    "25 s and measures the last 20 s; a failing step runs once more (other sessions share the cores); after the first failing step, two more steps halve the gap. Sustained = the highest step whose p99 lateness (a run that never "
     "started counts as infinitely late) stayed within 1 s. The project runs `noop` tasks with its real "
     "bookkeeping in PostgreSQL."
 )
@@ -57,27 +57,36 @@ def estimate_seconds(quick: bool) -> float:
     # Full: assume both systems stop around the 6th step.
     plan = steps(quick)
     per_system = sum(_step_seconds(load) for load in plan[: 1 if quick else 6 + REFINEMENTS]) + 5
-    return 5 + (1 if quick else 2) * per_system
+    return 5 + (1 if quick else 2.5) * per_system
 
 
 def _passes(load: LoadResult) -> bool:
     return latency_summary_ms(load.with_missing())["p99_ms"] <= THRESHOLD_SECONDS * 1000
 
 
+async def _step(runner: LoadRunner, load: LoadSpec, results: list[LoadResult]) -> bool:
+    """Run one step; a failing step runs once more, because other sessions share these cores and a
+    burst of their work can fail a step on its own. Both runs are reported; the better one counts."""
+    results.append(await runner.run(load, NAME))
+    if _passes(results[-1]) or load.duration_seconds < 10:
+        return _passes(results[-1])
+    results.append(await runner.run(load, f"{NAME} (again)"))
+    return _passes(results[-1])
+
+
 async def _ramp(runner: LoadRunner, quick: bool) -> list[LoadResult]:
-    """Steps up until one fails, then narrows the gap between the last pass and the failure."""
+    """Steps up until one fails (twice), then narrows the gap between the last pass and the failure."""
     results: list[LoadResult] = []
     try:
         for load in steps(quick):
-            results.append(await runner.run(load, NAME))
-            if not _passes(results[-1]):
+            if not await _step(runner, load, results):
                 break
         for _ in range(0 if quick else REFINEMENTS):
             passed = [r.spec.rate for r in results if _passes(r)]
-            failed = [r.spec.rate for r in results if not _passes(r)]
+            failed = [r.spec.rate for r in results if not _passes(r) and r.spec.rate not in passed]
             if not passed or not failed or min(failed) - max(passed) <= 5:
                 break
-            results.append(await runner.run(step((max(passed) + min(failed)) / 2), NAME))
+            await _step(runner, step((max(passed) + min(failed)) / 2), results)
     finally:
         runner.stop()
     return sorted(results, key=lambda r: r.spec.rate)
@@ -164,8 +173,8 @@ async def run(ctx: RunContext, result: Result) -> None:
     share = ratio(ceilings.get("project"), ceilings.get("bare"))
     result["ratios"] = {"project ceiling / bare ceiling": share}
     for system, ceiling in ceilings.items():
-        last = ramps[system][-1] if ramps[system] else None
-        if last is not None and _passes(last):
+        top = max((step.spec.rate for step in ramps[system]), default=None)
+        if top is not None and any(_passes(step) for step in ramps[system] if step.spec.rate == top):
             result["notes"].append(f"{system}: still within 1 s at the last step; its ceiling is higher")
         result["notes"].append(f"{system}: sustained {ceiling} executions/s")
     if "project" in ramps:
