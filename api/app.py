@@ -115,10 +115,10 @@ def _openapi(app: FastAPI) -> dict[str, object]:
         for operation in path.values():
             responses = operation.get("responses", {})
             if "422" in responses:
-                responses["422"] = {
-                    "description": "Invalid request",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                }
+                error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+                responses["422"] = {"description": "Invalid request", "content": error_body}
+                # A value pydantic accepts but PostgreSQL refuses (a NUL character in text).
+                responses.setdefault("400", {"description": "Invalid value", "content": error_body})
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
     app.openapi_schema = schema
