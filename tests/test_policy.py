@@ -111,9 +111,17 @@ class TestOrder:
                 Candidate(3, 10, T0),
                 Candidate(4, -5, T0 - MINUTE),
                 Candidate(5, 0, T0),
-            ]
+            ],
+            now=T0 + MINUTE,
         )
         assert [c.task_id for c in ordered] == [3, 2, 1, 5, 4]
+
+    def test_due_tasks_before_merely_upcoming_ones(self) -> None:
+        # At T0 the priority-10 task is only inside the early-wake horizon; the overdue one goes first.
+        ordered = policy.dispatch_order(
+            [Candidate(1, 10, T0 + timedelta(milliseconds=900)), Candidate(2, 0, T0 - MINUTE)], now=T0
+        )
+        assert [c.task_id for c in ordered] == [2, 1]
 
 
 class TestDependencies:

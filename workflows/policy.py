@@ -119,9 +119,15 @@ class Candidate:
     fire_at: datetime
 
 
-def dispatch_order(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Higher priority first, then the earlier due time, then the lower id (stable)."""
-    return sorted(candidates, key=lambda c: (-c.priority, c.fire_at, c.task_id))
+def dispatch_order(candidates: Iterable[Candidate], now: datetime) -> list[Candidate]:
+    """Tasks due by `now` before those only inside the early-wake horizon; within each, higher
+    priority first, then the earlier due time, then the lower id (stable).
+
+    A task started early holds the bot while it waits for its instant, so letting a merely
+    upcoming high-priority task outrank an overdue one would starve the overdue one whenever the
+    high-priority task recurs faster than the horizon.
+    """
+    return sorted(candidates, key=lambda c: (c.fire_at > now, -c.priority, c.fire_at, c.task_id))
 
 
 def is_fresh(schedule: Schedule, last_success_at: datetime | None, reference: datetime) -> bool:

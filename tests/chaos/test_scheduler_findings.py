@@ -1,5 +1,4 @@
-"""Defects the chaos runs found in the scheduler, kept as strict xfail tests until they are fixed
-(a fix makes them pass, and `strict` then asks for the marker to go)."""
+"""Regression tests for defects the chaos runs found in the scheduler."""
 
 from __future__ import annotations
 
@@ -26,13 +25,6 @@ from tests.conftest import TEST_TOKEN_KEY
 pytestmark = pytest.mark.chaos
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="workflows/scheduler_state.py plan_dispatch: a task due only within the early-wake horizon "
-    "outranks (by priority) a task that is overdue now, and then holds the bot while it waits for "
-    "its instant; a 1-second top-priority task starves every other task of the bot",
-)
 async def test_a_frequent_high_priority_task_does_not_starve_an_overdue_one(
     chaos_pool: asyncpg.Pool,
     chaos_database_url: str,
