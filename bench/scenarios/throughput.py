@@ -8,6 +8,7 @@ baseline runs a no-op activity behind a durable timer.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from bench.env import BenchEnv
@@ -29,6 +30,8 @@ GOAL_SHARE_OF_BARE = 0.8
 FULL_RATES = (20, 40, 60, 80, 100, 125, 150, 200, 250, 300)
 INTERVAL_SECONDS = 5
 REFINEMENTS = 2
+# Bounds the ramp of one system even if every step has to run twice.
+RAMP_BUDGET_SECONDS = 12 * 60
 
 
 def step(rate: float) -> LoadSpec:
@@ -77,14 +80,15 @@ async def _step(runner: LoadRunner, load: LoadSpec, results: list[LoadResult]) -
 async def _ramp(runner: LoadRunner, quick: bool) -> list[LoadResult]:
     """Steps up until one fails (twice), then narrows the gap between the last pass and the failure."""
     results: list[LoadResult] = []
+    deadline = time.monotonic() + RAMP_BUDGET_SECONDS
     try:
         for load in steps(quick):
-            if not await _step(runner, load, results):
+            if time.monotonic() > deadline or not await _step(runner, load, results):
                 break
         for _ in range(0 if quick else REFINEMENTS):
             passed = [r.spec.rate for r in results if _passes(r)]
             failed = [r.spec.rate for r in results if not _passes(r) and r.spec.rate not in passed]
-            if not passed or not failed or min(failed) - max(passed) <= 5:
+            if not passed or not failed or min(failed) - max(passed) <= 5 or time.monotonic() > deadline:
                 break
             await _step(runner, step((max(passed) + min(failed)) / 2), results)
     finally:
