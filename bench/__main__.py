@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         "scenarios", nargs="*", metavar="scenario", help=f"one or more of: {', '.join(SCENARIO_NAMES)}, all"
     )
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario (smoke test)")
-    parser.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default bench/results, bench/results/quick with --quick)",
+    )
     parser.add_argument(
         "--docs", type=Path, default=None, help="Markdown summary (default docs/benchmarks.md)"
     )
@@ -73,7 +78,10 @@ def _selected(names: list[str]) -> list[str]:
 
 
 async def _run(args: argparse.Namespace, names: list[str], workdir: Path) -> int:
-    results_dir: Path = args.out or report.DEFAULT_RESULTS_DIR
+    # Quick (smoke) results never overwrite the committed full ones.
+    results_dir: Path = args.out or (
+        report.DEFAULT_RESULTS_DIR / "quick" if args.quick else report.DEFAULT_RESULTS_DIR
+    )
     modules = {name: load(name) for name in names}
     estimate = sum(module.estimate_seconds(args.quick) for module in modules.values()) + 10
     progress = Progress(estimate, interval_seconds=2 if args.quick else 10)

@@ -220,7 +220,7 @@ same invocation on the same machine, so read the **ratios** first: absolute time
 Rerun everything with `python -m bench` (about {total_minutes} minutes; every phase is bounded and the
 throughput ramp is capped at 12 minutes per system, so a full run ends within about an hour even on a busy
 machine), one scenario with `python -m bench precision`, or the smoke version of all five with
-`python -m bench --quick` (about 1.5 minutes). `--profile DIR` adds py-spy profiles of the worker and API.
+`python -m bench --quick` (about 1.5 minutes; its results go to `bench/results/quick/`). `--profile DIR` adds py-spy profiles of the worker and API.
 """
 
 
