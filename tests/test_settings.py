@@ -55,3 +55,11 @@ def test_secrets_do_not_print(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "sk-very-secret" not in repr(settings)
     assert settings.openai_api_key is not None
     assert settings.openai_api_key.get_secret_value() == "sk-very-secret"
+
+
+def test_cli_lists_every_command() -> None:
+    from xbot.cli import build_parser
+
+    help_text = build_parser().format_help()
+    for command in ("dev", "worker", "api", "migrate", "bench", "generate-key"):
+        assert command in help_text

@@ -1,4 +1,4 @@
-"""The `xbot` command: `dev`, `worker`, `api`, `migrate`, `generate-key`."""
+"""The `xbot` command: `dev`, `worker`, `api`, `migrate`, `bench`, `generate-key`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None)
     api.set_defaults(func=_cmd_api)
     commands.add_parser("migrate", help="apply pending database migrations").set_defaults(func=_cmd_migrate)
+    bench = commands.add_parser("bench", help="run the benchmarks (see docs/benchmarks.md)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="scenario and options")
+    bench.set_defaults(func=_cmd_bench)
     commands.add_parser("generate-key", help="print a new TOKEN_ENCRYPTION_KEY").set_defaults(
         func=_cmd_generate_key
     )
