@@ -187,20 +187,14 @@ async def quiesce_started(task_queue: str, timeout: float = 15.0) -> None:
     workflow task and an activity in flight (temporalio/sdk-java#3088), after which every later
     skip crawls at wall-clock speed; so tests end with nothing in flight.
     """
-    deadline = asyncio.get_running_loop().time() + timeout
     for handle in _started.get(task_queue, []):
-        with contextlib.suppress(RPCError):
+
+        async def current(handle: WorkflowHandle[Any, Any] = handle) -> SchedulerStatus:
+            return await status(handle)
+
+        with contextlib.suppress(RPCError, WorkflowQueryFailedError, AssertionError):
             await handle.signal(SIGNAL_STOP)
-        while asyncio.get_running_loop().time() < deadline:
-            try:
-                current = await handle.query(
-                    QUERY_STATUS, result_type=SchedulerStatus, rpc_timeout=timedelta(seconds=3)
-                )
-            except (RPCError, WorkflowQueryFailedError):
-                current = None  # e.g. asked the run that just continued as new: ask again
-            if current is not None and not current.isRunning and not current.runningTasks:
-                break
-            await asyncio.sleep(0.05)
+            await eventually(current, lambda s: not s.isRunning and not s.runningTasks, timeout)
 
 
 async def terminate_started(task_queue: str) -> None:
