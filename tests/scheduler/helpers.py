@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 from temporalio.api.testservice.v1 import SleepRequest
-from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -27,7 +27,6 @@ from activities.handlers.noop import NoopHandler
 from workflows.models import (
     QUERY_STATUS,
     SIGNAL_START,
-    SIGNAL_STOP,
     WORKFLOW_NAME,
     SchedulerInput,
     SchedulerOptions,
@@ -161,8 +160,8 @@ def handlers_with(handler: TaskHandler, *task_types: str) -> dict[str, TaskHandl
     return handlers
 
 
-# Workflows started per task queue, closed when their test's worker stops: a leftover workflow
-# whose activities nobody polls would stop the shared test server from skipping time.
+# Workflows started per task queue, terminated when their test's worker stops: a leftover
+# workflow whose activities nobody polls would stop the shared test server from skipping time.
 _started: dict[str, list[WorkflowHandle[Any, Any]]] = {}
 
 
@@ -175,26 +174,8 @@ async def running_worker(
         try:
             async with worker:
                 yield worker
-                await quiesce_started(task_queue)
         finally:
             await terminate_started(task_queue)
-
-
-async def quiesce_started(task_queue: str, timeout: float = 15.0) -> None:
-    """Stop the test's bots and let their running attempts end while the worker still runs.
-
-    The time-skipping test server can leak its time lock when a workflow is terminated with a
-    workflow task and an activity in flight (temporalio/sdk-java#3088), after which every later
-    skip crawls at wall-clock speed; so tests end with nothing in flight.
-    """
-    for handle in _started.get(task_queue, []):
-
-        async def current(handle: WorkflowHandle[Any, Any] = handle) -> SchedulerStatus:
-            return await status(handle)
-
-        with contextlib.suppress(RPCError, WorkflowQueryFailedError, AssertionError):
-            await handle.signal(SIGNAL_STOP)
-            await eventually(current, lambda s: not s.isRunning and not s.runningTasks, timeout)
 
 
 async def terminate_started(task_queue: str) -> None:

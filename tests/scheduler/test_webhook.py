@@ -17,15 +17,7 @@ from activities.handlers.base import HandlerDeps, TaskContext
 from activities.handlers.registry import TASK_TYPES
 from activities.handlers.webhook import WebhookHandler
 from tests.fakes.serve import serve
-from tests.scheduler.helpers import (
-    advance,
-    executions,
-    insert_bot,
-    insert_task,
-    quiesce_started,
-    start_bot,
-    terminate_started,
-)
+from tests.scheduler.helpers import advance, executions, insert_bot, insert_task, start_bot, terminate_started
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.settings import load_settings
 from xbot.worker_app import build_worker
@@ -150,8 +142,7 @@ async def test_the_registry_serves_webhook_tasks_to_the_scheduler(
         async with worker:
             await start_bot(env.client, bot, task_queue)
             await advance(env, timedelta(minutes=2))
-            await quiesce_started(task_queue)
-        await terminate_started(task_queue)
+            await terminate_started(task_queue)
     rows = await executions(pool, bot, task)
     assert [(r["attempt_number"], r["status"]) for r in rows] == [(1, "retrying"), (2, "completed")]
     assert "HTTP 500" in rows[0]["error_message"]
