@@ -71,6 +71,10 @@ async def bookkeeping(name: str, arg: Any, result_type: type | None, summary: st
     )
 
 
+# A timer this close to firing is never cancelled (see `_set_alarm`).
+IMMINENT = timedelta(seconds=5)
+
+
 @dataclass
 class ActiveRun:
     """One task's activity in flight (including Temporal's retry backoff)."""
@@ -93,7 +97,7 @@ class BotScheduler:
         self.side_jobs: set[asyncio.Task[None]] = set()
         self.paused_writes: list[SetPausedInput] = []
         self.wake = False
-        self.alarm: asyncio.Task[None] | None = None
+        self.alarms: dict[datetime, asyncio.Task[None]] = {}
         self.alarm_at: datetime | None = None
         self.activity_seq = 0
 
@@ -339,22 +343,25 @@ class BotScheduler:
     # ------------------------------------------------------------------------- alarm, web UI
 
     def _set_alarm(self, now: datetime) -> None:
-        """Keep exactly one durable timer, for the earliest task waiting for its time (or none)."""
+        """Keep a durable timer for the earliest task waiting for its time, and no other.
+
+        A timer about to fire is left to fire (its wake-up is a no-op round) rather than
+        cancelled: cancelling a timer that fires while the workflow task is in progress is the
+        one spot where the time-skipping test server wedges (temporalio/sdk-java#3088).
+        """
         due = self.state.next_due(now, set(self.active)) if self.state.running else None
         at = due - self.state.early_wake if due is not None else None
-        if at == self.alarm_at and (at is None or self.alarm is not None):
-            return
-        if self.alarm is not None:
-            self.alarm.cancel()
-            self.alarm = None
+        for deadline, timer in list(self.alarms.items()):
+            if deadline != at and deadline - now > IMMINENT:
+                timer.cancel()
+                del self.alarms[deadline]
+        if at is not None and at not in self.alarms:
+            self.alarms[at] = asyncio.create_task(self._sleep_until(at, now))
         self.alarm_at = at
-        if at is not None:
-            self.alarm = asyncio.create_task(self._sleep_until(at, now))
 
     async def _sleep_until(self, at: datetime, now: datetime) -> None:
         await workflow.sleep(max(at - now, timedelta(milliseconds=1)), summary=self.state.next_label(now))
-        self.alarm = None
-        self.alarm_at = None
+        self.alarms.pop(at, None)
         self.wake = True
 
     def _publish(self, now: datetime) -> None:

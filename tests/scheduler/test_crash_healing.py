@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
@@ -30,23 +26,9 @@ from tests.scheduler.helpers import (
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture
-async def own_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A test server of its own: a killed worker can leave tasks behind that hold up time skipping."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=shutil.which("temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
-
 async def test_attempts_of_a_killed_worker_are_closed_and_retried(
-    own_env: WorkflowEnvironment, pool: asyncpg.Pool, database_url: str, task_queue: str
+    env: WorkflowEnvironment, pool: asyncpg.Pool, database_url: str, task_queue: str
 ) -> None:
-    env = own_env
     bot = await insert_bot(pool)
     now = await env.get_current_time()
     # Both run at once on the doomed worker; one may retry, the other has no retries left.
