@@ -107,6 +107,9 @@ class BotScheduler:
     async def run(self, input: SchedulerInput) -> None:
         state = self.state
         while True:
+            # Cleared before the work, not after it: a signal that lands while the plan loads
+            # must wake the next wait at once.
+            self.wake = False
             if state.reload_requested and not await self._load_plan():
                 return  # the bot was deleted
             self._start_side_jobs()
@@ -115,7 +118,6 @@ class BotScheduler:
                 self._dispatch(now)
             self._set_alarm(now)
             self._publish(now)
-            self.wake = False
             await workflow.wait_condition(lambda: self.wake)
             # Checked after a wait, so every run does some work before handing over.
             if self._should_continue_as_new():

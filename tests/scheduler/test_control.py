@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
@@ -147,6 +149,60 @@ async def test_run_task_for_a_definition_created_after_the_last_load(
         await handle.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task))
         await eventually(lambda: executions(pool, bot, task), lambda rows: len(rows) == 1)
         assert handler.order() == [task]
+
+
+async def test_a_signal_during_a_plan_load_is_acted_on(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, database_url: str, task_queue: str
+) -> None:
+    """run_task for a definition the running load cannot see yet must trigger another load.
+
+    The load is held inside `load_bot_plan` (after it read the definitions, while it waits for
+    `app_settings`) until the signal has been handled, so the race is hit every time.
+    """
+    bot = await insert_bot(pool)
+    handler = ScriptedHandler()
+    blocker = await asyncpg.connect(database_url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE app_settings IN ACCESS EXCLUSIVE MODE")
+        async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
+            handle = await start_bot(env.client, bot, task_queue)
+            await eventually(lambda: load_waiting_on_app_settings(pool), bool)
+            task = await insert_task(pool, bot, "scripted", interval_minutes=60)
+            await handle.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task))
+            await eventually(lambda: signal_handled(handle), bool)
+            await blocking.rollback()  # the load finishes with a plan that lacks the task
+            await eventually(lambda: executions(pool, bot, task), lambda rows: len(rows) == 1)
+            assert handler.order() == [task]
+            history = await handle.fetch_history()
+            loads = [
+                e
+                for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                and e.activity_task_scheduled_event_attributes.activity_type.name == "load_bot_plan"
+            ]
+            assert len(loads) == 2  # the held load missed the task; the signal asked for another
+    finally:
+        await blocker.close()
+
+
+async def load_waiting_on_app_settings(pool: asyncpg.Pool) -> bool:
+    waiting: int = await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%FROM app_settings%'"
+    )
+    return waiting > 0
+
+
+async def signal_handled(handle: WorkflowHandle[Any, Any]) -> bool:
+    """A workflow task completed after the last signal: its handler ran."""
+    events = (await handle.fetch_history()).events
+    signals = [e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+    return any(
+        e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and e.event_id > signals[-1]
+        for e in events
+    )
 
 
 async def test_pause_and_resume(env: WorkflowEnvironment, pool: asyncpg.Pool, task_queue: str) -> None:
