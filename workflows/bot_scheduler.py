@@ -114,6 +114,8 @@ class BotScheduler:
                 return  # the bot was deleted
             self._start_side_jobs()
             now = workflow.now()
+            # Start/stop is told before the executions it lets start (the feed's order).
+            state.announce(now, set(self.active))
             if state.running and not self._draining():
                 self._dispatch(now)
             self._set_alarm(now)
