@@ -75,6 +75,12 @@ async def test_cli_stops_and_queries_a_running_bot(
         assert attributes.get(SCHEDULER_RUNNING) is True
         assert attributes.get(NEXT_DUE_AT) is not None
 
+        async def listed_running() -> str:
+            query = f"BotId = '{bot}' AND SchedulerRunning = true"
+            return await temporal_cli(env, "workflow", "list", "--query", query, "-o", "json")
+
+        assert bot in await eventually(listed_running, lambda out: bot in out)
+
         await temporal_cli(
             env,
             "workflow",
