@@ -218,10 +218,10 @@ class SchedulerState(SchedulerView):
     def new_run(self, task: TaskPlan, trigger: RunTrigger, now: datetime, rng: random.Random) -> RunState:
         """Open a run of `task`; a scheduled one uses up its occurrence now (the next is planned)."""
         rt = self.tasks[task.id]
-        fire_at = now if trigger == "dependency" else max(self.due_instant(rt), now)
+        fire_at = now if trigger == "dependency" else self.due_instant(rt)
         next_planned: datetime | None = None
         if trigger == "schedule":
-            next_planned = policy.advance(policy.schedule_of(task), rt.nominal_due_at, fire_at)
+            next_planned = policy.advance(policy.schedule_of(task), rt.nominal_due_at, max(now, fire_at))
             self._set_nominal(rt, task, next_planned, rng)
             rt.not_before = None
             rt.not_before_reason = None
@@ -313,8 +313,9 @@ class SchedulerState(SchedulerView):
             until = result.postponed_until or now
             rt.not_before = max(until, now + MIN_POSTPONEMENT)
             rt.not_before_reason = result.reason
-            if run.trigger != "schedule":
-                rt.requested_at = run.dispatched_at  # an on-demand run still owes its run
+            # The run is still owed (its occurrence was used up when it started): it runs once
+            # the window resets.
+            rt.requested_at = run.dispatched_at
         self.emit_entity(
             now, "task_execution", "postponed", result.execution_id, run.task.id, reason=result.reason
         )
