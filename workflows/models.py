@@ -149,6 +149,9 @@ class AttemptRequest(BaseModel):
     # The execution row's key: `{bot}/{chain}/{run}/{attempt}`; one row per key, written once.
     execution_key: str
     attempt: int = 1
+    # When the run was due (the same for every attempt: handlers may use it as an idempotency
+    # key), and when this attempt starts.
+    due_at: datetime
     fire_at: datetime
     dispatched_at: datetime
     # A failure of this attempt ends the run (the retry budget is spent): count it.

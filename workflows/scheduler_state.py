@@ -253,6 +253,7 @@ class SchedulerState(SchedulerView):
             trigger=run.trigger,
             execution_key=run.execution_key(),
             attempt=run.attempt,
+            due_at=run.fire_at,
             fire_at=fire_at,
             dispatched_at=now,
             final=policy.is_final_failure(task, run.failures + 1),
