@@ -263,7 +263,12 @@ class BotScheduler:
         else:
             # The runner itself failed (e.g. the database was unreachable): not the handler's fault.
             reason = f"the attempt could not run: {cause or error}"
-        return await self._settle(run, request, "lost", reason)
+        if run.losses + 1 < policy.LOSSES_PER_FAILURE:
+            return await self._settle(run, request, "lost", reason)
+        # Attempts of this run keep vanishing (a handler that kills its worker): one failure.
+        final = policy.is_final_failure(run.task, run.failures + 1)
+        reason = f"{policy.LOSSES_PER_FAILURE} attempts lost in a row; last: {reason}"
+        return await self._settle(run, request, "failed" if final else "retrying", reason)
 
     async def _settle(
         self, run: RunState, request: AttemptRequest, status: str, reason: str

@@ -209,9 +209,10 @@ class SettleAttemptInput(BaseModel):
     execution_key: str
     attempt: int
     due_at: datetime
-    status: Literal["lost", "cancelled", "failed"]
+    # `failed` also counts the run's final failure (once per key); `retrying` records a failure
+    # the run will retry.
+    status: Literal["lost", "cancelled", "failed", "retrying"]
     reason: str
-    count_failure: bool = False
     next_planned_run_at: datetime | None = None
     schedule_version: int = 0
 

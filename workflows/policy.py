@@ -73,12 +73,16 @@ def cron_problem(expression: str) -> str | None:
                     "not supported (every occurrence must be computable in advance)"
                 )
     try:
-        if not croniter.is_valid(expression):
-            return f"invalid cron expression {expression!r}"
+        valid = croniter.is_valid(expression)
+    except Exception:
+        valid = False
+    if not valid:
+        return f"invalid cron expression {expression!r}"
+    try:
         probe = datetime(2024, 1, 1, tzinfo=UTC)
         first = [croniter(expression, probe).get_next(datetime) for _ in range(2)]
     except Exception:
-        return f"invalid cron expression {expression!r}"
+        return f"cron expression {expression!r} never fires"
     if first[0] != first[1]:
         return f"cron expression {expression!r} is not deterministic"
     return None

@@ -346,11 +346,6 @@ class SchedulerState(SchedulerView):
 
     def _lost(self, run: RunState, result: AttemptResult, now: datetime) -> bool:
         run.losses += 1
-        if run.losses >= policy.LOSSES_PER_FAILURE:
-            # Attempts keep vanishing with their worker: count it as the run's failure.
-            run.losses = 0
-            failure = result.model_copy(update={"outcome": "failed"})
-            return self._failed(run, failure, now)
         run.retry_at = now + policy.loss_delay(run.losses)
         run.phase = "retrying"
         run.reason = f"attempt {run.attempt} lost ({result.reason}); starting it again"
