@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.handlers.conftest import World
+from xbot.bots import get_bot
 from xbot.errors import NonRetryableTaskError
 from xbot.tokens import (
     AccessToken,
@@ -295,6 +296,8 @@ async def test_a_lost_answer_is_flagged_and_the_old_token_is_tried_once(world: W
     row = await refresh_row(world, bot)
     assert row["refresh_state"] == "answer_lost" and row["auth_state"] == "ok"
     assert "refresh answer lost" in str(row["refresh_note"])
+    shown = await get_bot(world.pool, bot)  # what GET /bots/{id} returns
+    assert shown is not None and shown.token_note == "refresh answer lost; the old refresh token may be spent"
     logged = await world.pool.fetchval(
         "SELECT content FROM logs WHERE bot_id = $1 AND context->>'event' = 'refresh_answer_lost'", bot
     )
