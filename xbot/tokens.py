@@ -270,6 +270,7 @@ class TokenStore:
     # --- step 1: claim --------------------------------------------------------------------------
 
     async def _claim(self, bot_id: str, stale_version: int) -> _Claim | AccessToken | None:
+        no_refresh_token = "no refresh token stored"
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """
@@ -295,30 +296,36 @@ class TokenStore:
             if row["refresh_state"] == "in_flight" and row["leased"]:
                 return None
             if row["refresh_token_enc"] is None:
-                reason = "no refresh token stored"
-                await self.mark_needs_reauthorization(conn, bot_id, reason)
-                raise ReauthorizationRequiredError(bot_id, reason)
-            after_lost_answer = row["refresh_state"] != "idle"
-            if row["refresh_state"] == "in_flight":
-                # Its holder never finished (worker killed or stalled while X had the request).
-                await self._log_lost_answer(conn, bot_id, "a refresher stopped while waiting for X")
-            claim = _Claim(
-                uuid.uuid4(),
-                row["version"],
-                self._cipher.decrypt(row["refresh_token_enc"]),
-                after_lost_answer,
-            )
-            await conn.execute(
-                """
-                UPDATE bot_tokens
-                SET refresh_state = 'in_flight', refresh_claim = $2,
-                    refresh_lease_until = now() + make_interval(secs => $3)
-                WHERE bot_id = $1
-                """,
-                bot_id,
-                claim.claim_id,
-                self._lease_seconds,
-            )
+                await self.mark_needs_reauthorization(conn, bot_id, no_refresh_token)
+                claim = None
+            else:
+                claim = await self._take_lease(conn, bot_id, row)
+        if claim is None:  # raised only now: inside the transaction it would undo the mark
+            raise ReauthorizationRequiredError(bot_id, no_refresh_token)
+        return claim
+
+    async def _take_lease(self, conn: asyncpg.Connection, bot_id: str, row: asyncpg.Record) -> _Claim:
+        after_lost_answer = row["refresh_state"] != "idle"
+        if row["refresh_state"] == "in_flight":
+            # Its holder never finished (worker killed or stalled while X had the request).
+            await self._log_lost_answer(conn, bot_id, "a refresher stopped while waiting for X")
+        claim = _Claim(
+            uuid.uuid4(),
+            row["version"],
+            self._cipher.decrypt(row["refresh_token_enc"]),
+            after_lost_answer,
+        )
+        await conn.execute(
+            """
+            UPDATE bot_tokens
+            SET refresh_state = 'in_flight', refresh_claim = $2,
+                refresh_lease_until = now() + make_interval(secs => $3)
+            WHERE bot_id = $1
+            """,
+            bot_id,
+            claim.claim_id,
+            self._lease_seconds,
+        )
         return claim
 
     # --- step 2: call X ---------------------------------------------------------------------------

@@ -417,3 +417,15 @@ async def test_random_interleavings_of_refreshers_and_cancellations_never_lose_t
     assert all(result.value == access for result in results if result is not None)
     row = await refresh_row(world, bot)
     assert row["refresh_state"] == "idle" and row["auth_state"] == "ok"
+
+
+async def test_no_stored_refresh_token_needs_reauthorization_without_calling_x(world: World) -> None:
+    bot = await world.add_bot(expires_in=timedelta(seconds=30))
+    await world.pool.execute("UPDATE bot_tokens SET refresh_token_enc = NULL WHERE bot_id = $1", bot)
+
+    with pytest.raises(ReauthorizationRequiredError, match="no refresh token stored"):
+        await store(world).access_token(bot)
+
+    row = await refresh_row(world, bot)
+    assert row["auth_state"] == "needs_reauthorization" and row["refresh_note"] == "no refresh token stored"
+    assert world.x.requests_to("token") == []
