@@ -264,8 +264,20 @@ class TokenStore:
                 lambda conn: self._refused(conn, bot_id, claim, reason),
             )
             raise ReauthorizationRequiredError(bot_id, reason)
-        pair = self._new_pair(body=outcome, claim=claim)
-        return await self._save(bot_id, pair)
+        token = await self._save(bot_id, self._new_pair(body=outcome, claim=claim))
+        if claim.after_lost_answer:
+            await self._best_effort(
+                "log the recovery",
+                bot_id,
+                lambda conn: write_log(
+                    conn,
+                    bot_id,
+                    "info",
+                    "OAuth refresh after a lost answer succeeded: the old refresh token was still good",
+                    {"event": "refresh_answer_recovered"},
+                ),
+            )
+        return token
 
     # --- step 1: claim --------------------------------------------------------------------------
 

@@ -329,6 +329,10 @@ async def test_a_request_lost_before_x_acted_recovers_with_the_old_token(world: 
     assert token.value == access and version == 2 and refresh == world.x.refresh_token
     row = await refresh_row(world, bot)
     assert row["refresh_state"] == "idle" and row["refresh_note"] is None and row["auth_state"] == "ok"
+    events = await world.pool.fetch(
+        "SELECT context->>'event' AS e FROM logs WHERE bot_id = $1 ORDER BY id", bot
+    )
+    assert [r["e"] for r in events] == ["refresh_answer_lost", "refresh_answer_recovered"]
 
 
 async def test_a_live_lease_is_waited_for_and_a_dead_one_taken_over(world: World) -> None:
