@@ -123,6 +123,11 @@ class Bot(BaseModel):
     auth_state: Literal["ok", "needs_reauthorization"]
     scheduler_enabled: bool = Field(description="Whether the operator asked the scheduler to run")
     has_tokens: bool
+    token_note: str | None = Field(
+        default=None,
+        description="What went wrong with the last token refresh, e.g. "
+        "'refresh answer lost; the old refresh token may be spent' (never a token)",
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -136,7 +141,8 @@ class TokenStorageUnavailable(Exception):
 
 
 _SELECT = """
-SELECT b.*, EXISTS (SELECT 1 FROM bot_tokens t WHERE t.bot_id = b.id) AS has_tokens
+SELECT b.*, EXISTS (SELECT 1 FROM bot_tokens t WHERE t.bot_id = b.id) AS has_tokens,
+       (SELECT t.refresh_note FROM bot_tokens t WHERE t.bot_id = b.id) AS token_note
 FROM bots b
 """
 

@@ -69,6 +69,19 @@ class Settings(BaseSettings):
             raise ValueError(str(error).removeprefix("invalid setting ENCRYPTION_KEY: ")) from None
         return value
 
+    @field_validator("token_encryption_key")
+    @classmethod
+    def _token_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        from xbot.crypto import TokenCipherError, parse_key_ring
+
+        try:
+            parse_key_ring(value.get_secret_value())  # `KEY[,KEY...]`: the first encrypts, all decrypt
+        except TokenCipherError as error:
+            raise ValueError(str(error).removeprefix("invalid setting TOKEN_ENCRYPTION_KEY: ")) from None
+        return value
+
     @field_validator("x_api_base_url", "openai_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -25,6 +25,7 @@ from xbot.db import create_pool, resolve_database_url
 from xbot.migrate import migrate
 from xbot.settings import Settings
 from xbot.temporal import connect_temporal, ensure_search_attributes
+from xbot.tokens import drain_refreshes
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ async def run_worker(settings: Settings) -> None:
             async with worker:
                 await stop.wait()
                 log.info("shutting down: waiting up to %s for running tasks", GRACEFUL_SHUTDOWN)
+            # A refresh whose activity was cancelled may still be saving X's new pair: let it finish.
+            await drain_refreshes(timeout=2 * settings.x_request_timeout_seconds + 10)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
     finally:

@@ -18,11 +18,14 @@ from typing import Any, Literal
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-FaultKind = Literal["500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401"]
+FaultKind = Literal[
+    "500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401", "rotate_then_hang"
+]
 CLIENT_ID = "fake-client-id"
 CLIENT_SECRET = "fake-client-secret"
 
@@ -54,6 +57,10 @@ class FakeX:
     refresh_calls: int = 0
     refresh_delay: float = 0.0
     invalid_refresh_error: str = "invalid_grant"
+    # Token endpoint: a public (PKCE-only) client sends client_id in the body and no Authorization.
+    public_client: bool = False
+    spent_refresh_tokens: set[str] = field(default_factory=set)
+    token_answered: asyncio.Event = field(default_factory=asyncio.Event)  # set once an answer was sent
     rate: dict[str, RateWindow] = field(default_factory=dict)
     faults: dict[str, list[FaultKind]] = field(default_factory=dict)
     hang_seconds: float = 3.0
@@ -304,23 +311,40 @@ class FakeX:
             self.posts_per_mention[target] += 1
         return {"data": {"id": post_id, "text": text, "edit_history_tweet_ids": [post_id]}}, 201
 
+    def _token_client_ok(self, authorization: str | None, form: dict[str, str]) -> bool:
+        """Confidential clients use Basic auth; public ones send only client_id in the body (X's docs)."""
+        if self.public_client:
+            return authorization is None and form.get("client_id") == CLIENT_ID
+        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        return authorization == f"Basic {expected}"
+
     async def _token(self, request: Request) -> Response:
         self.requests.append(Recorded("token", "POST", request.url.path, {}, None))
-        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        if request.headers.get("authorization") != f"Basic {expected}":
-            return JSONResponse({"error": "invalid_client"}, 401)
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if not self._token_client_ok(request.headers.get("authorization"), form):
+            return JSONResponse({"error": "invalid_client"}, 401)
         faults = self.faults.get("token") or []
-        if faults and faults.pop(0) == "500":
+        fault = faults.pop(0) if faults else None
+        if fault == "500":
             return JSONResponse({"error": "server_error"}, 500)
-        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.refresh_token:
+        if fault == "hang":  # the request is lost before X acts on it: the refresh token still works
+            await asyncio.sleep(self.hang_seconds)
+            return JSONResponse({"error": "temporarily_unavailable"}, 503)
+        presented = form.get("refresh_token")
+        if presented in self.spent_refresh_tokens:
+            description = "Value passed for the token was invalid."
+            return JSONResponse({"error": "invalid_grant", "error_description": description}, 400)
+        if form.get("grant_type") != "refresh_token" or presented is None or presented != self.refresh_token:
             description = "Value passed for the token was invalid."
             return JSONResponse({"error": self.invalid_refresh_error, "error_description": description}, 400)
         self.refresh_calls += 1
         self.refresh_token = None  # the old one is spent the moment X accepts it
+        self.spent_refresh_tokens.add(presented)
         if self.refresh_delay:
             await asyncio.sleep(self.refresh_delay)
         access, refresh = self.issue_tokens()
+        if fault == "rotate_then_hang":  # rotated, but the answer comes after the client gave up
+            await asyncio.sleep(self.hang_seconds)
         return JSONResponse(
             {
                 "token_type": "bearer",
@@ -328,5 +352,6 @@ class FakeX:
                 "access_token": access,
                 "refresh_token": refresh,
                 "scope": "tweet.read tweet.write users.read offline.access",
-            }
+            },
+            background=BackgroundTask(self.token_answered.set),
         )
