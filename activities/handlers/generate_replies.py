@@ -16,6 +16,7 @@ from xbot.llm import ContextPost, LlmOptions, LlmReplyRejected, MentionPrompt, R
 from xbot.repositories import bots, posts, replies, users
 from xbot.repositories.bots import BotProfile
 from xbot.repositories.posts import StoredPost
+from xbot.repositories.replies import RedraftableReply
 from xbot.tokens import TokenStore
 from xbot.x_client import XClient
 from xbot.x_errors import XForbiddenError, XNotFoundError
@@ -38,14 +39,25 @@ class GenerateRepliesHandler(XHandlerBase):
             bot.llm_model, bot.llm_base_url, bot.llm_temperature, bot.llm_max_tokens
         )
         x = self.x_client(bot)
-        mentions = await posts.mentions_needing_reply(self.deps.pool, bot.id, bot.x_user_id, batch)
-        generated = failed = 0
-        for mention in mentions:
-            if await self._draft(ctx, bot, x, mention, depth, options):
+        # Replies X refused as duplicate content first (they waited longest), then new mentions.
+        work: list[tuple[StoredPost, RedraftableReply | None]] = []
+        for refused in await replies.redraftable_replies(self.deps.pool, bot.id, batch):
+            mention = await posts.find_post(self.deps.pool, bot.id, refused.mention_x_post_id)
+            if mention is not None:
+                work.append((mention, refused))
+        fresh = await posts.mentions_needing_reply(self.deps.pool, bot.id, bot.x_user_id, batch - len(work))
+        work.extend((mention, None) for mention in fresh)
+        generated = failed = redrafted = 0
+        for mention, redraft in work:
+            if await self._draft(ctx, bot, x, mention, depth, options, redraft):
                 generated += 1
+                redrafted += redraft is not None
             else:
                 failed += 1
-        return {"replies_generated": generated, "replies_failed": failed}
+        result = {"replies_generated": generated, "replies_failed": failed}
+        if redrafted:
+            result["replies_redrafted"] = redrafted
+        return result
 
     async def _draft(
         self,
@@ -55,6 +67,7 @@ class GenerateRepliesHandler(XHandlerBase):
         mention: StoredPost,
         depth: int,
         options: LlmOptions,
+        redraft: RedraftableReply | None = None,
     ) -> bool:
         author = await users.find_user(self.deps.pool, mention.author_x_user_id)
         prompt = MentionPrompt(
@@ -65,13 +78,17 @@ class GenerateRepliesHandler(XHandlerBase):
             author_description=author.description if author else None,
             mention_text=mention.text,
             thread=await self._thread(bot.id, x, mention, depth),
+            refused_reply=redraft.refused_text if redraft else None,
         )
         try:
             draft = await self.generator.generate(prompt, options)
         except LlmReplyRejected as error:
-            await replies.record_generation_failure(
-                self.deps.pool, bot.id, mention.id, mention.x_post_id, str(error), options.model
-            )
+            if redraft is not None:
+                await replies.give_up_redraft(self.deps.pool, redraft.id, f"redraft: {error}")
+            else:
+                await replies.record_generation_failure(
+                    self.deps.pool, bot.id, mention.id, mention.x_post_id, str(error), options.model
+                )
             await self.log(
                 ctx,
                 "warn",
@@ -79,6 +96,11 @@ class GenerateRepliesHandler(XHandlerBase):
                 {"mention_id": mention.x_post_id},
             )
             return False
+        if redraft is not None:
+            await replies.redraft(
+                self.deps.pool, redraft.id, draft.text, draft.model, approved=not bot.approval_required
+            )
+            return True
         await replies.create_draft(
             self.deps.pool,
             bot.id,

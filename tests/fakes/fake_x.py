@@ -21,8 +21,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from twitter_text import parse_tweet
 
-FaultKind = Literal["500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401"]
+FaultKind = Literal["500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401", "empty"]
 CLIENT_ID = "fake-client-id"
 CLIENT_SECRET = "fake-client-secret"
 
@@ -176,6 +177,8 @@ class FakeX:
                 return JSONResponse({"title": "too late"}, 503)
             if fault == "malformed":
                 return Response('{"data": [ {"id": ', 200, media_type="application/json", headers=headers)
+            if fault == "empty":  # 200 without posts: a timeline whose index lags behind
+                return JSONResponse({"meta": {"result_count": 0}}, 200, headers=headers)
             body, status = await handler(request)
             if fault == "accept_then_500":
                 return JSONResponse({"title": "Internal Error"}, 500, headers=headers)
@@ -277,7 +280,7 @@ class FakeX:
         payload = await request.json()
         text = payload.get("text", "")
         target = (payload.get("reply") or {}).get("in_reply_to_tweet_id")
-        if not text or len(text) > 280:
+        if not text or not parse_tweet(text).valid:  # 280 as X counts them (twitter-text v3)
             return {
                 "title": "Invalid Request",
                 "detail": "One or more parameters to your request was invalid.",
