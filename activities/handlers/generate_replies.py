@@ -21,6 +21,8 @@ from typing import Any
 
 from activities.handlers.base import HandlerDeps, TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
+from xbot.crypto import TokenCipherError, cipher_from_settings
+from xbot.errors import NonRetryableTaskError
 from xbot.llm import ContextPost, LlmOptions, LlmReplyRejected, MentionPrompt, ReplyGenerator
 from xbot.repositories import bots, posts, replies, users
 from xbot.repositories.bots import BotProfile
@@ -54,7 +56,11 @@ class GenerateRepliesHandler(XHandlerBase):
         depth = int_config(ctx, "context_depth", 3, 0, 20)
         bot = await bots.load_bot(self.deps.pool, ctx.bot_id)
         options = self.generator.options_for(
-            bot.llm_model, bot.llm_base_url, bot.llm_temperature, bot.llm_max_tokens
+            bot.llm_model,
+            bot.llm_base_url,
+            bot.llm_temperature,
+            bot.llm_max_tokens,
+            api_key=self._bot_llm_key(bot),
         )
         # Replies X refused as duplicate content first (they waited longest), then new mentions.
         work: list[tuple[StoredPost, RedraftableReply | None]] = []
@@ -83,6 +89,15 @@ class GenerateRepliesHandler(XHandlerBase):
         if unavailable:
             result["context_unavailable"] = unavailable
         return result
+
+    def _bot_llm_key(self, bot: BotProfile) -> str | None:
+        """The bot's own LLM key, decrypted; None when it has none."""
+        if bot.llm_api_key_enc is None:
+            return None
+        try:
+            return cipher_from_settings(self.deps.settings).decrypt(bot.llm_api_key_enc)
+        except TokenCipherError as error:  # its message names the setting, never the key
+            raise NonRetryableTaskError(f"the bot's llm_api_key cannot be read: {error}") from None
 
     async def _draft(
         self,

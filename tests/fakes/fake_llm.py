@@ -12,6 +12,7 @@ recorded with the headers and parameters the client sent (`calls`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -45,6 +46,7 @@ class Canned:
     error: dict[str, Any] | None = None
     content: str | None = None
     finish_reason: str = "stop"
+    delay: float = 0.0  # seconds before answering: longer than the client's timeout = a hang
 
 
 @dataclass
@@ -67,8 +69,8 @@ class FakeLlm:
     ) -> None:
         self.canned.append(Canned(status, {"message": message, "type": type_, "param": None, "code": code}))
 
-    def queue_reply(self, content: str, finish_reason: str = "stop") -> None:
-        self.canned.append(Canned(content=content, finish_reason=finish_reason))
+    def queue_reply(self, content: str | None, finish_reason: str = "stop", *, delay: float = 0.0) -> None:
+        self.canned.append(Canned(content=content, finish_reason=finish_reason, delay=delay))
 
     async def _complete(self, request: Request) -> JSONResponse:
         authorization = request.headers.get("authorization")
@@ -86,6 +88,7 @@ class FakeLlm:
             return JSONResponse({"error": {"message": "messages and model are required"}}, 400)
         if self.canned:
             canned = self.canned.pop(0)
+            await asyncio.sleep(canned.delay)
             if canned.error is not None:
                 return JSONResponse({"error": canned.error}, canned.status)
             return self._completion(body, canned.content, None, canned.finish_reason)
