@@ -295,3 +295,18 @@ async def test_replies_are_scoped_to_the_bot(world: World) -> None:
     assert world.x.posts_per_mention == {}
     assert (await run(world, other))["replies_sent"] == 1
     assert world.x.posts_per_mention == {mention: 1}
+
+
+async def test_a_post_valid_as_x_counts_it_goes_out_whole_however_many_code_points(world: World) -> None:
+    bot = await world.add_bot(x_user_id="1000")
+    world.x.add_user("2001", "alice")
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # 7 code points, counts 2
+    text = f"Welcome, @alice! {family * 60} https://example.com/{'a' * 200}"  # 23 + 140 + 18: valid
+    assert len(text) > 600
+    world.llm.queue_reply(text)
+    (mention,) = await drafted(world, bot, ("2001", "@helperbot hi"))
+
+    assert (await run(world, bot))["replies_sent"] == 1
+
+    assert (await reply_row(world, bot, mention))["text"] == text
+    assert world.x.replies_by_bot(mention)[0]["text"] == text
