@@ -145,8 +145,6 @@ class ReplyGenerator:
             global_key = self._settings.openai_api_key
             api_key = global_key.get_secret_value() if global_key else None
             key_source = "OPENAI_API_KEY" if global_key else "no API key (OPENAI_API_KEY is unset)"
-            if api_key is None and not self._settings.openai_base_url:
-                raise LlmConfigurationError("missing setting OPENAI_API_KEY (or the bot's llm_api_key)")
         elif api_key is None:
             key_source = "no API key (the bot has its own llm_base_url and no llm_api_key)"
         return LlmOptions(
@@ -159,6 +157,8 @@ class ReplyGenerator:
         )
 
     def _client(self, options: LlmOptions) -> AsyncOpenAI:
+        if options.api_key is None and options.base_url is None:  # OpenAI itself always wants one
+            raise LlmConfigurationError("missing setting OPENAI_API_KEY (or the bot's llm_api_key)")
         fingerprint = hashlib.sha256((options.api_key or "").encode()).hexdigest()
         client = self._clients.get((options.base_url, fingerprint))
         if client is None:

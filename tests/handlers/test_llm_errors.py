@@ -188,3 +188,17 @@ async def test_a_bots_key_without_its_own_base_url_goes_to_the_global_server(wor
     assert (await generate(world, bot))["replies_generated"] == 1
 
     assert [call.authorization for call in world.llm.calls] == ["Bearer sk-bot-billing"]
+
+
+async def test_no_key_for_openai_itself_fails_only_when_there_is_something_to_draft(world: World) -> None:
+    unset = world.settings.model_copy(update={"openai_base_url": None, "openai_api_key": None})
+    bot = await world.add_bot()
+    assert await generate(world, bot, ReplyGenerator(unset)) == {"replies_generated": 0, "replies_failed": 0}
+    world.x.add_user("2001", "alice")
+    world.x.mention("2001", "@helperbot hi")
+    await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions"))
+
+    with pytest.raises(LlmConfigurationError, match="missing setting OPENAI_API_KEY"):
+        await generate(world, bot, ReplyGenerator(unset))
+
+    assert await untouched(world, bot)
