@@ -22,9 +22,18 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from twitter_text import parse_tweet
 
 FaultKind = Literal[
-    "500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401", "rotate_then_hang"
+    "500",
+    "503",
+    "hang",
+    "malformed",
+    "accept_then_500",
+    "accept_then_hang",
+    "401",
+    "rotate_then_hang",
+    "empty",
 ]
 CLIENT_ID = "fake-client-id"
 CLIENT_SECRET = "fake-client-secret"
@@ -68,6 +77,7 @@ class FakeX:
     rate_headers: bool = True
     requests: list[Recorded] = field(default_factory=list)
     posts_per_mention: Counter[str] = field(default_factory=Counter)
+    suspended: set[str] = field(default_factory=set)  # user ids: their posts are resource-unavailable
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000_000_000_000))
     _token_serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -158,6 +168,7 @@ class FakeX:
                     "/2/users/{id}/tweets", self._endpoint("user_tweets", self._user_posts), methods=["GET"]
                 ),
                 Route("/2/tweets/{id}", self._endpoint("tweet_lookup", self._lookup), methods=["GET"]),
+                Route("/2/tweets", self._endpoint("tweets_lookup", self._lookup_many), methods=["GET"]),
                 Route("/2/tweets", self._endpoint("create_post", self._create), methods=["POST"]),
             ]
         )
@@ -183,6 +194,8 @@ class FakeX:
                 return JSONResponse({"title": "too late"}, 503)
             if fault == "malformed":
                 return Response('{"data": [ {"id": ', 200, media_type="application/json", headers=headers)
+            if fault == "empty":  # 200 without posts: a timeline whose index lags behind
+                return JSONResponse({"meta": {"result_count": 0}}, 200, headers=headers)
             body, status = await handler(request)
             if fault == "accept_then_500":
                 return JSONResponse({"title": "Internal Error"}, 500, headers=headers)
@@ -223,7 +236,7 @@ class FakeX:
             self.posts[ref["id"]]
             for p in page
             for ref in p.get("referenced_tweets", [])
-            if ref["id"] in self.posts
+            if self._visible(ref["id"])
         ]
         author_ids = {p["author_id"] for p in [*page, *referenced]}
         includes: dict[str, Any] = {"users": [self.users[a] for a in sorted(author_ids) if a in self.users]}
@@ -261,8 +274,45 @@ class FakeX:
         own = [p for p in self.posts.values() if p["author_id"] == request.path_params["id"]]
         return self._page(own, dict(request.query_params), expand=False), 200
 
+    def _visible(self, post_id: str) -> bool:
+        return post_id in self.posts and self.posts[post_id]["author_id"] not in self.suspended
+
+    def _lookup_error(self, post_id: str, parameter: str) -> dict[str, Any]:
+        """X's per-item problem: the author is suspended, or the post does not exist."""
+        post = self.posts.get(post_id)
+        if post is not None:
+            return {
+                "resource_id": post_id,
+                "parameter": parameter,
+                "resource_type": "tweet",
+                "section": "data",
+                "title": "Forbidden",
+                "detail": f"User has been suspended: [{post['author_id']}].",
+                "type": "https://api.twitter.com/2/problems/resource-unavailable",
+            }
+        return {
+            "value": post_id,
+            "detail": f"Could not find tweet with {parameter}: [{post_id}].",
+            "title": "Not Found Error",
+            "resource_type": "tweet",
+            "parameter": parameter,
+            "resource_id": post_id,
+            "type": "https://api.twitter.com/2/problems/resource-not-found",
+        }
+
+    async def _lookup_many(self, request: Request) -> tuple[dict[str, Any], int]:
+        """GET /2/tweets?ids=: 200 with the posts it can return and an error for each other."""
+        ids = request.query_params["ids"].split(",")
+        found = [self.posts[i] for i in ids if self._visible(i)]
+        body: dict[str, Any] = {"data": found, "includes": self._includes(found)} if found else {}
+        if errors := [self._lookup_error(i, "ids") for i in ids if not self._visible(i)]:
+            body["errors"] = errors
+        return body, 200
+
     async def _lookup(self, request: Request) -> tuple[dict[str, Any], int]:
         post = self.posts.get(request.path_params["id"])
+        if post is not None and post["author_id"] in self.suspended:
+            return {"errors": [self._lookup_error(post["id"], "id")]}, 200
         if post is None:
             post_id = request.path_params["id"]
             return {
@@ -284,7 +334,7 @@ class FakeX:
         payload = await request.json()
         text = payload.get("text", "")
         target = (payload.get("reply") or {}).get("in_reply_to_tweet_id")
-        if not text or len(text) > 280:
+        if not text or not parse_tweet(text).valid:  # 280 as X counts them (twitter-text v3)
             return {
                 "title": "Invalid Request",
                 "detail": "One or more parameters to your request was invalid.",
