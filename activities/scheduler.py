@@ -254,6 +254,25 @@ class SchedulerActivities:
                 clip(f"not run: {request.reason}"),
                 request.execution_key,
             )
+            if request.more_due_at:
+                await db.execute(
+                    """
+                    INSERT INTO bot_task_executions
+                        (bot_id, task_definition_id, task_type, status, due_at, started_at, completed_at,
+                         duration_ms, worker_id, error_message, execution_key)
+                    SELECT $1, d.id, $3, 'skipped', due.at, now(), now(), 0, $4, $5, $6 || '/' || due.n
+                    FROM unnest($7::timestamptz[]) WITH ORDINALITY AS due(at, n)
+                    LEFT JOIN bot_task_definitions d ON d.id = $2
+                    ON CONFLICT (execution_key) DO NOTHING
+                    """,
+                    request.bot_id,
+                    request.task_id,
+                    request.task_type,
+                    self.identity,
+                    clip(f"not run: {request.reason}"),
+                    request.execution_key,
+                    request.more_due_at,
+                )
             await db.execute(
                 f"UPDATE bot_task_definitions SET {SET_NEXT_PLANNED} WHERE id = $1 AND bot_id = $2",
                 request.task_id,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workflows import policy
 from workflows.models import TaskPlan
@@ -220,3 +222,34 @@ class TestCronDeterminism:
 
     def test_garbage_is_invalid(self) -> None:
         assert "invalid" in (policy.cron_problem("61 * * * *") or "")
+
+
+class TestSkippedBetween:
+    @given(
+        interval_s=st.integers(min_value=1, max_value=3600),
+        late_s=st.integers(min_value=0, max_value=10 * 3600),
+        limit=st.integers(min_value=1, max_value=60),
+    )
+    def test_interval_occurrences_jumped_over_are_listed_in_order(
+        self, interval_s: int, late_s: int, limit: int
+    ) -> None:
+        schedule = policy.Schedule(interval=timedelta(seconds=interval_s))
+        now = T0 + timedelta(seconds=late_s)
+        following = policy.advance(schedule, T0, now)
+        jumped = policy.skipped_between(schedule, T0, following, limit)
+        assert schedule.interval is not None
+        expected, due = [], T0 + schedule.interval
+        while due < following and len(expected) < limit:
+            expected.append(due)
+            due += schedule.interval
+        assert jumped == expected
+        assert all(T0 < due <= now for due in jumped)
+
+    def test_cron_occurrences_jumped_over(self) -> None:
+        schedule = policy.Schedule(cron="*/15 * * * *")
+        nominal = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+        following = policy.advance(schedule, nominal, nominal + timedelta(minutes=50))
+        assert following == datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
+        assert policy.skipped_between(schedule, nominal, following, 10) == [
+            datetime(2026, 1, 1, 0, minute, tzinfo=UTC) for minute in (15, 30, 45)
+        ]

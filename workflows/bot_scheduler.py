@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.scheduler_state import (
         REASON_BOT_DELETED,
+        REASON_MISSED,
         REASON_REMOVED,
         REASON_STOPPED,
         SchedulerState,
@@ -118,6 +119,8 @@ class BotScheduler:
         state = self.state
         if state.chain_id is None:
             state.chain_id = str(workflow.uuid4())[:8]
+        if state.running and state.running_since is None:
+            state.running_since = workflow.now()
         while True:
             # Cleared before the work, not after it: a signal that lands while the plan loads
             # must wake the next wait at once.
@@ -208,6 +211,24 @@ class BotScheduler:
             run = state.new_run(start.task, start.trigger, now, workflow.random())
             state.emit_entity(now, "task_execution", "started", None, start.task.id)
             self._start_attempt(run, run.fire_at, now)
+        self._record_missed(now)
+
+    def _record_missed(self, now: datetime) -> None:
+        """One `skipped` row per occurrence jumped over, written by one activity per task."""
+        missed, self.state.missed = self.state.missed, []
+        for task, due_ats in missed:
+            rt = self.state.tasks.get(task.id)
+            request = SkipInput(
+                bot_id=self.state.bot_id,
+                task_id=task.id,
+                task_type=task.task_type,
+                execution_key=self.state.next_skip_key(),
+                due_at=due_ats[0],
+                reason=REASON_MISSED,
+                schedule_version=rt.schedule_version if rt is not None else 0,
+                more_due_at=due_ats[1:],
+            )
+            self._spawn(self._record_skipped(request))
 
     def _exclusive_executing(self) -> bool:
         return any(run.in_flight and not run.task.allow_overlap for run in self.state.runs.values())

@@ -228,6 +228,8 @@ class SkipInput(BaseModel):
     reason: str
     next_planned_run_at: datetime | None = None
     schedule_version: int = 0
+    # More occurrences skipped for the same reason: one more row each (keys `{execution_key}/{i}`).
+    more_due_at: list[datetime] = Field(default_factory=list)
 
 
 class RunState(BaseModel):
@@ -315,6 +317,8 @@ class SchedulerCarry(BaseModel):
     run_seq: int = 0
     # Runs waiting to retry (no attempt in flight) when the workflow continued as new.
     runs: list[RunState] = Field(default_factory=list)
+    # Since when the bot has been running: occurrences due since then that never ran get a row.
+    running_since: datetime | None = None
 
 
 class SchedulerInput(BaseModel):

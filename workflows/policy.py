@@ -116,6 +116,20 @@ def advance(schedule: Schedule, nominal: datetime, now: datetime) -> datetime:
     return nominal + (missed + 1) * schedule.interval
 
 
+def skipped_between(schedule: Schedule, nominal: datetime, following: datetime, limit: int) -> list[datetime]:
+    """The occurrences `advance` jumped over between `nominal` and `following` (both excluded),
+    at most `limit` of them (the earliest)."""
+    skipped: list[datetime] = []
+    if schedule.interval is not None:
+        count = max(0, math.ceil((following - nominal) / schedule.interval) - 1)
+        return [nominal + k * schedule.interval for k in range(1, min(count, limit) + 1)]
+    occurrence = next_occurrence(schedule, nominal)
+    while occurrence < following and len(skipped) < limit:
+        skipped.append(occurrence)
+        occurrence = next_occurrence(schedule, occurrence)
+    return skipped
+
+
 def initial_due(task: TaskPlan, now: datetime, lead_seconds: float) -> datetime:
     """The seed's rule: `next_planned_run_at` if set; else last start + interval; else now + lead.
 

@@ -29,6 +29,9 @@ from workflows.scheduler_view import MAX_ERROR_TEXT, SchedulerView
 
 # A postponement never ends sooner than this, so a clock a little behind cannot spin the loop.
 MIN_POSTPONEMENT = timedelta(seconds=1)
+# At most this many rows for occurrences jumped over at once (a long outage of a fast task).
+MAX_MISSED_ROWS = 50
+REASON_MISSED = "missed: the scheduler could not act in time (worker or server unavailable)"
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,7 @@ class SchedulerState(SchedulerView):
         fire_at = now if trigger == "dependency" else self.due_instant(rt)
         next_planned: datetime | None = None
         if trigger == "schedule":
-            next_planned = policy.advance(policy.schedule_of(task), rt.nominal_due_at, max(now, fire_at))
+            next_planned = self._advance(rt, task, max(now, fire_at))
             self._set_nominal(rt, task, next_planned, rng)
             rt.not_before = None
             rt.not_before_reason = None
@@ -370,12 +373,23 @@ class SchedulerState(SchedulerView):
         rt.last_failure_at = now
         rt.last_error = f"skipped: {skip.reason}"[:MAX_ERROR_TEXT]
         if skip.consumes:
-            schedule = policy.schedule_of(skip.task)
-            nominal = policy.advance(schedule, rt.nominal_due_at, max(now, rt.fire_at))
+            nominal = self._advance(rt, skip.task, max(now, rt.fire_at))
             self._set_nominal(rt, skip.task, nominal, rng)
         else:
             rt.requested_at = None
         return due_at, rt.nominal_due_at
+
+    def _advance(self, rt: TaskRuntime, task: TaskPlan, now: datetime) -> datetime:
+        """The occurrence after the one due now; those jumped over while the bot was running are
+        kept in `missed`, so each gets a row."""
+        schedule = policy.schedule_of(task)
+        following = policy.advance(schedule, rt.nominal_due_at, now)
+        jumped = policy.skipped_between(schedule, rt.nominal_due_at, following, MAX_MISSED_ROWS)
+        since = self.running_since
+        jumped = [due for due in jumped if since is None or due >= since]
+        if jumped:
+            self.missed.append((task, jumped))
+        return following
 
     def next_skip_key(self) -> str:
         self.run_seq += 1
@@ -394,6 +408,7 @@ class SchedulerState(SchedulerView):
         if self.running:
             return False
         self.running = True
+        self.running_since = now
         self.reload_requested = True  # definitions may have changed while stopped
         return True
 
@@ -437,6 +452,7 @@ class SchedulerState(SchedulerView):
             chain_id=self.chain_id,
             run_seq=self.run_seq,
             runs=[run for run in self.runs.values() if not run.in_flight],
+            running_since=self.running_since,
         )
 
 

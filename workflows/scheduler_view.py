@@ -52,6 +52,10 @@ class SchedulerView:
         self.run_seq = carry.run_seq
         # The run of each task in progress (attempt in flight or waiting to retry).
         self.runs: dict[int, RunState] = {run.task.id: run for run in carry.runs}
+        self.running_since = carry.running_since
+        # Occurrences jumped over while the scheduler could not act (a dead worker, a busy run):
+        # (task, due instants) the workflow records as skipped rows.
+        self.missed: list[tuple[TaskPlan, list[datetime]]] = []
         self.reasons: dict[int, str] = {}
         self.announced: tuple[bool, datetime | None] | None = None
 
