@@ -19,6 +19,8 @@ from activities.handlers.registry import build_handlers
 from activities.scheduler import SchedulerActivities
 from activities.task_runner import TaskRunner
 from workflows.bot_scheduler import BotScheduler
+from xbot.bots import encrypt_plain_webhook_urls
+from xbot.crypto import cipher_from_settings
 from xbot.db import create_pool, resolve_database_url
 from xbot.migrate import migrate
 from xbot.settings import Settings
@@ -74,6 +76,9 @@ async def run_worker(settings: Settings) -> None:
         log.info("applied migrations: %s", ", ".join(applied))
     pool = await create_pool(database_url, max_size=POOL_SIZE)
     try:
+        if settings.token_encryption_key is not None:
+            # Webhook URLs stored in plain text before migration 0006 are encrypted now.
+            await encrypt_plain_webhook_urls(pool, cipher_from_settings(settings))
         client = await connect_temporal(settings)
         try:
             await ensure_search_attributes(client)
