@@ -83,6 +83,10 @@ def refusal_reason(address: IPAddress) -> str | None:
     return None
 
 
+def _article(reason: str) -> str:
+    return "an" if reason == "unspecified" else "a"  # the only reason read with a vowel sound
+
+
 def parse_address(text: str) -> IPAddress | None:
     """An IP literal (IPv6 zone ids allowed), or None when `text` is a host name."""
     try:
@@ -132,7 +136,7 @@ async def check_url(
     if literal is not None:
         reason = refusal_reason(literal)
         if reason is not None:
-            raise UrlPolicyError(f"host {host} is a {reason} address")
+            raise UrlPolicyError(f"host {host} is {_article(reason)} {reason} address")
         return
     resolve = resolver or system_resolver
     try:
@@ -145,4 +149,4 @@ async def check_url(
     for address in addresses:  # every one: the client may connect to any of them
         reason = refusal_reason(address)
         if reason is not None:
-            raise UrlPolicyError(f"host {host} resolves to {address}, a {reason} address")
+            raise UrlPolicyError(f"host {host} resolves to {address}, {_article(reason)} {reason} address")
