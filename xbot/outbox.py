@@ -156,15 +156,16 @@ class OutboxSender:
             if event is not None:
                 report.events.append(event)
                 continue
+            # The next message no other drainer holds (it sends those): due now, or in `wait` seconds.
             wait = await self.pool.fetchval(
-                "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM notification_outbox"
-                " WHERE bot_id = $1 AND status = 'pending'",
+                "SELECT extract(epoch FROM next_attempt_at - clock_timestamp())::float8"
+                " FROM notification_outbox WHERE bot_id = $1 AND status = 'pending'"
+                " ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
                 bot_id,
             )
-            # None: nothing pending. <= 0: due but locked by another drainer, which sends it.
-            if wait is None or wait <= 0 or wait > max_wait_seconds or loop.time() + wait > deadline:
+            if wait is None or wait > max_wait_seconds or loop.time() + wait > deadline:
                 break
-            await asyncio.sleep(wait)
+            await asyncio.sleep(max(wait, 0.0))
         return report
 
     async def _send_next(self, bot_id: str) -> OutboxEvent | None:
@@ -246,9 +247,10 @@ class OutboxSender:
                 reason,
             )
             return OutboxEvent(reply_id, "failed", reason)
+        # From now, not from the transaction's start: retry_after counts from Discord's answer.
         retry_at: datetime = await connection.fetchval(
             "UPDATE notification_outbox SET attempts = $2, failures = $3, last_error = $4,"
-            " next_attempt_at = now() + $5 * interval '1 second', updated_at = now()"
+            " next_attempt_at = clock_timestamp() + $5 * interval '1 second', updated_at = now()"
             " WHERE id = $1 RETURNING next_attempt_at",
             message_id,
             attempts,
