@@ -224,20 +224,22 @@ class OutboxSender:
                 reply_id,
             )
             return OutboxEvent(reply_id, "sent")
+        delay: float | None = None  # None: final
         if isinstance(outcome, discord.RateLimited):
             delay = min(outcome.retry_after_seconds, self.policy.max_retry_after_seconds)
             reason = f"rate limited by Discord (retry after {outcome.retry_after_seconds:g} s)"
         elif isinstance(outcome, discord.Unavailable):
             failures += 1
-            delay = self.policy.backoff_seconds(failures)
             reason = outcome.reason
             if failures >= self.policy.max_failures:
                 reason = f"{reason}; gave up after {failures} failed attempts"
+            else:
+                delay = self.policy.backoff_seconds(failures)
         else:
-            delay, reason = None, outcome.reason
-        if attempts >= self.policy.max_attempts and delay is not None:
+            reason = outcome.reason
+        if delay is not None and attempts >= self.policy.max_attempts:
             delay, reason = None, f"{reason}; gave up after {attempts} attempts"
-        if delay is None or failures >= self.policy.max_failures:
+        if delay is None:
             await connection.execute(
                 "UPDATE notification_outbox SET status = 'failed', attempts = $2, failures = $3,"
                 " last_error = $4, updated_at = now() WHERE id = $1",

@@ -313,3 +313,27 @@ async def _profile(world: World, bot_id: str) -> Any:
     from xbot.repositories.bots import load_bot
 
     return await load_bot(world.pool, bot_id)
+
+
+async def test_a_429_holds_back_the_bots_other_messages_and_endless_429s_end(world: World) -> None:
+    bot, _ = await posted_bot(world, "alice", "bob")
+    world.discord.fail_always = True
+    await run(world, bot)  # both queued, both waiting for a retry
+    world.discord.fail_always = False
+    await world.pool.execute("UPDATE notification_outbox SET next_attempt_at = now()")
+    world.discord.rate_limit(0.05, times=100)
+    before = world.discord.requests
+
+    first = await sender(world).drain(bot, max_wait_seconds=0)
+
+    # One 429 and the other message waits too, rather than meeting a 429 of its own.
+    assert [e.outcome for e in first.events] == ["retrying"] and world.discord.requests == before + 1
+    assert {row["wait"].total_seconds() > 0 for row in await outbox_rows(world, bot)} == {True}
+
+    endless = await sender(world, RetryPolicy(max_attempts=3)).drain(bot, max_wait_seconds=1)
+
+    assert endless.count("failed") == 2
+    assert {row["last_error"] for row in await outbox_rows(world, bot)} == {
+        "rate limited by Discord (retry after 0.05 s); gave up after 3 attempts"
+    }
+    assert world.discord.messages == []
