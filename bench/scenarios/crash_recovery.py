@@ -608,6 +608,30 @@ def analyse(
     }
 
 
+def breakdown_note(figures: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """Where a killed bot's recovery time went, from the figures and the scheduler's timeouts."""
+    recorded, killed = figures["lost_attempts_recorded"], figures["killed_bots_recovery"]
+    if not recorded["count"]:
+        return None
+    heartbeat, sticky = config["heartbeat_timeout_seconds"], config["sticky_schedule_to_start_seconds"]
+    timeouts = figures.get("workflow_task_timeouts", {})
+    rest = recorded["p50_s"] - heartbeat - sticky
+    polled = figures["replacement_polling_after_seconds"]
+    takeover = (
+        f"so at least {rest:.1f} s went to the replacement taking the bots over (it has no cached workflow "
+        f"and replays each bot's history, all bots at once; it polled {polled:.1f} s after the kill)"
+        if rest >= 0.5
+        else f"the replacement (polling {polled:.1f} s after the kill) added little on top of these timeouts"
+    )
+    return (
+        f"where the time goes: a lost attempt is noticed by its heartbeat timeout (at most {heartbeat:g} s "
+        f"after the kill) and the bot's next workflow task first waits out the dead worker's sticky queue "
+        f"({sticky:g} s; {timeouts.get('sticky_dead_worker', 0)} such timeouts). Kill -> `lost` row took "
+        f"{recorded['p50_s']:.1f} s median ({recorded['max_s']:.1f} s max); {takeover}; the re-run started "
+        f"{killed['p50_s'] - recorded['p50_s']:.1f} s (median) after its loss was recorded."
+    )
+
+
 def _row(label: str, figures: dict[str, Any]) -> list[Any]:
     return [label, figures["count"], figures["p50_s"], figures["p95_s"], figures["max_s"]]
 
@@ -762,6 +786,9 @@ async def run(ctx: RunContext, result: Result) -> None:
         f"the kill, replacement {line.cpu_after:.2f} s/s until kill + "
         f"{min(CPU_WINDOW_SECONDS, load.observe_seconds):.0f} s"
     )
+    breakdown = breakdown_note(figures, result["config"])
+    if breakdown is not None:
+        result["notes"].append(breakdown)
     if figures["bots_without_execution_after_kill"]:
         names = figures["bots_without_execution_after_kill"]
         result["notes"].append(f"{len(names)} bot(s) never started an execution after the kill: {names[:5]}")
