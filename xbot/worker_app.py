@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.handlers.base import HandlerDeps, TaskHandler
 from activities.handlers.registry import build_handlers
@@ -37,6 +38,14 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 # After a worker dies, its bots' workflow tasks wait this long on its sticky queue before any
 # worker may take them: short, so a replacement resumes the bots within seconds.
 STICKY_QUEUE_TIMEOUT = timedelta(seconds=3)
+
+
+# The workflow's own modules and its model libraries are deterministic and keep no mutable module
+# state, so the sandbox imports them once instead of re-running them for every workflow it
+# replays: a replacement worker replaying a fleet after a crash spends its time on histories.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "pydantic", "croniter")
+)
 
 
 def pool_sizes(concurrency: int) -> tuple[int, int]:
@@ -73,6 +82,7 @@ def build_worker(
         "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
         "sticky_queue_schedule_to_start_timeout": STICKY_QUEUE_TIMEOUT,
         "max_concurrent_activities": settings.worker_concurrency,
+        "workflow_runner": WORKFLOW_RUNNER,
     }
     return Worker(
         client,

@@ -35,6 +35,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -406,11 +407,12 @@ class SchedulerModel(RuleBasedStateMachine):
             raise AssertionError(f"the model worker did not start (said {line!r})")
         return worker
 
-    async def _kill_worker(self) -> None:
-        """SIGKILL the worker; its handler calls end now (the process is gone)."""
+    async def _kill_worker(self) -> str | None:
+        """SIGKILL the worker; its handler calls end now (the process is gone). Returns its
+        Temporal identity (the client's default, `pid@host`)."""
         worker, self.worker = self.worker, None
         if worker is None:
-            return
+            return None
         if worker.returncode is None:
             worker.send_signal(signal.SIGKILL)
         await worker.wait()
@@ -419,6 +421,7 @@ class SchedulerModel(RuleBasedStateMachine):
             worker.pid,
             datetime.now(UTC),
         )
+        return f"{worker.pid}@{socket.gethostname()}"
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -573,8 +576,22 @@ class SchedulerModel(RuleBasedStateMachine):
             await self.workflow.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task))
             with contextlib.suppress(AssertionError):  # it may not run now (paused, deps): kill anyway
                 await eventually(self._open_calls, bool, timeout=HANG_SECONDS * 2)
-        await self._kill_worker()
+        dead = await self._kill_worker()
         self.worker = await self._spawn_worker()
+        # Wait until the server has timed out the attempts the dead worker held (the heartbeat
+        # timeout). The Java test server never times out an activity once its cancellation is
+        # requested (TestWorkflowMutableStateImpl.timeoutActivity: "Outdated timer" unless
+        # INITIATED or STARTED), so a stop or a delete reaching a dead worker's attempt before
+        # then would leave it pending forever; the real server times it out.
+        await eventually(lambda: self._attempts_held_by(dead), lambda held: not held, timeout=SETTLE_TIMEOUT)
+
+    async def _attempts_held_by(self, identity: str | None) -> list[str]:
+        description = await self.workflow.describe()
+        return [
+            activity.activity_id
+            for activity in description.raw_description.pending_activities
+            if identity is not None and activity.last_worker_identity == identity
+        ]
 
     async def _open_calls(self) -> int:
         count: int = await self.pool.fetchval(
@@ -715,9 +732,18 @@ class SchedulerModel(RuleBasedStateMachine):
         try:
             await eventually(probe, lambda value: value == (False, [], [], 0, 0), timeout=SETTLE_TIMEOUT)
         except AssertionError as error:
+            pending = [
+                (
+                    activity.activity_id,
+                    activity.activity_type.name,
+                    activity.state,
+                    activity.last_worker_identity,
+                )
+                for activity in (await self.workflow.describe()).raw_description.pending_activities
+            ]
             raise AssertionError(
                 f"the stopped bot did not settle (isRunning, runningTasks, busy tasks, open rows, "
-                f"open handler calls): {error}"
+                f"open handler calls): {error}; pending activities: {pending}"
             ) from None
         await self._check(final=True)
         replayer = Replayer(workflows=[BotScheduler], data_converter=pydantic_data_converter)
