@@ -270,8 +270,12 @@ async def reserve(
     """Take one slot in every live window of the endpoint, or raise QuotaExhausted taking none."""
     now = now or datetime.now(UTC)
     static = static_limit(plan_tier, endpoint)
+    blocking: list[Window] = []
+    held: list[tuple[Scope, str, WindowKind]] = []
     async with pool.acquire() as conn, conn.transaction():
-        # Creating or touching the endpoint row locks it: reservations of this bot and endpoint queue here.
+        # Creating or touching the endpoint row locks it: reservations of this bot and endpoint queue
+        # here. It also records the bot's app, so `live_windows` finds the app's windows; a refusal
+        # commits that too.
         row = await conn.fetchrow(
             _LOCK_ENDPOINT_WINDOW, bot_id, endpoint, static.requests, now + static.window, app
         )
@@ -285,33 +289,32 @@ async def reserve(
         ledger_rows = await conn.fetch(_LOCK_LEDGER_WINDOWS, bot_id, app, endpoint, now)
         windows += [_ledger_window(endpoint, ledger_row, now) for ledger_row in ledger_rows]
         blocking = [window for window in windows if window.available <= 0]
-        if blocking:
-            raise QuotaExhausted(blocking)
-        until = max(now + lease, row["reserved_until"] or now)
-        await conn.execute(
-            "UPDATE rate_limit_tracking SET remaining = $3, reset_at = $4, reserved = $5,"
-            " reserved_until = $6, updated_at = now() WHERE bot_id = $1 AND endpoint = $2",
-            bot_id,
-            endpoint,
-            remaining,
-            reset_at,
-            in_flight + 1,
-            until,
-        )
-        held: list[tuple[Scope, str, WindowKind]] = []
-        for ledger_row in ledger_rows:
-            live = _live_reserved(ledger_row["reserved"], ledger_row["reserved_until"], now)
+        if not blocking:
             await conn.execute(
-                "UPDATE quota_windows SET reserved = $5, reserved_until = $6, updated_at = now()"
-                " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
-                ledger_row["scope"],
-                ledger_row["owner"],
+                "UPDATE rate_limit_tracking SET remaining = $3, reset_at = $4, reserved = $5,"
+                " reserved_until = $6, updated_at = now() WHERE bot_id = $1 AND endpoint = $2",
+                bot_id,
                 endpoint,
-                ledger_row["window_kind"],
-                live + 1,
-                max(now + lease, ledger_row["reserved_until"] or now),
+                remaining,
+                reset_at,
+                in_flight + 1,
+                max(now + lease, row["reserved_until"] or now),
             )
-            held.append((ledger_row["scope"], ledger_row["owner"], ledger_row["window_kind"]))
+            for ledger_row in ledger_rows:
+                live = _live_reserved(ledger_row["reserved"], ledger_row["reserved_until"], now)
+                await conn.execute(
+                    "UPDATE quota_windows SET reserved = $5, reserved_until = $6, updated_at = now()"
+                    " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
+                    ledger_row["scope"],
+                    ledger_row["owner"],
+                    endpoint,
+                    ledger_row["window_kind"],
+                    live + 1,
+                    max(now + lease, ledger_row["reserved_until"] or now),
+                )
+                held.append((ledger_row["scope"], ledger_row["owner"], ledger_row["window_kind"]))
+    if blocking:
+        raise QuotaExhausted(blocking)
     return Reservation(bot_id, app, endpoint, plan_tier, tuple(held))
 
 
