@@ -30,7 +30,7 @@ from api.auth import require_token
 from api.errors import ErrorBody, install_error_handlers
 from api.feed import Event, FeedHub, LogSource, StatusSource, log_event
 from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, RequestTimeout
-from api.routes import bots, health, history, metrics, replies, tasks, ws
+from api.routes import bots, health, history, metrics, quota, replies, tasks, ws
 from api.state import ApiState, TemporalConnector
 from workflows.models import QUERY_STATUS, SchedulerStatus
 from xbot.crypto import TokenCipher, TokenCipherError
@@ -201,6 +201,7 @@ def create_app(
     install_error_handlers(app)
     for router in (health.router, bots.router, tasks.router, history.router, replies.router, metrics.router):
         app.include_router(router)
+    app.include_router(quota.router)
     app.include_router(ws.router)
     _include_codec_routes(app, settings)
     _include_dashboard(app)

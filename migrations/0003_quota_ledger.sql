@@ -23,6 +23,9 @@ CREATE TABLE quota_windows (
     reset_at        timestamptz NOT NULL,
     reserved        integer NOT NULL DEFAULT 0 CHECK (reserved >= 0),
     reserved_until  timestamptz,
+    -- Where the numbers come from: x-user-limit-24hour, x-app-limit-24hour (headers), usage-capped
+    -- (X's problem), 429 (a refusal while every window X described had room).
+    source          text NOT NULL,
     -- X's words when it answered with a usage-capped problem (or why the window is closed).
     reason          text,
     bot_id          text REFERENCES bots (id) ON DELETE CASCADE,

@@ -31,6 +31,8 @@ from xbot.rate_limits import FIFTEEN_MINUTES, ONE_DAY, StaticLimit, parse_rate_l
 
 Scope = Literal["bot", "app"]
 WindowKind = Literal["15m", "24h", "month"]
+# Where a window's numbers come from: X's headers, X's usage-capped problem, or a bare 429.
+Source = Literal["x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour", "usage-capped", "429"]
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 USAGE_CAPPED = "https://api.twitter.com/2/problems/usage-capped"
@@ -67,6 +69,7 @@ class Reading:
     limit: int | None
     remaining: int
     reset_at: datetime
+    source: Source
     reason: str | None = None
 
 
@@ -125,9 +128,9 @@ def read_response(
     user_day = _parse_24h(headers, "user")
     app_day = _parse_24h(headers, "app")
     if user_day is not None:
-        readings.append(Reading("bot", "24h", *user_day))
+        readings.append(Reading("bot", "24h", *user_day, source="x-user-limit-24hour"))
     if app_day is not None:
-        readings.append(Reading("app", "24h", *app_day))
+        readings.append(Reading("app", "24h", *app_day, source="x-app-limit-24hour"))
     if status != 429:
         return Observation(endpoint, tuple(readings))
 
@@ -135,19 +138,19 @@ def read_response(
     cap = _usage_cap(body)
     if cap is not None:
         return _capped(cap, endpoint, readings, retry_after, now)
-    spent = [reading.reset_at for reading in readings if reading.remaining == 0]
+    spent = {f"the {r.scope}'s 24-hour allowance": r.reset_at for r in readings if r.remaining == 0}
     if endpoint is not None and endpoint[1] == 0:
-        spent.append(endpoint[2])
+        spent["the bot's x-rate-limit window"] = endpoint[2]
     if spent:
-        return Observation(endpoint, tuple(readings), max(spent), "X answered 429: window spent")
+        return Observation(endpoint, tuple(readings), max(spent.values()), f"{' and '.join(spent)} spent")
     if endpoint is None and not readings:
         # No headers at all: assume the endpoint window, as the plan defines it, is spent.
         reset_at = retry_after or now + static.window
-        return Observation((static.requests, 0, reset_at), (), reset_at, "X answered 429")
+        return Observation((static.requests, 0, reset_at), (), reset_at, "no rate-limit headers")
     # The bot's own windows had room, so an app-wide 15-minute window refused.
     reset_at = retry_after or now + FIFTEEN_MINUTES
-    reason = "X answered 429 while the bot's windows had room: the app's window is spent"
-    readings.append(Reading("app", "15m", None, 0, reset_at, reason))
+    reason = "the bot's windows had room: the app's 15-minute window is spent"
+    readings.append(Reading("app", "15m", None, 0, reset_at, "429", reason))
     return Observation(endpoint, tuple(readings), reset_at, reason)
 
 
@@ -170,13 +173,13 @@ def _capped(
     kind: WindowKind
     if period == "Monthly":
         kind, reset_at = "month", retry_after or first_of_next_month(now)
-    else:
+    else:  # "Daily", or a period X did not name: the shorter wait, X will say again if it is longer
         kind = "24h"
         spent_resets = [r.reset_at for r in days if r.remaining == 0]
         any_resets = [r.reset_at for r in days]
         reset_at = retry_after or max(spent_resets or any_resets or [now + ONE_DAY])
     limit = next((r.limit for r in days if r.scope == scope and kind == "24h"), None)
-    closed = Reading(scope, kind, limit, 0, reset_at, str(reason)[:300])
+    closed = Reading(scope, kind, limit, 0, reset_at, "usage-capped", str(reason)[:300])
     others = [r for r in readings if (r.scope, r.window) != (scope, kind)]
     return Observation(endpoint, (*others, closed), reset_at, closed.reason)
 
@@ -196,6 +199,7 @@ class Window:
     reset_at: datetime | None
     in_flight: int = 0
     reason: str | None = None
+    source: Source = "x-rate-limit"
 
     @property
     def available(self) -> int:
@@ -248,7 +252,7 @@ RETURNING limit_total, remaining, reset_at, reserved, reserved_until
 """
 
 _LOCK_LEDGER_WINDOWS = """
-SELECT scope, owner, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason
+SELECT scope, owner, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason, source
 FROM quota_windows
 WHERE endpoint = $3 AND reset_at > $4
   AND ((scope = 'bot' AND owner = $1) OR (scope = 'app' AND owner = $2))
@@ -328,6 +332,7 @@ def _ledger_window(endpoint: str, row: asyncpg.Record, now: datetime) -> Window:
         reset_at=row["reset_at"],
         in_flight=_live_reserved(row["reserved"], row["reserved_until"], now),
         reason=row["reason"],
+        source=row["source"],
     )
 
 
@@ -434,14 +439,15 @@ async def _settle_ledger_window(
     await conn.execute(
         f"""
         INSERT INTO quota_windows AS w
-            (scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reason, bot_id)
-        VALUES ($1, $2, $3, $4, $6, $7, $8, $9, $10)
+            (scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reason, bot_id, source)
+        VALUES ($1, $2, $3, $4, $6, $7, $8, $9, $10, $11)
         ON CONFLICT (scope, owner, endpoint, window_kind) DO UPDATE SET
             limit_total = coalesce(EXCLUDED.limit_total, w.limit_total),
             remaining = CASE WHEN w.reset_at = EXCLUDED.reset_at THEN least(w.remaining, EXCLUDED.remaining)
                              ELSE EXCLUDED.remaining END,
             reset_at = EXCLUDED.reset_at,
             reason = EXCLUDED.reason,
+            source = EXCLUDED.source,
             reserved = {_freed("$5", held=held, alias="w.")},
             updated_at = now()
         """,
@@ -455,6 +461,7 @@ async def _settle_ledger_window(
         reading.reset_at,
         reading.reason,
         reservation.bot_id if scope == "bot" else None,
+        reading.source,
     )
 
 
@@ -488,10 +495,20 @@ async def live_windows(db: Db, bot_id: str, endpoint: str, plan_tier: str, now: 
 
 # The bot's own ledger rows and those of every app it has spoken through.
 _LEDGER_OF_BOT = """
-SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason
+SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason,
+       source
 FROM quota_windows
 WHERE ((scope = 'bot' AND owner = $1)
        OR (scope = 'app' AND owner IN (SELECT app_key FROM rate_limit_tracking WHERE bot_id = $1)))
+"""
+# The same, plus the windows of the app `$2` (the one configured here), even before the bot's first request.
+_LEDGER_OF_BOT_AND_APP = """
+SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason,
+       source
+FROM quota_windows
+WHERE ((scope = 'bot' AND owner = $1)
+       OR (scope = 'app' AND (owner = $2
+                              OR owner IN (SELECT app_key FROM rate_limit_tracking WHERE bot_id = $1))))
 """
 
 
@@ -502,9 +519,12 @@ def _endpoint_window_kind(plan_tier: str, endpoint: str) -> WindowKind:
         return "15m"
 
 
-async def bot_quota(db: Db, bot_id: str, plan_tier: str, now: datetime | None = None) -> list[Window]:
-    """Every window the ledger knows for the bot, for operators. A window past its reset is shown
-    full (X refills it) when its limit is known, and left out when it is not (a cap that ended)."""
+async def bot_quota(
+    db: Db, bot_id: str, plan_tier: str, now: datetime | None = None, app: str | None = None
+) -> list[Window]:
+    """Every window the ledger knows for the bot (and for `app`), for operators. A window past its
+    reset is shown full (X refills it) when its limit is known, and left out when it is not (a cap
+    that ended)."""
     now = now or datetime.now(UTC)
     windows: list[Window] = []
     for row in await db.fetch(
@@ -528,7 +548,10 @@ async def bot_quota(db: Db, bot_id: str, plan_tier: str, now: datetime | None = 
             )
         else:
             windows.append(Window("bot", row["endpoint"], kind, row["limit_total"], row["limit_total"], None))
-    for row in await db.fetch(_LEDGER_OF_BOT, bot_id):
+    ledger = await (
+        db.fetch(_LEDGER_OF_BOT_AND_APP, bot_id, app) if app is not None else db.fetch(_LEDGER_OF_BOT, bot_id)
+    )
+    for row in ledger:
         if row["reset_at"] > now:
             windows.append(_ledger_window(row["endpoint"], row, now))
         elif row["limit_total"] is not None:

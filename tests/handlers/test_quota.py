@@ -100,12 +100,13 @@ async def test_concurrent_reservations_take_exactly_the_free_slots(
         scope = name.split()[0]
         await pool.execute(
             "INSERT INTO quota_windows (scope, owner, endpoint, window_kind, limit_total, remaining, reset_at,"
-            " bot_id) VALUES ($1, $2, 'create_post', '24h', 1000, $3, $4, $5)",
+            " bot_id, source) VALUES ($1, $2, 'create_post', '24h', 1000, $3, $4, $5, $6)",
             scope,
             bot if scope == "bot" else app,
             free if binding == name else 1000,
             resets[name],
             bot if scope == "bot" else None,
+            f"x-{'user' if scope == 'bot' else 'app'}-limit-24hour",
         )
 
     results = await asyncio.gather(
