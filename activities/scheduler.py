@@ -1,8 +1,9 @@
 """The BotScheduler's small database activities, and the execution-row SQL the task runner shares.
 
-Loading the plan, recording skipped runs, saving pause flags and settling attempts whose worker
-vanished. The per-run bookkeeping itself lives in the task runner, so a normal run costs the
-workflow exactly one activity.
+Loading the plan, recording skipped occurrences, saving pause flags and settling attempts that
+ended without the runner's account (worker lost, cancelled). Every one is idempotent: it is keyed
+by the execution key, so a retry of the activity changes nothing. The per-attempt bookkeeping
+itself lives in the task runner, so a normal run costs the workflow exactly one activity.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from temporalio import activity
 from workflows import policy
 from workflows.models import (
     ACTIVITY_LOAD_PLAN,
-    ACTIVITY_RECORD_SKIPPED,
+    ACTIVITY_RECORD_SKIP,
     ACTIVITY_SET_PAUSED,
-    ACTIVITY_SETTLE_LOST_RUN,
+    ACTIVITY_SETTLE_ATTEMPT,
+    AttemptResult,
     BotPlan,
     LoadPlanInput,
-    LostRunInput,
     SetPausedInput,
-    SettleResult,
-    SkipRunInput,
+    SettleAttemptInput,
+    SkipInput,
     TaskPlan,
 )
 from xbot.settings import Settings
@@ -47,18 +48,18 @@ def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 async def close_stale_executions(
     db: Executor, bot_id: str, keep_prefixes: Sequence[str], reason: str, task_id: int | None = None
 ) -> int:
-    """Close `started` rows whose attempt is not running any more (its key matches no live prefix).
+    """Close open rows whose attempt is not running any more (its key matches no live prefix).
 
-    One workflow run owns a bot's executions, and the caller passes the keys of the attempts
-    that run still has in flight; every other `started` row belongs to a worker that died, an
-    earlier run, or a terminated workflow, so it will never finish by itself.
+    One workflow run owns a bot's executions, and the caller passes the key prefixes of the runs
+    it has in flight; every other open row belongs to a worker that died, an earlier run, or a
+    terminated workflow, so it will never finish by itself: it is closed as `lost`.
     """
     result: str = await db.execute(
         """
         UPDATE bot_task_executions
-        SET status = 'failed', completed_at = now(), error_message = $3,
+        SET status = 'lost', completed_at = now(), error_message = $3,
             duration_ms = greatest(0, (extract(epoch FROM now() - started_at) * 1000)::int)
-        WHERE bot_id = $1 AND status = 'started'
+        WHERE bot_id = $1 AND status IN ('started', 'waiting_lock')
           AND ($4::bigint IS NULL OR task_definition_id = $4)
           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS live(prefix)
                           WHERE starts_with(coalesce(execution_key, ''), live.prefix))
@@ -71,34 +72,64 @@ async def close_stale_executions(
     return int(result.split()[-1])
 
 
+# next_planned_run_at is written only while the schedule is the one the run was planned with.
+SET_NEXT_PLANNED = """
+    next_planned_run_at = CASE WHEN $3::timestamptz IS NOT NULL AND schedule_version = $4
+                               THEN $3::timestamptz ELSE next_planned_run_at END
+"""
+
+
 async def count_final_failure(
     db: asyncpg.Connection,
     bot_id: str,
     task_id: int,
+    execution_key: str,
     next_planned_run_at: datetime | None,
+    schedule_version: int,
     execution_id: int | None,
     error: str,
-) -> SettleResult:
-    """One more consecutive final failure; deactivate the definition at its error threshold."""
+) -> AttemptResult:
+    """One more consecutive final failure, once per execution key; deactivate at the threshold."""
     async with db.transaction():
         row = await db.fetchrow(
-            """
+            f"""
             UPDATE bot_task_definitions
             SET consecutive_failures = consecutive_failures + 1,
                 is_active = is_active AND consecutive_failures + 1 < error_threshold,
-                next_planned_run_at = coalesce($3, next_planned_run_at)
-            WHERE id = $1 AND bot_id = $2
+                last_failure_key = $5,
+                {SET_NEXT_PLANNED}
+            WHERE id = $1 AND bot_id = $2 AND last_failure_key IS DISTINCT FROM $5
             RETURNING consecutive_failures, error_threshold, is_active, task_type, name
             """,
             task_id,
             bot_id,
             next_planned_run_at,
+            schedule_version,
+            execution_key,
         )
-        if row is None:
-            return SettleResult(execution_id=execution_id)
+        finished = datetime.now(UTC)
+        if row is None:  # counted before (a repeated write), or the definition is gone
+            current = await db.fetchval(
+                "SELECT consecutive_failures FROM bot_task_definitions WHERE id = $1", task_id
+            )
+            return AttemptResult(
+                outcome="failed",
+                final=True,
+                execution_id=execution_id,
+                finished_at=finished,
+                consecutive_failures=current or 0,
+                reason=clip(error, 500),
+            )
         failures, threshold = row["consecutive_failures"], row["error_threshold"]
         if row["is_active"] or failures < threshold:
-            return SettleResult(execution_id=execution_id, consecutive_failures=failures)
+            return AttemptResult(
+                outcome="failed",
+                final=True,
+                execution_id=execution_id,
+                finished_at=finished,
+                consecutive_failures=failures,
+                reason=clip(error, 500),
+            )
         label = f"{row['name'] or row['task_type']} #{task_id}"
         log_id = await db.fetchval(
             """
@@ -111,8 +142,15 @@ async def count_final_failure(
             {"taskDefinitionId": task_id, "consecutiveFailures": failures, "errorThreshold": threshold},
             execution_id,
         )
-    return SettleResult(
-        execution_id=execution_id, consecutive_failures=failures, deactivated=True, log_id=log_id
+    return AttemptResult(
+        outcome="failed",
+        final=True,
+        execution_id=execution_id,
+        finished_at=finished,
+        consecutive_failures=failures,
+        deactivated=True,
+        log_id=log_id,
+        reason=clip(error, 500),
     )
 
 
@@ -145,6 +183,7 @@ def _plan_row(row: asyncpg.Record) -> TaskPlan | None:
         next_planned_run_at=row["next_planned_run_at"],
         last_successful_run_at=row["last_successful_run_at"],
         last_started_at=row["last_started_at"],
+        schedule_version=row["schedule_version"],
     )
 
 
@@ -193,15 +232,18 @@ class SchedulerActivities:
             healed_executions=healed,
         )
 
-    @activity.defn(name=ACTIVITY_RECORD_SKIPPED)
-    async def record_skipped_run(self, request: SkipRunInput) -> SettleResult:
+    @activity.defn(name=ACTIVITY_RECORD_SKIP)
+    async def record_skipped_occurrence(self, request: SkipInput) -> AttemptResult:
         async with self.pool.acquire() as db, db.transaction():
             execution_id = await db.fetchval(
                 """
                 INSERT INTO bot_task_executions
                     (bot_id, task_definition_id, task_type, status, due_at, started_at, completed_at,
-                     duration_ms, worker_id, error_message)
-                VALUES ($1, $2, $3, 'skipped', $4, now(), now(), 0, $5, $6)
+                     duration_ms, worker_id, error_message, execution_key)
+                SELECT $1, d.id, $3, 'skipped', $4, now(), now(), 0, $5, $6, $7
+                FROM (SELECT $2::bigint) AS given(task_id)
+                LEFT JOIN bot_task_definitions d ON d.id = given.task_id
+                ON CONFLICT (execution_key) DO UPDATE SET execution_key = EXCLUDED.execution_key
                 RETURNING id
                 """,
                 request.bot_id,
@@ -210,14 +252,35 @@ class SchedulerActivities:
                 request.due_at,
                 self.identity,
                 clip(f"not run: {request.reason}"),
+                request.execution_key,
             )
+            if request.more_due_at:
+                await db.execute(
+                    """
+                    INSERT INTO bot_task_executions
+                        (bot_id, task_definition_id, task_type, status, due_at, started_at, completed_at,
+                         duration_ms, worker_id, error_message, execution_key)
+                    SELECT $1, d.id, $3, 'skipped', due.at, now(), now(), 0, $4, $5, $6 || '/' || due.n
+                    FROM unnest($7::timestamptz[]) WITH ORDINALITY AS due(at, n)
+                    LEFT JOIN bot_task_definitions d ON d.id = $2
+                    ON CONFLICT (execution_key) DO NOTHING
+                    """,
+                    request.bot_id,
+                    request.task_id,
+                    request.task_type,
+                    self.identity,
+                    clip(f"not run: {request.reason}"),
+                    request.execution_key,
+                    request.more_due_at,
+                )
             await db.execute(
-                "UPDATE bot_task_definitions SET next_planned_run_at = $3 WHERE id = $1 AND bot_id = $2",
+                f"UPDATE bot_task_definitions SET {SET_NEXT_PLANNED} WHERE id = $1 AND bot_id = $2",
                 request.task_id,
                 request.bot_id,
                 request.next_planned_run_at,
+                request.schedule_version,
             )
-        return SettleResult(execution_id=execution_id)
+        return AttemptResult(outcome="cancelled", execution_id=execution_id, finished_at=datetime.now(UTC))
 
     @activity.defn(name=ACTIVITY_SET_PAUSED)
     async def set_task_paused(self, request: SetPausedInput) -> None:
@@ -228,29 +291,73 @@ class SchedulerActivities:
             request.paused,
         )
 
-    @activity.defn(name=ACTIVITY_SETTLE_LOST_RUN)
-    async def settle_lost_run(self, request: LostRunInput) -> SettleResult:
-        healed = await close_stale_executions(
-            self.pool, request.bot_id, request.keep_execution_prefixes, clip(request.reason), request.task_id
-        )
-        if request.execution_id is not None:
-            await self.pool.execute(
-                "UPDATE bot_task_executions SET status = 'failed' WHERE id = $1 AND status = 'retrying'",
-                request.execution_id,
-            )
-        if not request.count_failure:
-            return SettleResult(healed=healed)
-        async with self.pool.acquire() as db:
-            result = await count_final_failure(
-                db,
+    @activity.defn(name=ACTIVITY_SETTLE_ATTEMPT)
+    async def settle_task_attempt(self, request: SettleAttemptInput) -> AttemptResult:
+        """Give a silent attempt its row, or read back what its runner recorded before it died."""
+        async with self.pool.acquire() as db, db.transaction():
+            reopenable = ["started", "waiting_lock"] + (["retrying"] if request.status == "cancelled" else [])
+            row = await db.fetchrow(
+                """
+                INSERT INTO bot_task_executions AS e
+                    (bot_id, task_definition_id, task_type, status, due_at, started_at, completed_at,
+                     duration_ms, attempt_number, worker_id, execution_key, error_message)
+                SELECT $1, d.id, $3, $4, $5, now(), now(), 0, $6, $7, $8, $9
+                FROM (SELECT $2::bigint) AS given(task_id)
+                LEFT JOIN bot_task_definitions d ON d.id = given.task_id
+                ON CONFLICT (execution_key) DO UPDATE
+                SET status = CASE WHEN e.status = ANY($10::text[]) THEN EXCLUDED.status ELSE e.status END,
+                    error_message = CASE WHEN e.status = ANY($10::text[]) THEN EXCLUDED.error_message
+                                         ELSE e.error_message END,
+                    completed_at = coalesce(e.completed_at, now()),
+                    duration_ms = coalesce(e.duration_ms,
+                        greatest(0, (extract(epoch FROM now() - e.started_at) * 1000)::int))
+                RETURNING id, status, completed_at, error_message
+                """,
                 request.bot_id,
                 request.task_id,
-                request.next_planned_run_at,
-                request.execution_id,
-                request.reason,
+                request.task_type,
+                request.status,
+                request.due_at,
+                request.attempt,
+                self.identity,
+                request.execution_key,
+                clip(request.reason),
+                reopenable,
             )
-        result.healed = healed
-        return result
+            assert row is not None
+            status, execution_id = row["status"], row["id"]
+            finished = row["completed_at"] or datetime.now(UTC)
+            if status == "completed":  # its worker died after the run was recorded: it ran
+                return AttemptResult(outcome="completed", execution_id=execution_id, finished_at=finished)
+            if status == "failed":
+                return await count_final_failure(
+                    db,
+                    request.bot_id,
+                    request.task_id,
+                    request.execution_key,
+                    request.next_planned_run_at,
+                    request.schedule_version,
+                    execution_id,
+                    row["error_message"] or request.reason,
+                )
+            if status == "retrying":
+                return AttemptResult(
+                    outcome="failed",
+                    execution_id=execution_id,
+                    finished_at=finished,
+                    reason=row["error_message"] or request.reason,
+                )
+            if status == "skipped":  # postponed by a rate limit before the worker died
+                return AttemptResult(
+                    outcome="postponed",
+                    execution_id=execution_id,
+                    finished_at=finished,
+                    reason=row["error_message"],
+                )
+            outcome = "cancelled" if status == "cancelled" else "lost"
+            return AttemptResult(
+                outcome=outcome, execution_id=execution_id, finished_at=finished, reason=request.reason
+            )
 
     async def _lead_seconds(self) -> float:
         value: Any = await self.pool.fetchval(

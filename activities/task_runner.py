@@ -1,9 +1,14 @@
-"""The activity that runs one task: one Temporal attempt = one `bot_task_executions` row.
+"""The activity that runs one attempt of one task: one attempt = one `bot_task_executions` row.
 
-It waits for the exact due instant (the workflow wakes a little early), takes the locks the task
-needs, checks rate-limit headroom, runs the handler with a timeout while heartbeating (so `stop`
-can cancel it), and does all the run's bookkeeping itself (execution row, definition counters,
-deactivation), so a run costs the workflow a single activity.
+Temporal never retries it (the workflow owns retries). In order: load the definition and write
+the attempt's row in one statement (inside the workflow's early-wake window, before the due
+instant), wait for the exact instant, take the task's `lock_key` (visible as `waiting_lock`,
+bounded by the task's timeout), check rate-limit headroom, run the handler with its timeout, and
+record the outcome. A stop or a removed definition cancels it on its next heartbeat.
+
+Heartbeats are tied to progress: each phase has a deadline and the heartbeat stops once it
+passes, so an attempt stuck anywhere (a blocked event loop, a query that never returns) times out
+and the workflow starts it again instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.handlers.base import TaskContext, TaskHandler
-from activities.scheduler import clip, count_final_failure
+from activities.scheduler import SET_NEXT_PLANNED, clip, count_final_failure
 from workflows import policy
 from workflows.models import (
-    ACTIVITY_RUN_TASK,
+    ACTIVITY_RUN_ATTEMPT,
     SIGNAL_TASK_PROGRESS,
-    TaskFailure,
+    AttemptOutcome,
+    AttemptRequest,
+    AttemptResult,
     TaskProgress,
-    TaskRunRequest,
-    TaskRunResult,
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.rate_limits import headroom
@@ -38,12 +43,11 @@ from xbot.settings import Settings
 log = logging.getLogger(__name__)
 
 # Two-key advisory locks: (namespace, hashtext(name)). The migration lock uses the one-key form.
-BOT_LOCK_NAMESPACE = 0x78620001
 KEY_LOCK_NAMESPACE = 0x78620002
 # A rate-limit window ending this soon is waited out here instead of going back to the workflow.
 WAIT_OUT_RESET = timedelta(seconds=3)
-TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
-LOCK = "SELECT pg_advisory_lock($1, hashtext($2))"
+# Bookkeeping phases (database writes) must finish within this, or the heartbeat stops.
+BOOKKEEPING_DEADLINE = timedelta(seconds=45)
 
 
 class LogicalClock:
@@ -63,78 +67,99 @@ class LogicalClock:
         return max(datetime.now(UTC), self.server_time + elapsed)
 
 
+class Watchdog:
+    """Heartbeats while the current phase is within its deadline, and not after."""
+
+    def __init__(self, timeout: timedelta | None) -> None:
+        self.period = max((timeout or timedelta(seconds=30)).total_seconds() / 3, 0.2)
+        self.deadline = time.monotonic() + BOOKKEEPING_DEADLINE.total_seconds()
+
+    def phase(self, allowed: timedelta) -> None:
+        self.deadline = time.monotonic() + max(allowed, timedelta(0)).total_seconds()
+
+    async def beat(self) -> None:
+        while True:
+            if time.monotonic() <= self.deadline:
+                activity.heartbeat()
+            await asyncio.sleep(self.period)
+
+
 class TaskRunner:
     def __init__(
-        self, pool: asyncpg.Pool, settings: Settings, handlers: Mapping[str, TaskHandler], identity: str
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        handlers: Mapping[str, TaskHandler],
+        identity: str,
+        lock_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.pool = pool
+        # Connections that hold a lock_key come from their own pool (one per concurrent attempt
+        # at most), so lock holders can never starve the handlers' queries of connections.
+        self.lock_pool = lock_pool or pool
         self.settings = settings
         self.handlers = handlers
         self.identity = identity
 
-    @activity.defn(name=ACTIVITY_RUN_TASK)
-    async def run_bot_task(self, request: TaskRunRequest) -> TaskRunResult:
-        info = activity.info()
-        beat = asyncio.create_task(_heartbeat(info.heartbeat_timeout))
+    @activity.defn(name=ACTIVITY_RUN_ATTEMPT)
+    async def run_task_attempt(self, request: AttemptRequest) -> AttemptResult:
+        watchdog = Watchdog(activity.info().heartbeat_timeout)
+        beat = asyncio.create_task(watchdog.beat())
         try:
-            return await _Attempt(self, request).run()
+            return await _Attempt(self, request, watchdog).run()
         finally:
             beat.cancel()
-
-
-async def _heartbeat(timeout: timedelta | None) -> None:
-    period = max((timeout or timedelta(seconds=30)).total_seconds() / 3, 0.2)
-    while True:
-        activity.heartbeat()
-        await asyncio.sleep(period)
 
 
 class _Attempt:
     """One attempt of one task, with what it learns along the way."""
 
-    def __init__(self, runner: TaskRunner, request: TaskRunRequest) -> None:
+    def __init__(self, runner: TaskRunner, request: AttemptRequest, watchdog: Watchdog) -> None:
         self.runner = runner
         self.pool = runner.pool
         self.request = request
+        self.watchdog = watchdog
         self.info = activity.info()
         self.clock = LogicalClock(self.info.started_time)
-        self.attempt = self.info.attempt
-        self.key_prefix = f"{self.info.workflow_id}/{self.info.workflow_run_id}/{self.info.activity_id}/"
-        self.max_attempts = request.max_attempts
         self.execution_id: int | None = None
-        self.started_monotonic = 0.0
+        self.started_monotonic = time.monotonic()
 
-    @property
-    def last_attempt(self) -> bool:
-        return 0 < self.max_attempts <= self.attempt
+    async def run(self) -> AttemptResult:
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is not None and details.worker_shutdown:
+                # Not the task's fault: the workflow starts it again at once elsewhere.
+                await asyncio.shield(self._close("lost", "interrupted: the worker shut down"))
+                raise ApplicationError(
+                    "the worker shut down during the attempt", type=policy.ATTEMPT_LOST, non_retryable=True
+                ) from None
+            # Stopped or removed: the workflow closes the row with the reason it knows.
+            raise
 
-    async def run(self) -> TaskRunResult:
+    async def _run(self) -> AttemptResult:
         request = self.request
-        config = await self.pool.fetchval(
-            "SELECT config FROM bot_task_definitions WHERE id = $1 AND bot_id = $2 AND is_active",
-            request.task_id,
-            request.bot_id,
-        )
+        config = await self._open_row()
         if config is None:
+            await self._close("cancelled", "cancelled: the task definition was deleted or deactivated")
             return self._result("gone", reason="definition deleted or deactivated")
-        if self.attempt > 1:
-            await self._close_earlier_attempts()
-            await self._report("running")
         delay = (request.fire_at - self.clock.now()).total_seconds()
         if delay > 0:
+            self.watchdog.phase(timedelta(seconds=delay) + BOOKKEEPING_DEADLINE)
             await asyncio.sleep(delay)
-        async with self._locks():
+        async with self._lock():
+            self.watchdog.phase(BOOKKEEPING_DEADLINE)
             postponed = await self._rate_limit_gate()
             if postponed is not None:
                 return postponed
             handler = self.runner.handlers.get(request.task_type)
-            await self._insert_row()
             if handler is None:
                 message = f"no handler registered for task type {request.task_type!r}"
                 await self._fail(message, policy.UNKNOWN_TASK_TYPE, final=True)
             return await self._run_handler(handler, config)
 
-    async def _run_handler(self, handler: TaskHandler, config: dict[str, Any]) -> TaskRunResult:
+    async def _run_handler(self, handler: TaskHandler, config: dict[str, Any]) -> AttemptResult:
         request = self.request
         assert self.execution_id is not None
         context = TaskContext(
@@ -142,61 +167,67 @@ class _Attempt:
             task_id=request.task_id,
             task_type=request.task_type,
             config=config,
-            due_at=request.fire_at,
-            attempt=self.attempt,
+            due_at=request.due_at,
+            attempt=request.attempt,
             execution_id=self.execution_id,
             extra={"rate_limit_endpoint": request.rate_limit_endpoint, "plan_tier": request.plan_tier},
         )
+        self.watchdog.phase(timedelta(seconds=request.timeout_seconds) + BOOKKEEPING_DEADLINE)
         try:
             result_data = await asyncio.wait_for(handler.run(context), timeout=request.timeout_seconds)
         except RateLimitedError as error:
-            await self._finish("skipped", f"rate limited, postponed until the window resets: {error}")
+            self.watchdog.phase(BOOKKEEPING_DEADLINE)
+            await self._close("skipped", f"rate limited, postponed until the window resets: {error}")
             return self._result("postponed", postponed_until=error.reset_at, reason=str(error))
         except NonRetryableTaskError as error:
             await self._fail(f"{type(error).__name__}: {error}", policy.NON_RETRYABLE_TASK_ERROR, final=True)
-        except asyncio.CancelledError:
-            await self._record_cancellation()
-            raise
         except TimeoutError:
-            await self._fail(f"timed out after {request.timeout_seconds} s", "TaskTimeout", self.last_attempt)
+            await self._fail(f"timed out after {request.timeout_seconds} s", "TaskTimeout", request.final)
+        except asyncio.CancelledError:
+            raise
         except Exception as error:
-            await self._fail(f"{type(error).__name__}: {error}", "TaskError", self.last_attempt)
+            await self._fail(f"{type(error).__name__}: {error}", "TaskError", request.final)
+        self.watchdog.phase(BOOKKEEPING_DEADLINE)
         finished = self.clock.now()
         await self.pool.execute(
-            """
+            f"""
             WITH done AS (
                 UPDATE bot_task_executions
-                SET status = 'completed', completed_at = $2, duration_ms = $3, result_data = $4
-                WHERE id = $1
+                SET status = 'completed', completed_at = $5, duration_ms = $6, result_data = $7
+                WHERE id = $8
             )
             UPDATE bot_task_definitions
-            SET last_successful_run_at = $2, next_planned_run_at = $5, consecutive_failures = 0
-            WHERE id = $6
+            SET last_successful_run_at = $5, consecutive_failures = 0, {SET_NEXT_PLANNED}
+            WHERE id = $1 AND bot_id = $2
             """,
-            self.execution_id,
+            request.task_id,
+            request.bot_id,
+            request.next_planned_run_at,
+            request.schedule_version,
             finished,
             self._duration_ms(),
             result_data or {},
-            request.next_planned_run_at,
-            request.task_id,
+            self.execution_id,
         )
         return self._result("completed", last_success_at=finished, finished_at=finished)
 
     # --------------------------------------------------------------------------- outcomes
 
-    def _result(self, outcome: str, **fields: Any) -> TaskRunResult:
+    def _result(self, outcome: AttemptOutcome, **fields: Any) -> AttemptResult:
         fields.setdefault("finished_at", self.clock.now())
-        return TaskRunResult(outcome=outcome, execution_id=self.execution_id, attempt=self.attempt, **fields)
+        return AttemptResult(outcome=outcome, execution_id=self.execution_id, **fields)
 
     def _duration_ms(self) -> int:
         return max(0, int((time.monotonic() - self.started_monotonic) * 1000))
 
-    async def _finish(self, status: str, error: str | None) -> None:
+    async def _close(self, status: str, error: str | None) -> None:
+        if self.execution_id is None:
+            return
         await self.pool.execute(
             """
             UPDATE bot_task_executions
             SET status = $2, completed_at = $3, duration_ms = $4, error_message = $5
-            WHERE id = $1
+            WHERE id = $1 AND status IN ('started', 'waiting_lock')
             """,
             self.execution_id,
             status,
@@ -206,58 +237,66 @@ class _Attempt:
         )
 
     async def _fail(self, error: str, error_type: str, final: bool) -> NoReturn:
-        """Record the failed attempt and end it with an ApplicationError carrying the details."""
-        non_retryable = error_type in policy.NON_RETRYABLE_ERROR_TYPES
-        final = final or non_retryable
-        await self._finish("failed" if final else "retrying", error)
-        failure = TaskFailure(
-            execution_id=self.execution_id, attempt=self.attempt, final=final, error=clip(error, 500)
-        )
+        """Record the failed attempt and end it with an ApplicationError carrying the result."""
+        self.watchdog.phase(BOOKKEEPING_DEADLINE)
+        final = final or error_type in policy.NON_RETRYABLE_ERROR_TYPES
+        await self._close("failed" if final else "retrying", error)
+        result = self._result("failed", reason=clip(error, 500), final=final)
         if final:
+            request = self.request
             async with self.pool.acquire() as db:
-                counted = await count_final_failure(
+                result = await count_final_failure(
                     db,
-                    self.request.bot_id,
-                    self.request.task_id,
-                    self.request.next_planned_run_at,
+                    request.bot_id,
+                    request.task_id,
+                    request.execution_key,
+                    request.next_planned_run_at,
+                    request.schedule_version,
                     self.execution_id,
                     error,
                 )
-            failure.consecutive_failures = counted.consecutive_failures
-            failure.deactivated = counted.deactivated
-            failure.log_id = counted.log_id
-        else:
-            await self._report("retrying", error=clip(error, 300))
+        # Never retried by Temporal: the workflow decides, from the result in the details.
         raise ApplicationError(
-            clip(error, 500), failure.model_dump(mode="json"), type=error_type, non_retryable=non_retryable
+            clip(error, 500), result.model_dump(mode="json"), type=error_type, non_retryable=True
         )
-
-    async def _record_cancellation(self) -> None:
-        details = activity.cancellation_details()
-        if details is not None and (details.worker_shutdown or details.timed_out):
-            cause = "the worker shut down" if details.worker_shutdown else "the attempt timed out"
-            status = "failed" if self.last_attempt else "retrying"
-            await self._finish(status, f"interrupted: {cause}")
-        else:
-            await self._finish("cancelled", "cancelled: the scheduler was stopped or the task removed")
 
     # ---------------------------------------------------------------------- preparations
 
-    async def _close_earlier_attempts(self) -> None:
-        """Earlier attempts of this activity can no longer run: Temporal started this one."""
-        closed = await self.pool.execute(
+    async def _open_row(self) -> dict[str, Any] | None:
+        """The definition's config (None when it has gone) and the attempt's row, in one statement."""
+        request = self.request
+        row = await self.pool.fetchrow(
             """
-            UPDATE bot_task_executions
-            SET status = 'failed', completed_at = now(), error_message = $3
-            WHERE starts_with(execution_key, $1) AND status = 'started' AND attempt_number < $2
+            WITH definition AS (
+                SELECT id, config FROM bot_task_definitions
+                WHERE id = $2 AND bot_id = $1 AND is_active
+            ), attempt AS (
+                INSERT INTO bot_task_executions
+                    (bot_id, task_definition_id, task_type, status, due_at, started_at, attempt_number,
+                     worker_id, execution_key)
+                SELECT $1, d.id, $3, 'started', $4, $5, $6, $7, $8
+                FROM (SELECT $2::bigint) AS given(task_id)
+                LEFT JOIN bot_task_definitions d ON d.id = given.task_id
+                ON CONFLICT (execution_key) DO UPDATE SET worker_id = EXCLUDED.worker_id
+                RETURNING id
+            )
+            SELECT (SELECT id FROM attempt) AS execution_id, (SELECT config FROM definition) AS config
             """,
-            self.key_prefix,
-            self.attempt,
-            f"worker lost during this attempt; attempt {self.attempt} replaced it",
+            request.bot_id,
+            request.task_id,
+            request.task_type,
+            request.due_at,
+            max(request.fire_at, self.clock.now()),
+            request.attempt,
+            self.runner.identity,
+            request.execution_key,
         )
-        log.debug("closed earlier attempts: %s", closed)
+        assert row is not None
+        self.execution_id = row["execution_id"]
+        config: dict[str, Any] | None = row["config"]
+        return config
 
-    async def _rate_limit_gate(self) -> TaskRunResult | None:
+    async def _rate_limit_gate(self) -> AttemptResult | None:
         """Postpone (not fail) a task whose endpoint has less headroom than it needs."""
         request = self.request
         if not request.rate_limit_endpoint or request.min_rate_limit_remaining <= 0:
@@ -277,7 +316,6 @@ class _Attempt:
                     f"min_rate_limit_remaining {request.min_rate_limit_remaining} exceeds the "
                     f"{request.plan_tier} plan's limit of {room.limit} for {room.endpoint}"
                 )
-                await self._insert_row()
                 await self._fail(message, policy.NON_RETRYABLE_TASK_ERROR, final=True)
             wait = room.reset_at - self.clock.now()
             if wait <= WAIT_OUT_RESET:
@@ -287,58 +325,34 @@ class _Attempt:
                 f"{room.endpoint}: {room.remaining} request(s) left, task needs "
                 f"{request.min_rate_limit_remaining}; postponed until {room.reset_at.isoformat()}"
             )
-            await self._insert_row(status="skipped", error=reason, remaining=room.remaining)
+            await self.pool.execute(
+                "UPDATE bot_task_executions SET rate_limit_remaining = $2 WHERE id = $1",
+                self.execution_id,
+                room.remaining,
+            )
+            await self._close("skipped", reason)
             return self._result("postponed", postponed_until=room.reset_at, reason=reason)
 
-    async def _insert_row(
-        self, status: str = "started", error: str | None = None, remaining: int | None = None
-    ) -> None:
-        self.started_monotonic = time.monotonic()
-        now = self.clock.now()
-        self.execution_id = await self.pool.fetchval(
-            """
-            INSERT INTO bot_task_executions
-                (bot_id, task_definition_id, task_type, status, due_at, started_at, attempt_number,
-                 worker_id, execution_key, rate_limit_remaining, error_message, completed_at, duration_ms)
-            VALUES ($1, $2, $3, $4::text, $5, $6::timestamptz, $7, $8, $9, $10, $11,
-                    CASE WHEN $4::text = 'started' THEN NULL ELSE $6::timestamptz END,
-                    CASE WHEN $4::text = 'started' THEN NULL ELSE 0 END)
-            ON CONFLICT (execution_key) DO UPDATE
-            SET status = EXCLUDED.status, started_at = EXCLUDED.started_at, error_message = EXCLUDED.error_message
-            RETURNING id
-            """,
-            self.request.bot_id,
-            self.request.task_id,
-            self.request.task_type,
-            status,
-            self.request.fire_at,
-            now,
-            self.attempt,
-            self.runner.identity,
-            f"{self.key_prefix}{self.attempt}",
-            remaining,
-            error,
-        )
-
     @asynccontextmanager
-    async def _locks(self) -> AsyncIterator[None]:
-        """Hold the bot lock (exclusive tasks during retries) and the task's lock key, if any."""
-        request = self.request
-        wanted: list[tuple[int, str, str]] = []
-        if not request.allow_overlap and (request.bot_lock or self.attempt > 1):
-            wanted.append((BOT_LOCK_NAMESPACE, request.bot_id, "the bot's running task"))
-        if request.lock_key:
-            wanted.append((KEY_LOCK_NAMESPACE, request.lock_key, f"lock key {request.lock_key!r}"))
-        if not wanted:
+    async def _lock(self) -> AsyncIterator[None]:
+        """Hold the task's lock key, if any, on a connection of the lock pool.
+
+        The wait is visible (`waiting_lock` in the row and in status), bounded by the task's own
+        timeout through the session's `lock_timeout`, and a wait that runs out fails the attempt
+        (which then retries like any failure) with its row saying why.
+        """
+        key = self.request.lock_key
+        if not key:
             yield
             return
-        async with self.pool.acquire() as connection:
+        timeout = timedelta(seconds=self.request.timeout_seconds)
+        self.watchdog.phase(BOOKKEEPING_DEADLINE)
+        async with self.runner.lock_pool.acquire(timeout=BOOKKEEPING_DEADLINE.total_seconds()) as connection:
             try:
-                for namespace, name, label in wanted:
-                    if not await connection.fetchval(TRY_LOCK, namespace, name):
-                        await self._report("waiting_lock", error=f"waiting for {label}")
-                        await connection.execute(LOCK, namespace, name)
-                        await self._report("running")
+                if not await connection.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", KEY_LOCK_NAMESPACE, key
+                ):
+                    await self._wait_for_lock(connection, key, timeout)
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
                 connection.terminate()
@@ -351,12 +365,48 @@ class _Attempt:
                 except Exception:
                     connection.terminate()
 
+    async def _wait_for_lock(self, connection: asyncpg.Connection, key: str, timeout: timedelta) -> None:
+        reason = f"waiting for lock key {key!r}"
+        await self.pool.execute(
+            "UPDATE bot_task_executions SET status = 'waiting_lock', error_message = $2"
+            " WHERE id = $1 AND status = 'started'",
+            self.execution_id,
+            reason,
+        )
+        await self._report("waiting_lock", reason)
+        self.watchdog.phase(timeout + BOOKKEEPING_DEADLINE)
+        try:
+            await connection.execute(f"SET lock_timeout = {int(timeout.total_seconds() * 1000)}")
+            await connection.execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))",
+                KEY_LOCK_NAMESPACE,
+                key,
+                timeout=timeout.total_seconds() + 10,
+            )
+            await connection.execute("SET lock_timeout = 0")
+        except asyncpg.exceptions.LockNotAvailableError:
+            await connection.execute("SET lock_timeout = 0")
+            await self._fail(
+                f"lock key {key!r} not acquired within the task's timeout of {self.request.timeout_seconds} s",
+                "LockTimeout",
+                self.request.final,
+            )
+        self.watchdog.phase(BOOKKEEPING_DEADLINE)
+        await self.pool.execute(
+            "UPDATE bot_task_executions SET status = 'started', error_message = NULL, started_at = $2"
+            " WHERE id = $1 AND status = 'waiting_lock'",
+            self.execution_id,
+            self.clock.now(),
+        )
+        await self._report("running")
+
     async def _report(self, state: str, error: str | None = None) -> None:
-        """Tell the workflow (best effort) that this attempt waits for a lock, runs, or backs off."""
+        """Tell the workflow (best effort) that this attempt waits for a lock, or runs again."""
         progress = TaskProgress(
             task_id=self.request.task_id,
+            execution_key=self.request.execution_key,
             activity_id=self.info.activity_id,
-            attempt=self.attempt,
+            attempt=self.request.attempt,
             state=state,
             error=error,
         )

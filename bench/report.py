@@ -29,7 +29,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_DOCS_PATH = BENCH_DIR.parent / "docs" / "benchmarks.md"
 ANALYSIS_PATH = BENCH_DIR / "analysis.md"
-SCENARIO_ORDER = ("precision", "throughput", "idle", "history", "api_feed")
+SCENARIO_ORDER = ("precision", "throughput", "idle", "history", "api_feed", "crash_recovery")
 
 Result = dict[str, Any]
 

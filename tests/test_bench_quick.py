@@ -98,12 +98,23 @@ def _check_api_feed(result: dict[str, Any]) -> None:
         assert project[phase]["queries_per_second"] is not None
 
 
+def _check_crash_recovery(result: dict[str, Any]) -> None:
+    if not _project_ready():
+        return
+    project = result["systems"]["project"]
+    assert project["counts"]["expected"] > 0 and project["counts"]["lost_attempts"] > 0
+    assert project["killed_bots_recovery"]["count"] > 0 and "max_s" in project["killed_bots_recovery"]
+    assert {"without_row", "lost_rerun", "attempts_completed_twice"} <= project["counts"].keys()
+    assert result["goals"][0]["value"] is not None
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "precision": _check_precision,
     "throughput": _check_throughput,
     "idle": _check_idle,
     "history": _check_history,
     "api_feed": _check_api_feed,
+    "crash_recovery": _check_crash_recovery,
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workflows import policy
 from workflows.models import TaskPlan
@@ -168,23 +170,29 @@ class TestDependencies:
 
 
 class TestRetries:
-    def test_retry_policy_from_definition(self) -> None:
-        task = plan(
-            max_retries=4, retry_delay_minutes=2, retry_backoff_coefficient=3, max_retry_delay_minutes=30
-        )
-        retry = policy.retry_policy(task)
-        assert retry.initial_interval == timedelta(minutes=2)
-        assert retry.backoff_coefficient == 3
-        assert retry.maximum_interval == timedelta(minutes=30)
-        assert retry.maximum_attempts == 5
-        assert "NonRetryableTaskError" in (retry.non_retryable_error_types or [])
+    def test_retry_budget_from_definition(self) -> None:
+        task = plan(max_retries=4)
+        assert [policy.is_final_failure(task, failures) for failures in range(1, 7)] == [
+            False,
+            False,
+            False,
+            False,
+            True,
+            True,
+        ]
 
-    def test_no_retries_means_one_attempt(self) -> None:
-        assert policy.retry_policy(plan(max_retries=0)).maximum_attempts == 1
+    def test_no_retries_means_the_first_failure_is_final(self) -> None:
+        assert policy.is_final_failure(plan(max_retries=0), 1)
 
     def test_cap_never_below_first_delay(self) -> None:
         task = plan(retry_delay_minutes=10, max_retry_delay_minutes=1)
-        assert policy.retry_policy(task).maximum_interval == timedelta(minutes=10)
+        assert policy.retry_delay(task, 3) == timedelta(minutes=10)
+
+    def test_lost_attempts_start_again_at_once_then_back_off_a_little(self) -> None:
+        delays = [policy.loss_delay(losses) for losses in range(1, 9)]
+        assert delays[0] == timedelta(0)
+        assert delays == sorted(delays)
+        assert max(delays) <= policy.MAX_LOSS_DELAY
 
     def test_delays_grow_then_cap(self) -> None:
         task = plan(retry_delay_minutes=1, retry_backoff_coefficient=2, max_retry_delay_minutes=5)
@@ -198,3 +206,50 @@ class TestRetries:
     def test_start_to_close_covers_handler_timeout_and_lock_wait(self) -> None:
         timeout = policy.start_to_close(plan(timeout_seconds=30), timedelta(seconds=1))
         assert timeout > timedelta(seconds=61)
+
+
+class TestCronDeterminism:
+    @pytest.mark.parametrize(
+        "expression", ["R * * * *", "0 R * * *", "r * * * *", "R/5 * * * *", "H * * * *", "H(0-29) * * * *"]
+    )
+    def test_random_and_hashed_fields_are_refused(self, expression: str) -> None:
+        problem = policy.cron_problem(expression)
+        assert problem is not None and "random" in problem
+
+    @pytest.mark.parametrize("expression", ["*/5 * * * *", "0 9 * * MON-FRI", "0 0 * MAR,APR THU", "@hourly"])
+    def test_ordinary_expressions_pass(self, expression: str) -> None:
+        assert policy.cron_problem(expression) is None
+
+    def test_garbage_is_invalid(self) -> None:
+        assert "invalid" in (policy.cron_problem("61 * * * *") or "")
+
+
+class TestSkippedBetween:
+    @given(
+        interval_s=st.integers(min_value=1, max_value=3600),
+        late_s=st.integers(min_value=0, max_value=10 * 3600),
+        limit=st.integers(min_value=1, max_value=60),
+    )
+    def test_interval_occurrences_jumped_over_are_listed_in_order(
+        self, interval_s: int, late_s: int, limit: int
+    ) -> None:
+        schedule = policy.Schedule(interval=timedelta(seconds=interval_s))
+        now = T0 + timedelta(seconds=late_s)
+        following = policy.advance(schedule, T0, now)
+        jumped = policy.skipped_between(schedule, T0, following, limit)
+        assert schedule.interval is not None
+        expected, due = [], T0 + schedule.interval
+        while due < following and len(expected) < limit:
+            expected.append(due)
+            due += schedule.interval
+        assert jumped == expected
+        assert all(T0 < due <= now for due in jumped)
+
+    def test_cron_occurrences_jumped_over(self) -> None:
+        schedule = policy.Schedule(cron="*/15 * * * *")
+        nominal = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+        following = policy.advance(schedule, nominal, nominal + timedelta(minutes=50))
+        assert following == datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
+        assert policy.skipped_between(schedule, nominal, following, 10) == [
+            datetime(2026, 1, 1, 0, minute, tzinfo=UTC) for minute in (15, 30, 45)
+        ]

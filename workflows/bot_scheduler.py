@@ -1,35 +1,45 @@
 """BotScheduler: one long-lived workflow per bot (workflow ID = bot ID).
 
-It sleeps on one durable timer until the earliest due task (a little early: the task runner waits
-for the exact instant), runs due tasks as activities in priority order, and wakes early when a
-signal changes the plan. Each task's activity runs as its own asyncio task, so a task waiting in
-Temporal's retry backoff never holds up the bot's other tasks.
+It sleeps on one durable timer until the earliest due task or retry (a little early: the task
+runner waits for the exact instant), runs due tasks in priority order, and wakes early when a
+signal changes the plan.
 
-"No overlap" applies to attempts that are actually executing: the workflow starts one exclusive
-task at a time and starts the next when that one finishes or reports (signal `task_progress`) that
-it is backing off; the task runner additionally holds a per-bot PostgreSQL advisory lock while an
-exclusive attempt runs, so a retry that Temporal starts later cannot overlap another task either.
+Core v2: the workflow owns every attempt. An attempt is one activity that Temporal never retries;
+the backoff between attempts is a durable timer here, so the workflow always knows whether a run
+is executing, waiting for a lock or waiting to retry, and can carry a waiting run across
+continue-as-new. An attempt lost with its worker (heartbeat timeout, worker shutdown) starts again
+at once and does not count as a failure. A run carries the definition it started with, so a
+definition deleted or edited meanwhile can never make this code look up something that has gone.
+"No overlap" is enforced here: an exclusive attempt starts only while no other exclusive attempt
+of the bot executes.
+
+Runs that began before core v2 have no `core-v2` marker in their history; they replay and go on
+with `workflows.legacy_v1` until they continue as new.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from workflows import policy
+    from workflows.legacy_v1.bot_scheduler import LegacySchedulerV1
+    from workflows.legacy_v1.models import SchedulerInput as LegacyInput
+    from workflows.legacy_v1.models import TaskIdArg as LegacyTaskId
+    from workflows.legacy_v1.models import TaskProgress as LegacyProgress
     from workflows.models import (
         ACTIVITY_LOAD_PLAN,
-        ACTIVITY_RECORD_SKIPPED,
-        ACTIVITY_RUN_TASK,
+        ACTIVITY_RECORD_SKIP,
+        ACTIVITY_RUN_ATTEMPT,
         ACTIVITY_SET_PAUSED,
-        ACTIVITY_SETTLE_LOST_RUN,
+        ACTIVITY_SETTLE_ATTEMPT,
+        PATCH_CORE_V2,
         QUERY_STATUS,
         SIGNAL_PAUSE_TASK,
         SIGNAL_RELOAD_TASKS,
@@ -39,73 +49,78 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_STOP,
         SIGNAL_TASK_PROGRESS,
         WORKFLOW_NAME,
+        AttemptRequest,
+        AttemptResult,
         BotPlan,
         LoadPlanInput,
-        LostRunInput,
-        RunTrigger,
+        RunState,
         SchedulerCarry,
         SchedulerInput,
         SchedulerStatus,
         SetPausedInput,
-        SettleResult,
-        SkipRunInput,
-        TaskFailure,
+        SettleAttemptInput,
+        SkipInput,
         TaskIdArg,
-        TaskPlan,
         TaskProgress,
-        TaskRunRequest,
-        TaskRunResult,
     )
-    from workflows.scheduler_state import SchedulerState, Skip
+    from workflows.scheduler_state import (
+        REASON_BOT_DELETED,
+        REASON_MISSED,
+        REASON_REMOVED,
+        REASON_STOPPED,
+        SchedulerState,
+        Skip,
+    )
+
+# Bookkeeping activities are idempotent, so they are retried until they land.
+BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+# Each attempt runs once: the workflow decides what happens after it.
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# A timer this close to firing is never cancelled (see `_set_alarm`).
+IMMINENT = timedelta(seconds=5)
 
 
 async def bookkeeping(name: str, arg: Any, result_type: type | None, summary: str) -> Any:
-    """A small database activity (plan load, skipped row, pause flag): retried until it lands."""
+    """A small idempotent database activity (plan load, skipped row, settling an attempt)."""
     return await workflow.execute_activity(
         name,
         arg,
         result_type=result_type,
         summary=summary,
         start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+        retry_policy=BOOKKEEPING_RETRY,
     )
-
-
-# A timer this close to firing is never cancelled (see `_set_alarm`).
-IMMINENT = timedelta(seconds=5)
-
-
-@dataclass
-class ActiveRun:
-    """One task's activity in flight (including Temporal's retry backoff)."""
-
-    task_id: int
-    activity_id: str
-    request: TaskRunRequest
-    phase: str = "running"  # running | retrying | waiting_lock
-    reason: str | None = None
-    handle: workflow.ActivityHandle[TaskRunResult] | None = None
 
 
 @workflow.defn(name=WORKFLOW_NAME)
 class BotScheduler:
     @workflow.init
     def __init__(self, input: SchedulerInput) -> None:
+        # A history without the marker was written by the pre-v2 code: replay it with that code.
+        self.legacy: LegacySchedulerV1 | None = None
+        if not workflow.patched(PATCH_CORE_V2):
+            self.legacy = LegacySchedulerV1(LegacyInput.model_validate(input.model_dump(mode="json")))
         carry = input.carry or SchedulerCarry()
         self.state = SchedulerState(input.bot_id, input.options, carry)
-        self.active: dict[int, ActiveRun] = {}
+        self.handles: dict[str, workflow.ActivityHandle[AttemptResult]] = {}
         self.side_jobs: set[asyncio.Task[None]] = set()
         self.paused_writes: list[SetPausedInput] = []
         self.wake = False
         self.alarms: dict[datetime, asyncio.Task[None]] = {}
         self.alarm_at: datetime | None = None
-        self.activity_seq = 0
 
     # ----------------------------------------------------------------------------- main loop
 
     @workflow.run
     async def run(self, input: SchedulerInput) -> None:
+        if self.legacy is not None:
+            await self.legacy.run(LegacyInput.model_validate(input.model_dump(mode="json")))
+            return
         state = self.state
+        if state.chain_id is None:
+            state.chain_id = str(workflow.uuid4())[:8]
+        if state.running and state.running_since is None:
+            state.running_since = workflow.now()
         while True:
             # Cleared before the work, not after it: a signal that lands while the plan loads
             # must wake the next wait at once.
@@ -115,7 +130,8 @@ class BotScheduler:
             self._start_side_jobs()
             now = workflow.now()
             # Start/stop is told before the executions it lets start (the feed's order).
-            state.announce(now, set(self.active))
+            state.announce(now)
+            self._close_cancelled_runs()
             if state.running and not self._draining():
                 self._dispatch(now)
             self._set_alarm(now)
@@ -136,160 +152,215 @@ class BotScheduler:
         plan: BotPlan = await bookkeeping(ACTIVITY_LOAD_PLAN, request, BotPlan, "load task definitions")
         if not plan.exists:
             state.emit_log(workflow.now(), "warn", "bot no longer exists; scheduler exits")
-            for run in self.active.values():
-                self._cancel(run)
-            await workflow.wait_condition(lambda: not self.active and not self.side_jobs)
+            for run in list(state.runs.values()):
+                state.cancel_run(run, REASON_BOT_DELETED)
+                self._cancel_attempt(run)
+            await workflow.wait_condition(lambda: not self.handles and not self.side_jobs)
             return False
         removed = state.merge_plan(plan, workflow.now(), workflow.random(), asked_before)
         for task_id in removed:
-            if task_id in self.active:
-                self._cancel(self.active[task_id])
+            orphan = state.runs.get(task_id)
+            if orphan is not None:
+                state.cancel_run(orphan, REASON_REMOVED)
+                self._cancel_attempt(orphan)
         return True
+
+    def _in_flight(self) -> int:
+        return len(self.handles)
 
     def _draining(self) -> bool:
         return workflow.info().get_current_history_length() >= self.state.options.drain_after_events
 
     def _should_continue_as_new(self) -> bool:
+        """Past the history budget, with no attempt in flight (waiting runs are carried)."""
         info = workflow.info()
         wanted = (
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self.state.options.continue_after_events
         )
-        idle = not self.active and not self.side_jobs and not self.paused_writes
-        return wanted and idle and not self.state.reload_requested
+        idle = not self.handles and not self.side_jobs and not self.paused_writes
+        cancelling = any(run.cancel_reason for run in self.state.runs.values())
+        return wanted and idle and not cancelling and not self.state.reload_requested
 
     # ------------------------------------------------------------------------------ dispatch
 
     def _dispatch(self, now: datetime) -> None:
         state = self.state
         horizon = now + state.early_wake
-        busy = {task_id: run.phase for task_id, run in self.active.items()}
+        busy = {task_id: run.phase for task_id, run in state.runs.items()}
         decision = state.plan_dispatch(now, horizon, busy)
         for skip in decision.skips:
             self._skip(skip, now)
-        exclusive_busy = any(
-            phase != "retrying" and not state.task(task_id).allow_overlap for task_id, phase in busy.items()
-        )
-        for start in decision.starts:
-            if start.task.allow_overlap:
-                self._start(start.task, start.trigger, now)
-            elif not exclusive_busy:
-                self._start(start.task, start.trigger, now)
+        exclusive_busy = self._exclusive_executing()
+        # Runs waiting to retry whose time has come go first: they were due before anything new.
+        for run in sorted(state.runs.values(), key=lambda r: (r.retry_at or now, -r.task.priority)):
+            if run.in_flight or run.cancel_reason or run.retry_at is None or run.retry_at > horizon:
+                continue
+            if not run.task.allow_overlap:
+                if exclusive_busy:
+                    run.reason = "waiting for the bot's running task to finish"
+                    continue
                 exclusive_busy = True
-            else:
-                state.reasons[start.task.id] = "waiting for the bot's running task to finish"
+            self._start_attempt(run, max(run.retry_at, now), now)
+        for start in decision.starts:
+            if not start.task.allow_overlap:
+                if exclusive_busy:
+                    state.reasons[start.task.id] = "waiting for the bot's running task to finish"
+                    continue
+                exclusive_busy = True
+            run = state.new_run(start.task, start.trigger, now, workflow.random())
+            state.emit_entity(now, "task_execution", "started", None, start.task.id)
+            self._start_attempt(run, run.fire_at, now)
+        self._record_missed(now)
 
-    def _start(self, task: TaskPlan, trigger: RunTrigger, now: datetime) -> None:
-        state = self.state
-        runtime = state.runtime(task.id)
-        fire_at = now if trigger == "dependency" else state.due_instant(runtime)
-        # A scheduled run uses up its occurrence; on-demand runs leave the schedule as it was.
-        next_planned = (
-            policy.advance(policy.schedule_of(task), runtime.nominal_due_at, max(now, fire_at))
-            if trigger == "schedule"
-            else runtime.nominal_due_at
-        )
-        runtime.requested_at = None
-        self.activity_seq += 1
-        activity_id = f"task-{task.id}-{state.generation}-{self.activity_seq}"
-        request = TaskRunRequest(
-            bot_id=state.bot_id,
-            task_id=task.id,
-            task_type=task.task_type,
-            trigger=trigger,
-            fire_at=fire_at,
-            dispatched_at=now,
-            next_planned_run_at=next_planned,
-            plan_tier=state.plan_tier,
-            lock_key=task.lock_key,
-            allow_overlap=task.allow_overlap,
-            bot_lock=not task.allow_overlap and self._exclusive_retrying(),
-            rate_limit_endpoint=task.rate_limit_endpoint,
-            min_rate_limit_remaining=task.min_rate_limit_remaining,
-            timeout_seconds=task.timeout_seconds,
-            max_attempts=task.max_retries + 1,
-        )
-        run = ActiveRun(task.id, activity_id, request)
-        run.handle = workflow.start_activity(
-            ACTIVITY_RUN_TASK,
+    def _record_missed(self, now: datetime) -> None:
+        """One `skipped` row per occurrence jumped over, written by one activity per task."""
+        missed, self.state.missed = self.state.missed, []
+        for task, due_ats in missed:
+            rt = self.state.tasks.get(task.id)
+            request = SkipInput(
+                bot_id=self.state.bot_id,
+                task_id=task.id,
+                task_type=task.task_type,
+                execution_key=self.state.next_skip_key(),
+                due_at=due_ats[0],
+                reason=REASON_MISSED,
+                schedule_version=rt.schedule_version if rt is not None else 0,
+                more_due_at=due_ats[1:],
+            )
+            self._spawn(self._record_skipped(request))
+
+    def _exclusive_executing(self) -> bool:
+        return any(run.in_flight and not run.task.allow_overlap for run in self.state.runs.values())
+
+    def _start_attempt(self, run: RunState, fire_at: datetime, now: datetime) -> None:
+        request = self.state.attempt_request(run, fire_at, now)
+        handle = workflow.start_activity(
+            ACTIVITY_RUN_ATTEMPT,
             request,
-            result_type=TaskRunResult,
-            activity_id=activity_id,
-            start_to_close_timeout=policy.start_to_close(task, state.early_wake),
-            heartbeat_timeout=timedelta(seconds=state.options.heartbeat_timeout_seconds),
-            retry_policy=policy.retry_policy(task),
+            result_type=AttemptResult,
+            activity_id=request.execution_key,
+            start_to_close_timeout=policy.start_to_close(run.task, self.state.early_wake),
+            heartbeat_timeout=timedelta(seconds=self.state.options.heartbeat_timeout_seconds),
+            retry_policy=ONE_ATTEMPT,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{task.label} ({trigger})",
+            summary=f"{run.task.label} ({run.trigger}, attempt {run.attempt})",
         )
-        self.active[task.id] = run
-        state.reasons.pop(task.id, None)
-        state.emit_entity(now, "task_execution", "started", None, task.id)
-        job = asyncio.create_task(self._await_run(task, run))
-        self.side_jobs.add(job)
-        job.add_done_callback(self._job_done)
+        self.handles[request.execution_key] = handle
+        self._spawn(self._await_attempt(run, request, handle))
 
-    def _exclusive_retrying(self) -> bool:
-        """Whether an exclusive task is in a retry cycle: its next attempt may start at any time."""
-        return any(
-            run.phase == "retrying" and not self.state.task(task_id).allow_overlap
-            for task_id, run in self.active.items()
-        )
-
-    async def _await_run(self, task: TaskPlan, run: ActiveRun) -> None:
-        assert run.handle is not None
+    async def _await_attempt(
+        self, run: RunState, request: AttemptRequest, handle: workflow.ActivityHandle[AttemptResult]
+    ) -> None:
         try:
-            result = await run.handle
+            result = await handle
         except ActivityError as error:
-            self._on_failure(task, run, error)
+            result = await self._unreported(run, request, error)
         except asyncio.CancelledError:
-            self.state.on_cancelled(task.id, workflow.now())
-        else:
-            self._on_result(task, run, result)
+            result = await self._settle(run, request, "cancelled", run.cancel_reason or REASON_STOPPED)
         finally:
-            self.active.pop(task.id, None)
+            self.handles.pop(request.execution_key, None)
+        if run.cancel_reason and result.outcome == "failed" and not result.final:
+            # Failed while being cancelled: there is no retry to wait for.
+            result = await self._settle(run, request, "cancelled", run.cancel_reason)
+        self.state.on_attempt_result(run, result, workflow.now())
 
-    def _on_result(self, task: TaskPlan, run: ActiveRun, result: TaskRunResult) -> None:
-        state, now = self.state, workflow.now()
-        if result.outcome == "gone":
-            state.forget(task.id)
-            state.reload_requested = True
-        elif result.outcome == "postponed":
-            state.on_postponed(task.id, run.request, result, now)
-        else:
-            state.on_completed(task.id, run.request, result, now, workflow.random())
-
-    def _on_failure(self, task: TaskPlan, run: ActiveRun, error: ActivityError) -> None:
-        state, now = self.state, workflow.now()
+    async def _unreported(
+        self, run: RunState, request: AttemptRequest, error: ActivityError
+    ) -> AttemptResult:
+        """An attempt that ended without a result: the runner's failure, a timeout or a cancel."""
         cause = error.cause
-        if isinstance(cause, CancelledError):
-            state.on_cancelled(task.id, now)
-            return
-        failure = _task_failure(cause)
-        if failure is not None and failure.final:
-            state.on_failed(task.id, run.request, failure, now, workflow.random())
-            return
-        # The runner did not settle this run: its worker vanished, the attempt timed out, or the
-        # runner failed unexpectedly. Close its rows and count the failure from here.
-        reason = failure.error if failure is not None else f"attempt lost without a result: {cause or error}"
-        state.on_failed(task.id, run.request, TaskFailure(final=True, error=reason), now, workflow.random())
-        execution_id = failure.execution_id if failure is not None else None
-        self._spawn(self._settle_lost_run(task.id, run.request, reason, execution_id))
+        if isinstance(cause, ApplicationError) and cause.details:
+            try:
+                return AttemptResult.model_validate(cause.details[0])
+            except ValueError:
+                pass
+        if run.cancel_reason is not None or isinstance(cause, CancelledError):
+            return await self._settle(run, request, "cancelled", run.cancel_reason or REASON_STOPPED)
+        if isinstance(cause, TimeoutError):
+            reason = "worker lost: the attempt stopped heartbeating"
+        elif isinstance(cause, ApplicationError) and cause.type == policy.ATTEMPT_LOST:
+            reason = cause.message
+        else:
+            # The runner itself failed (e.g. the database was unreachable): not the handler's fault.
+            reason = f"the attempt could not run: {cause or error}"
+        if run.losses + 1 < policy.LOSSES_PER_FAILURE:
+            return await self._settle(run, request, "lost", reason)
+        # Attempts of this run keep vanishing (a handler that kills its worker): one failure.
+        final = policy.is_final_failure(run.task, run.failures + 1)
+        reason = f"{policy.LOSSES_PER_FAILURE} attempts lost in a row; last: {reason}"
+        return await self._settle(run, request, "failed" if final else "retrying", reason)
+
+    async def _settle(
+        self, run: RunState, request: AttemptRequest, status: str, reason: str
+    ) -> AttemptResult:
+        """Write (or read back) the row of an attempt that did not report, idempotently."""
+        return await self._settle_key(
+            run, request.execution_key, request.attempt, request.fire_at, status, reason
+        )
+
+    async def _settle_key(
+        self, run: RunState, execution_key: str, attempt: int, due_at: datetime, status: str, reason: str
+    ) -> AttemptResult:
+        rt = self.state.tasks.get(run.task.id)
+        settle = SettleAttemptInput(
+            bot_id=self.state.bot_id,
+            task_id=run.task.id,
+            task_type=run.task.task_type,
+            execution_key=execution_key,
+            attempt=attempt,
+            due_at=due_at,
+            status=status,
+            reason=reason,
+            next_planned_run_at=run.next_planned_run_at,
+            schedule_version=rt.schedule_version if rt is not None else 0,
+        )
+        result: AttemptResult = await bookkeeping(
+            ACTIVITY_SETTLE_ATTEMPT, settle, AttemptResult, f"settle attempt {attempt} ({status})"
+        )
+        return result
+
+    def _close_cancelled_runs(self) -> None:
+        """A run told to stop while waiting to retry ends now, its last row closed as cancelled."""
+        for run in list(self.state.runs.values()):
+            if run.cancel_reason is None or run.in_flight or run.phase == "starting":
+                continue
+            self.state.end_run(run)
+            if run.attempt == 0:
+                continue
+            self._spawn(self._close_waiting_run(run))
+
+    async def _close_waiting_run(self, run: RunState) -> None:
+        reason = run.cancel_reason or REASON_STOPPED
+        result = await self._settle_key(
+            run, run.execution_key(), run.attempt, run.fire_at, "cancelled", reason
+        )
+        self.state.emit_entity(
+            workflow.now(),
+            "task_execution",
+            "cancelled",
+            result.execution_id,
+            run.task.id,
+            reason=run.cancel_reason,
+        )
 
     def _skip(self, skip: Skip, now: datetime) -> None:
-        due_at = self.state.due_instant(self.state.runtime(skip.task.id))
-        next_planned = self.state.on_skipped(skip, now, workflow.random())
-        request = SkipRunInput(
+        due_at, next_planned = self.state.on_skipped(skip, now, workflow.random())
+        rt = self.state.tasks[skip.task.id]
+        request = SkipInput(
             bot_id=self.state.bot_id,
             task_id=skip.task.id,
             task_type=skip.task.task_type,
-            due_at=min(due_at, now),
+            execution_key=self.state.next_skip_key(),
+            due_at=due_at,
             reason=skip.reason,
-            next_planned_run_at=next_planned,
+            next_planned_run_at=next_planned if skip.consumes else None,
+            schedule_version=rt.schedule_version,
         )
         self._spawn(self._record_skipped(request))
 
-    async def _record_skipped(self, request: SkipRunInput) -> None:
-        result = await bookkeeping(ACTIVITY_RECORD_SKIPPED, request, SettleResult, "record skipped run")
+    async def _record_skipped(self, request: SkipInput) -> None:
+        result: AttemptResult = await bookkeeping(ACTIVITY_RECORD_SKIP, request, AttemptResult, "record skip")
         self.state.emit_entity(
             workflow.now(),
             "task_execution",
@@ -298,20 +369,6 @@ class BotScheduler:
             request.task_id,
             reason=request.reason,
         )
-
-    async def _settle_lost_run(
-        self, task_id: int, request: TaskRunRequest, reason: str, execution_id: int | None
-    ) -> None:
-        settle = LostRunInput(
-            bot_id=self.state.bot_id,
-            task_id=task_id,
-            keep_execution_prefixes=self._live_prefixes(),
-            reason=reason,
-            next_planned_run_at=request.next_planned_run_at,
-            execution_id=execution_id,
-        )
-        result = await bookkeeping(ACTIVITY_SETTLE_LOST_RUN, settle, SettleResult, "close lost attempt")
-        self.state.on_settled(task_id, result, workflow.now())
 
     # --------------------------------------------------------------------------- side jobs
 
@@ -327,33 +384,28 @@ class BotScheduler:
     def _start_side_jobs(self) -> None:
         writes, self.paused_writes = self.paused_writes, []
         for write in writes:
-            self._spawn(
-                bookkeeping(
-                    ACTIVITY_SET_PAUSED,
-                    write,
-                    None,
-                    f"{'pause' if write.paused else 'resume'} #{write.task_id}",
-                )
-            )
+            summary = f"{'pause' if write.paused else 'resume'} #{write.task_id}"
+            self._spawn(bookkeeping(ACTIVITY_SET_PAUSED, write, None, summary))
 
-    def _cancel(self, run: ActiveRun) -> None:
-        if run.handle is not None and not run.handle.done():
-            run.handle.cancel()
+    def _cancel_attempt(self, run: RunState) -> None:
+        handle = self.handles.get(run.execution_key())
+        if run.in_flight and handle is not None and not handle.done():
+            handle.cancel()
+        self.wake = True
 
     def _live_prefixes(self) -> list[str]:
-        info = workflow.info()
-        return [f"{info.workflow_id}/{info.run_id}/{run.activity_id}/" for run in self.active.values()]
+        return [f"{run.key}/" for run in self.state.runs.values() if run.in_flight]
 
     # ------------------------------------------------------------------------- alarm, web UI
 
     def _set_alarm(self, now: datetime) -> None:
-        """Keep a durable timer for the earliest task waiting for its time, and no other.
+        """Keep a durable timer for the earliest task or retry waiting for its time, and no other.
 
         A timer about to fire is left to fire (its wake-up is a no-op round) rather than
         cancelled: cancelling a timer that fires while the workflow task is in progress is the
         one spot where the time-skipping test server wedges (temporalio/sdk-java#3088).
         """
-        due = self.state.next_due(now, set(self.active)) if self.state.running else None
+        due = self.state.next_due(now) if self.state.running else None
         at = due - self.state.early_wake if due is not None else None
         for deadline, timer in list(self.alarms.items()):
             if deadline != at and deadline - now > IMMINENT:
@@ -370,45 +422,58 @@ class BotScheduler:
 
     def _publish(self, now: datetime) -> None:
         state = self.state
-        state.announce(now, set(self.active))
+        state.announce(now)
         updates = state.search_attribute_updates()
         if updates and state.options.search_attributes:
             workflow.upsert_search_attributes(updates)
         workflow.set_current_details(state.describe(now, self.alarm_at, self._running_labels()))
 
     def _running_labels(self) -> list[str]:
-        return [f"{self.state.task(i).label} [{run.phase}]" for i, run in self.active.items()]
+        return [f"{run.task.label} [{run.phase}]" for run in self.state.runs.values()]
 
     # ----------------------------------------------------------------------- signals, query
 
     @workflow.signal(name=SIGNAL_START)
     def start(self) -> None:
+        if self.legacy is not None:
+            return self.legacy.start()
         if self.state.start(workflow.now()):
             self.wake = True
 
     @workflow.signal(name=SIGNAL_STOP)
     def stop(self) -> None:
+        if self.legacy is not None:
+            return self.legacy.stop()
         if self.state.stop(workflow.now()):
-            for run in self.active.values():
-                self._cancel(run)
+            for run in list(self.state.runs.values()):
+                self.state.cancel_run(run, REASON_STOPPED)
+                self._cancel_attempt(run)
             self.wake = True
 
     @workflow.signal(name=SIGNAL_RELOAD_TASKS)
     def reload_tasks(self) -> None:
+        if self.legacy is not None:
+            return self.legacy.reload_tasks()
         self.state.reload_requested = True
         self.wake = True
 
     @workflow.signal(name=SIGNAL_RUN_TASK)
     def run_task(self, arg: TaskIdArg) -> None:
+        if self.legacy is not None:
+            return self.legacy.run_task(LegacyTaskId(task_id=arg.task_id))
         self.state.request_run(arg.task_id, workflow.now())
         self.wake = True
 
     @workflow.signal(name=SIGNAL_PAUSE_TASK)
     def pause_task(self, arg: TaskIdArg) -> None:
+        if self.legacy is not None:
+            return self.legacy.pause_task(LegacyTaskId(task_id=arg.task_id))
         self._set_paused(arg.task_id, True)
 
     @workflow.signal(name=SIGNAL_RESUME_TASK)
     def resume_task(self, arg: TaskIdArg) -> None:
+        if self.legacy is not None:
+            return self.legacy.resume_task(LegacyTaskId(task_id=arg.task_id))
         self._set_paused(arg.task_id, False)
 
     def _set_paused(self, task_id: int, paused: bool) -> None:
@@ -418,31 +483,15 @@ class BotScheduler:
 
     @workflow.signal(name=SIGNAL_TASK_PROGRESS)
     def task_progress(self, progress: TaskProgress) -> None:
-        run = self.active.get(progress.task_id)
-        if run is None or run.activity_id != progress.activity_id:
+        if self.legacy is not None:
+            return self.legacy.task_progress(LegacyProgress.model_validate(progress.model_dump()))
+        run = self.state.runs.get(progress.task_id)
+        if run is None or run.execution_key() != progress.execution_key:
             return  # a late report from an attempt that is over
-        run.phase = progress.state
-        run.reason = progress.error
-        if progress.state == "retrying":
-            task = self.state.task(progress.task_id)
-            retry_at = workflow.now() + policy.retry_delay(task, progress.attempt)
-            run.reason = (
-                f"attempt {progress.attempt} failed ({progress.error}); next try ~{retry_at.isoformat()}"
-            )
-            self.state.on_retrying(progress, workflow.now())
-        self.wake = True
+        self.state.on_progress(run, progress.state, progress.error)
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> SchedulerStatus:
-        phases = {task_id: (run.phase, run.reason) for task_id, run in self.active.items()}
-        return self.state.status(workflow.now(), phases)
-
-
-def _task_failure(cause: BaseException | None) -> TaskFailure | None:
-    """The runner's own account of a failed attempt, carried in the ApplicationError details."""
-    if not isinstance(cause, ApplicationError) or not cause.details:
-        return None
-    try:
-        return TaskFailure.model_validate(cause.details[0])
-    except ValueError:
-        return None
+        if self.legacy is not None:
+            return SchedulerStatus.model_validate(self.legacy.status().model_dump())
+        return self.state.status(workflow.now())

@@ -22,6 +22,10 @@ QUERY_STATUS = "status"
 WORKFLOW_NAME = "BotScheduler"
 
 TaskState = Literal["scheduled", "due", "running", "retrying", "paused", "rate_limited", "waiting_lock"]
+# An execution row's status. `lost`: the attempt's worker died; `waiting_lock`: waiting for its lock.
+ExecutionStatus = Literal[
+    "started", "waiting_lock", "retrying", "completed", "failed", "cancelled", "skipped", "lost"
+]
 EventType = Literal["scheduler_status_update", "entity_update", "log"]
 
 
@@ -63,16 +67,19 @@ class SchedulerStatus(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # Scheduler internals: the plan, activity payloads and the state carried across continue-as-new.
-# Added by the scheduler; the API only needs the models above.
+# The API only needs the models above.
 # ---------------------------------------------------------------------------------------------
 
 ACTIVITY_LOAD_PLAN = "load_bot_plan"
-ACTIVITY_RUN_TASK = "run_bot_task"
-ACTIVITY_RECORD_SKIPPED = "record_skipped_run"
 ACTIVITY_SET_PAUSED = "set_task_paused"
-ACTIVITY_SETTLE_LOST_RUN = "settle_lost_run"
-# Sent by the task runner to its own workflow: lock contention and "attempt failed, backing off".
+# Core v2: one activity per attempt (never retried by Temporal) and idempotent bookkeeping.
+ACTIVITY_RUN_ATTEMPT = "run_task_attempt"
+ACTIVITY_SETTLE_ATTEMPT = "settle_task_attempt"
+ACTIVITY_RECORD_SKIP = "record_skipped_occurrence"
+# Sent by the task runner to its own workflow: waiting for a lock, or running again after it.
 SIGNAL_TASK_PROGRESS = "task_progress"
+# Marker of the core v2 code path (`workflow.patched`); runs without it replay on `legacy_v1`.
+PATCH_CORE_V2 = "core-v2"
 
 RunTrigger = Literal["schedule", "run_task", "dependency"]
 
@@ -103,6 +110,8 @@ class TaskPlan(BaseModel):
     next_planned_run_at: datetime | None = None
     last_successful_run_at: datetime | None = None
     last_started_at: datetime | None = None
+    # Grows on every operator edit of the schedule (interval, cron, jitter, next_planned_run_at).
+    schedule_version: int = 0
 
     @property
     def label(self) -> str:
@@ -124,92 +133,130 @@ class LoadPlanInput(BaseModel):
     keep_execution_prefixes: list[str] = Field(default_factory=list)
 
 
-class TaskRunRequest(BaseModel):
-    bot_id: str
-    task_id: int
-    task_type: str
-    trigger: RunTrigger = "schedule"
-    fire_at: datetime
-    dispatched_at: datetime
-    # What the runner saves as next_planned_run_at once this run settles (success or final failure).
-    next_planned_run_at: datetime
-    plan_tier: str = "basic"
-    lock_key: str | None = None
-    allow_overlap: bool = False
-    # Also take the per-bot lock: another exclusive task of the bot is in a retry cycle.
-    bot_lock: bool = False
-    rate_limit_endpoint: str | None = None
-    min_rate_limit_remaining: int = 0
-    timeout_seconds: int = 300
-    # The retry policy's maximum_attempts: the attempt that reaches it is final (0 = unlimited).
-    max_attempts: int = 0
-
-
-class TaskRunResult(BaseModel):
-    outcome: Literal["completed", "postponed", "gone"]
-    execution_id: int | None = None
-    attempt: int = 1
-    finished_at: datetime
-    last_success_at: datetime | None = None
-    postponed_until: datetime | None = None
-    reason: str | None = None
-
-
-class TaskFailure(BaseModel):
-    """Details of the ApplicationError a task attempt ends with."""
-
-    execution_id: int | None = None
-    attempt: int = 1
-    final: bool = False
-    consecutive_failures: int = 0
-    deactivated: bool = False
-    log_id: int | None = None
-    error: str = ""
-
-
-class TaskProgress(BaseModel):
-    task_id: int
-    activity_id: str
-    attempt: int
-    state: Literal["waiting_lock", "running", "retrying"]
-    error: str | None = None
-    retry_at: datetime | None = None
-
-
-class SkipRunInput(BaseModel):
-    bot_id: str
-    task_id: int
-    task_type: str
-    due_at: datetime
-    reason: str
-    next_planned_run_at: datetime
-
-
 class SetPausedInput(BaseModel):
     bot_id: str
     task_id: int
     paused: bool
 
 
-class LostRunInput(BaseModel):
-    """An attempt whose worker vanished: close its rows and count the failure if it was final."""
+class AttemptRequest(BaseModel):
+    """One attempt of one run of a task: the activity input of `run_task_attempt`."""
 
     bot_id: str
     task_id: int
-    keep_execution_prefixes: list[str] = Field(default_factory=list)
-    reason: str
-    count_failure: bool = True
+    task_type: str
+    trigger: RunTrigger = "schedule"
+    # The execution row's key: `{bot}/{chain}/{run}/{attempt}`; one row per key, written once.
+    execution_key: str
+    attempt: int = 1
+    # When the run was due (the same for every attempt: handlers may use it as an idempotency
+    # key), and when this attempt starts.
+    due_at: datetime
+    fire_at: datetime
+    dispatched_at: datetime
+    # A failure of this attempt ends the run (the retry budget is spent): count it.
+    final: bool = False
+    # Saved as next_planned_run_at on success or final failure, unless the operator edited the
+    # schedule since (schedule_version moved on); None: leave it.
     next_planned_run_at: datetime | None = None
-    # The attempt's row when the runner recorded it as retrying but Temporal gave up after it.
-    execution_id: int | None = None
+    schedule_version: int = 0
+    plan_tier: str = "basic"
+    lock_key: str | None = None
+    rate_limit_endpoint: str | None = None
+    min_rate_limit_remaining: int = 0
+    timeout_seconds: int = 300
 
 
-class SettleResult(BaseModel):
+AttemptOutcome = Literal["completed", "postponed", "failed", "cancelled", "lost", "gone"]
+
+
+class AttemptResult(BaseModel):
+    """How an attempt ended, from the runner (or from the settle activity for a lost attempt)."""
+
+    outcome: AttemptOutcome
     execution_id: int | None = None
-    healed: int = 0
+    finished_at: datetime
+    last_success_at: datetime | None = None
+    postponed_until: datetime | None = None
+    reason: str | None = None
+    # For failures: the run is over (non-retryable error or the budget spent) and was counted.
+    final: bool = False
     consecutive_failures: int = 0
     deactivated: bool = False
     log_id: int | None = None
+
+
+class TaskProgress(BaseModel):
+    task_id: int
+    execution_key: str = ""
+    activity_id: str = ""
+    attempt: int = 1
+    state: Literal["waiting_lock", "running", "retrying"]
+    error: str | None = None
+
+
+class SettleAttemptInput(BaseModel):
+    """Close an attempt whose activity ended without the runner's account: lost or cancelled.
+
+    Idempotent: the row is written only if it is missing or still open, and a failure is counted
+    at most once per execution key. Answers with the row's final state, so an attempt that did
+    finish (its worker died before reporting) is not run again.
+    """
+
+    bot_id: str
+    task_id: int
+    task_type: str
+    execution_key: str
+    attempt: int
+    due_at: datetime
+    # `failed` also counts the run's final failure (once per key); `retrying` records a failure
+    # the run will retry.
+    status: Literal["lost", "cancelled", "failed", "retrying"]
+    reason: str
+    next_planned_run_at: datetime | None = None
+    schedule_version: int = 0
+
+
+class SkipInput(BaseModel):
+    """A due occurrence that does not run: one `skipped` row (keyed) with the reason."""
+
+    bot_id: str
+    task_id: int
+    task_type: str
+    execution_key: str
+    due_at: datetime
+    reason: str
+    next_planned_run_at: datetime | None = None
+    schedule_version: int = 0
+    # More occurrences skipped for the same reason: one more row each (keys `{execution_key}/{i}`).
+    more_due_at: list[datetime] = Field(default_factory=list)
+
+
+class RunState(BaseModel):
+    """One run of a task (an occurrence, a run_task request or a dependency), across its attempts.
+
+    It carries the definition as it was when the run started, so the workflow never looks up a
+    definition that may have gone; it is carried across continue-as-new while it waits to retry.
+    """
+
+    key: str
+    task: TaskPlan
+    trigger: RunTrigger
+    fire_at: datetime
+    dispatched_at: datetime
+    next_planned_run_at: datetime | None = None
+    attempt: int = 0
+    failures: int = 0
+    losses: int = 0
+    phase: Literal["starting", "running", "waiting_lock", "retrying"] = "starting"
+    retry_at: datetime | None = None
+    reason: str | None = None
+    cancel_reason: str | None = None
+    # The attempt in flight (activity running), if any.
+    in_flight: bool = False
+
+    def execution_key(self, attempt: int | None = None) -> str:
+        return f"{self.key}/{attempt if attempt is not None else self.attempt}"
 
 
 class TaskRuntime(BaseModel):
@@ -227,19 +274,20 @@ class TaskRuntime(BaseModel):
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
     last_error: str | None = None
+    schedule_version: int = 0
 
 
 class SchedulerOptions(BaseModel):
     # Wake this much before a due time; the task runner waits for the exact instant.
     early_wake_ms: int = 1000
-    # A stop reaches a running attempt on its next heartbeat (at most 80 % of this); a dead worker's
-    # attempt is timed out and retried after this long.
+    # A stop reaches a running attempt on its next heartbeat; a dead worker's attempt is noticed
+    # after this long and started again at once.
     heartbeat_timeout_seconds: float = 5.0
     # The Java time-skipping test server rejects undeclared custom search attributes.
     search_attributes: bool = True
-    # Continue-as-new at the first idle moment past this history length...
+    # Continue-as-new at the first moment past this history length with no attempt in flight...
     continue_after_events: int = 2000
-    # ...and past this one stop starting tasks until the running ones finish, then continue.
+    # ...and past this one start no new attempt until the running ones finish, then continue.
     drain_after_events: int = 8000
     event_buffer_size: int = 200
 
@@ -264,6 +312,13 @@ class SchedulerCarry(BaseModel):
     pending_pauses: dict[int, bool] = Field(default_factory=dict)
     search_attributes: SearchAttributeState = Field(default_factory=SearchAttributeState)
     generation: int = 0
+    # Core v2: names execution keys across the runs of one bot's chain of workflow runs.
+    chain_id: str | None = None
+    run_seq: int = 0
+    # Runs waiting to retry (no attempt in flight) when the workflow continued as new.
+    runs: list[RunState] = Field(default_factory=list)
+    # Since when the bot has been running: occurrences due since then that never ran get a row.
+    running_since: datetime | None = None
 
 
 class SchedulerInput(BaseModel):

@@ -11,10 +11,9 @@ import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
-from temporalio.common import RetryPolicy
 
 from workflows.models import TaskPlan
 
@@ -22,11 +21,18 @@ from workflows.models import TaskPlan
 NON_RETRYABLE_TASK_ERROR = "NonRetryableTaskError"
 UNKNOWN_TASK_TYPE = "UnknownTaskType"
 NON_RETRYABLE_ERROR_TYPES = (NON_RETRYABLE_TASK_ERROR, UNKNOWN_TASK_TYPE)
+# The runner's attempt ended without running to its end through no fault of the handler (its
+# worker shut down): the workflow starts it again at once.
+ATTEMPT_LOST = "AttemptLost"
 
-# On top of the handler's own timeout (which the runner enforces and records itself): time to wait
-# for the exact due instant and for shared locks. A dead worker is noticed by the heartbeat
-# timeout, not by this one, so it can be generous.
-LOCK_WAIT_ALLOWANCE = timedelta(minutes=10)
+# On top of the handler's timeout and the lock wait (each bounded by the task's timeout): time
+# for the runner's own bookkeeping. A dead worker is noticed by the heartbeat timeout instead.
+BOOKKEEPING_ALLOWANCE = timedelta(minutes=1)
+# An attempt lost to a dead worker starts again at once; if attempts keep vanishing (a handler
+# that kills its worker), the next ones wait a little longer, and this many in a row count as
+# one failure of the run.
+LOSSES_PER_FAILURE = 3
+MAX_LOSS_DELAY = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,39 @@ def schedule_of(task: TaskPlan) -> Schedule:
     raise ValueError(f"task {task.id} has no schedule")
 
 
-def valid_cron(expression: str) -> bool:
+def cron_problem(expression: str) -> str | None:
+    """Why a cron expression cannot be scheduled, or None when it can.
+
+    Only deterministic expressions: croniter's `R` (random) fields would make the workflow's
+    computation differ on replay, and `H` (hashed) fields need a hash id we do not give.
+    """
+    fields = expression.split()
+    for field_ in fields:
+        for part in field_.split(","):
+            head = part.split("/")[0].split("(")[0].strip().upper()
+            if head in ("R", "H"):
+                return (
+                    f"cron expression {expression!r} uses {head!r}: random and hashed fields are "
+                    "not supported (every occurrence must be computable in advance)"
+                )
     try:
-        return bool(croniter.is_valid(expression))
+        valid = croniter.is_valid(expression)
     except Exception:
-        return False
+        valid = False
+    if not valid:
+        return f"invalid cron expression {expression!r}"
+    try:
+        probe = datetime(2024, 1, 1, tzinfo=UTC)
+        first = [croniter(expression, probe).get_next(datetime) for _ in range(2)]
+    except Exception:
+        return f"cron expression {expression!r} never fires"
+    if first[0] != first[1]:
+        return f"cron expression {expression!r} is not deterministic"
+    return None
+
+
+def valid_cron(expression: str) -> bool:
+    return cron_problem(expression) is None
 
 
 def next_occurrence(schedule: Schedule, after: datetime) -> datetime:
@@ -80,6 +114,20 @@ def advance(schedule: Schedule, nominal: datetime, now: datetime) -> datetime:
         return following
     missed = math.floor((now - nominal) / schedule.interval)
     return nominal + (missed + 1) * schedule.interval
+
+
+def skipped_between(schedule: Schedule, nominal: datetime, following: datetime, limit: int) -> list[datetime]:
+    """The occurrences `advance` jumped over between `nominal` and `following` (both excluded),
+    at most `limit` of them (the earliest)."""
+    skipped: list[datetime] = []
+    if schedule.interval is not None:
+        count = max(0, math.ceil((following - nominal) / schedule.interval) - 1)
+        return [nominal + k * schedule.interval for k in range(1, min(count, limit) + 1)]
+    occurrence = next_occurrence(schedule, nominal)
+    while occurrence < following and len(skipped) < limit:
+        skipped.append(occurrence)
+        occurrence = next_occurrence(schedule, occurrence)
+    return skipped
 
 
 def initial_due(task: TaskPlan, now: datetime, lead_seconds: float) -> datetime:
@@ -203,28 +251,27 @@ def resolve_dependencies(
     return DependencyDecision(DependencyVerdict.READY)
 
 
-def retry_policy(task: TaskPlan) -> RetryPolicy:
-    """Temporal retries from the definition: first retry after `retry_delay_minutes`, exponential."""
-    initial = timedelta(minutes=task.retry_delay_minutes)
-    return RetryPolicy(
-        initial_interval=initial,
-        backoff_coefficient=task.retry_backoff_coefficient,
-        maximum_interval=max(initial, timedelta(minutes=task.max_retry_delay_minutes)),
-        maximum_attempts=task.max_retries + 1,
-        non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES),
-    )
+def retry_delay(task: TaskPlan, failures: int) -> timedelta:
+    """The backoff after the run's `failures`-th failed attempt: `retry_delay_minutes`, growing by
+    `retry_backoff_coefficient`, capped at `max_retry_delay_minutes` (never below the first)."""
+    initial = task.retry_delay_minutes * 60
+    cap = max(initial, task.max_retry_delay_minutes * 60)
+    exponent = min(max(failures - 1, 0), 200)  # beyond that the cap wins anyway; no float overflow
+    return timedelta(seconds=min(initial * task.retry_backoff_coefficient**exponent, cap))
 
 
-def retry_delay(task: TaskPlan, failed_attempt: int) -> timedelta:
-    """The backoff Temporal applies after attempt `failed_attempt` fails (for status display)."""
-    policy = retry_policy(task)
-    assert policy.maximum_interval is not None
-    cap = policy.maximum_interval.total_seconds()
-    exponent = min(failed_attempt - 1, 200)  # beyond that the cap wins anyway; avoid float overflow
-    seconds = policy.initial_interval.total_seconds() * policy.backoff_coefficient**exponent
-    return timedelta(seconds=min(seconds, cap))
+def loss_delay(losses: int) -> timedelta:
+    """How long to wait before starting again an attempt whose worker vanished."""
+    if losses <= 1:
+        return timedelta(0)
+    return min(timedelta(seconds=2 ** (losses - 2)), MAX_LOSS_DELAY)
+
+
+def is_final_failure(task: TaskPlan, failures: int) -> bool:
+    """Whether failure number `failures` of a run spends its budget of `max_retries` retries."""
+    return failures > task.max_retries
 
 
 def start_to_close(task: TaskPlan, early_wake: timedelta) -> timedelta:
-    """Twice the handler timeout (one lock holder ahead of us) plus the due wait and allowance."""
-    return 2 * timedelta(seconds=task.timeout_seconds) + early_wake + LOCK_WAIT_ALLOWANCE
+    """The due wait, the lock wait and the handler (each up to the task's timeout), plus bookkeeping."""
+    return 2 * timedelta(seconds=task.timeout_seconds) + early_wake + BOOKKEEPING_ALLOWANCE

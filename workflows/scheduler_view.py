@@ -7,7 +7,6 @@ Deterministic: times come in as arguments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +14,7 @@ from temporalio.common import SearchAttributeUpdate
 
 from workflows.models import (
     EventType,
+    RunState,
     SchedulerCarry,
     SchedulerEvent,
     SchedulerOptions,
@@ -48,6 +48,14 @@ class SchedulerView:
         self.pending_pauses = dict(carry.pending_pauses)
         self.search_attributes = carry.search_attributes
         self.generation = carry.generation
+        self.chain_id = carry.chain_id
+        self.run_seq = carry.run_seq
+        # The run of each task in progress (attempt in flight or waiting to retry).
+        self.runs: dict[int, RunState] = {run.task.id: run for run in carry.runs}
+        self.running_since = carry.running_since
+        # Occurrences jumped over while the scheduler could not act (a dead worker, a busy run):
+        # (task, due instants) the workflow records as skipped rows.
+        self.missed: list[tuple[TaskPlan, list[datetime]]] = []
         self.reasons: dict[int, str] = {}
         self.announced: tuple[bool, datetime | None] | None = None
 
@@ -61,10 +69,19 @@ class SchedulerView:
         return [task for task in (self.plan.tasks if self.plan else []) if task.id in self.tasks]
 
     def task(self, task_id: int) -> TaskPlan:
+        """A loaded definition; callers ask only for ids in `self.tasks` (see `label`)."""
         for task in self.plan.tasks if self.plan else []:
             if task.id == task_id:
                 return task
         raise KeyError(task_id)
+
+    def label(self, task_id: int) -> str:
+        """A definition's label, from the plan or from its run; never raises."""
+        for task in self.plan.tasks if self.plan else []:
+            if task.id == task_id:
+                return task.label
+        run = self.runs.get(task_id)
+        return run.task.label if run is not None else f"#{task_id}"
 
     def runtime(self, task_id: int) -> TaskRuntime:
         return self.tasks[task_id]
@@ -82,21 +99,17 @@ class SchedulerView:
     def effective_fire(self, rt: TaskRuntime) -> datetime:
         return max(rt.fire_at, rt.not_before) if rt.not_before is not None else rt.fire_at
 
-    def next_due(self, now: datetime, active: set[int]) -> datetime | None:
-        """The earliest instant a task not yet started waits for, if any is in the future."""
-        instants = [
-            self.due_instant(rt)
-            for rt in self.tasks.values()
-            if rt.id not in active and self.waits_for_time(rt)
-        ]
+    def next_due(self, now: datetime) -> datetime | None:
+        """The earliest future instant the scheduler must act at: a task's next occurrence (also of
+        a task whose run is in progress: that occurrence is skipped with a row) or a run's retry."""
+        instants = [self.due_instant(rt) for rt in self.tasks.values() if self.waits_for_time(rt)]
+        instants += [run.retry_at for run in self.runs.values() if run.retry_at is not None]
         future = [instant for instant in instants if instant - self.early_wake > now]
         return min(future) if future else None
 
     def next_label(self, now: datetime) -> str:
         waiting = sorted(
-            (self.due_instant(rt), self.task(rt.id).label)
-            for rt in self.tasks.values()
-            if self.waits_for_time(rt)
+            (self.due_instant(rt), self.label(rt.id)) for rt in self.tasks.values() if self.waits_for_time(rt)
         )
         return f"next: {waiting[0][1]}" if waiting else "idle"
 
@@ -127,9 +140,9 @@ class SchedulerView:
     def emit_log(self, now: datetime, level: str, content: str, log_id: int | None = None) -> None:
         self.emit(now, "log", {"id": log_id, "level": level, "content": content})
 
-    def announce(self, now: datetime, active: set[int]) -> None:
+    def announce(self, now: datetime) -> None:
         """A scheduler_status_update whenever the running flag or the next alarm changes."""
-        current = (self.running, self.next_due(now, active) if self.running else None)
+        current = (self.running, self.next_due(now) if self.running else None)
         if current != self.announced:
             self.announced = current
             self.emit(
@@ -163,32 +176,30 @@ class SchedulerView:
         else:
             head = "waiting for running tasks" if running else "idle: no task waits for a time"
         lines = [head, f"tasks: {len(self.tasks)}", f"running: {', '.join(running) or 'none'}"]
-        lines += [f"{self.task(i).label}: {reason}" for i, reason in sorted(self.reasons.items())]
+        lines += [f"{self.label(i)}: {reason}" for i, reason in sorted(self.reasons.items())]
         return "\n\n".join(lines)
 
-    def status(self, now: datetime, phases: Mapping[int, tuple[str, str | None]]) -> SchedulerStatus:
-        tasks = [self._task_status(task, now, phases) for task in self.definitions()]
+    def status(self, now: datetime) -> SchedulerStatus:
+        tasks = [self._task_status(task, now) for task in self.definitions()]
         tasks.sort(key=lambda t: (-t.priority, t.id))
         return SchedulerStatus(
             botId=self.bot_id,
             isRunning=self.running,
-            nextAlarmTime=self.next_due(now, set(phases)) if self.running else None,
-            runningTasks=sorted(phases),
+            nextAlarmTime=self.next_due(now) if self.running else None,
+            runningTasks=sorted(task_id for task_id, run in self.runs.items() if run.in_flight),
             tasks=tasks,
             recentEvents=list(self.events),
             lastEventSeq=self.last_event_seq,
         )
 
-    def _task_status(
-        self, task: TaskPlan, now: datetime, phases: Mapping[int, tuple[str, str | None]]
-    ) -> TaskStatus:
+    def _task_status(self, task: TaskPlan, now: datetime) -> TaskStatus:
         rt = self.tasks[task.id]
         state: TaskState
         reason: str | None = self.reasons.get(task.id)
-        if task.id in phases:
-            phase, phase_reason = phases[task.id]
-            state = phase if phase in ("running", "retrying", "waiting_lock") else "running"  # type: ignore[assignment]
-            reason = phase_reason or reason
+        run = self.runs.get(task.id)
+        if run is not None:
+            state = "running" if run.phase == "starting" else run.phase
+            reason = run.reason or reason
         elif rt.paused and rt.requested_at is None:
             state = "paused"
         elif rt.not_before is not None and rt.not_before > now:
@@ -201,7 +212,7 @@ class SchedulerView:
             id=task.id,
             taskType=task.task_type,
             priority=task.priority,
-            nextDueAt=self.due_instant(rt),
+            nextDueAt=run.retry_at if run is not None and run.retry_at is not None else self.due_instant(rt),
             lastSuccessAt=rt.last_success_at,
             consecutiveFailures=rt.consecutive_failures,
             state=state,

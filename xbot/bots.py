@@ -1,7 +1,8 @@
 """Bots: the API's models for creating and changing them, and their repository.
 
 OAuth tokens given on create or patch are handed to `xbot.tokens.store_tokens` (encrypted at rest)
-and never returned: a bot only says whether it has tokens.
+and never returned: a bot only says whether it has tokens. Its own LLM API key (`llm_api_key`) is
+likewise encrypted (`bots.llm_api_key_enc`) and write-only: a bot says `llm_api_key_set`.
 """
 
 from __future__ import annotations
@@ -59,11 +60,27 @@ class _BotFields(BaseModel):
     llm_max_tokens: int | None = Field(default=None, ge=1, le=100_000)
 
 
+def _llm_api_key_field() -> Any:
+    return Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        repr=False,  # never printed
+        description="API key for the bot's LLM (its llm_base_url, or OPENAI_BASE_URL). Write-only:"
+        " stored encrypted, never returned (see llm_api_key_set). Without one, a bot with its own"
+        " llm_base_url sends no key; OPENAI_API_KEY only ever goes to OPENAI_BASE_URL.",
+        json_schema_extra={"writeOnly": True},
+    )
+
+
 class BotCreate(_BotFields):
     id: str = Field(pattern=BOT_ID_PATTERN, description="Also the Temporal workflow id of its scheduler")
     tokens: BotTokensIn | None = None
+    llm_api_key: str | None = _llm_api_key_field()
 
 
+# Written encrypted elsewhere, never as plain columns.
+_SECRETS = {"tokens", "llm_api_key"}
 # Columns a PATCH may set to null; the others must keep a value.
 _NULLABLE = {"x_user_id", "x_username", "discord_webhook_url", "llm_model", "llm_base_url",
              "llm_temperature", "llm_max_tokens"}  # fmt: skip
@@ -88,10 +105,11 @@ class BotPatch(BaseModel):
     llm_temperature: float | None = Field(default=None, ge=0, le=2)
     llm_max_tokens: int | None = Field(default=None, ge=1, le=100_000)
     tokens: BotTokensIn | None = None
+    llm_api_key: str | None = _llm_api_key_field()  # null removes the bot's key
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> BotPatch:
-        for name in self.model_fields_set - _NULLABLE - {"tokens"}:
+        for name in self.model_fields_set - _NULLABLE - _SECRETS:
             if getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         if "tokens" in self.model_fields_set and self.tokens is None:
@@ -99,7 +117,7 @@ class BotPatch(BaseModel):
         return self
 
     def column_changes(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.model_fields_set if name != "tokens"}
+        return {name: getattr(self, name) for name in self.model_fields_set - _SECRETS}
 
 
 class Bot(BaseModel):
@@ -123,6 +141,12 @@ class Bot(BaseModel):
     auth_state: Literal["ok", "needs_reauthorization"]
     scheduler_enabled: bool = Field(description="Whether the operator asked the scheduler to run")
     has_tokens: bool
+    token_note: str | None = Field(
+        default=None,
+        description="What went wrong with the last token refresh, e.g. "
+        "'refresh answer lost; the old refresh token may be spent' (never a token)",
+    )
+    llm_api_key_set: bool = Field(default=False, description="Whether the bot has its own LLM API key")
     created_at: datetime
     updated_at: datetime
 
@@ -136,13 +160,15 @@ class TokenStorageUnavailable(Exception):
 
 
 _SELECT = """
-SELECT b.*, EXISTS (SELECT 1 FROM bot_tokens t WHERE t.bot_id = b.id) AS has_tokens
+SELECT b.*, EXISTS (SELECT 1 FROM bot_tokens t WHERE t.bot_id = b.id) AS has_tokens,
+       (SELECT t.refresh_note FROM bot_tokens t WHERE t.bot_id = b.id) AS token_note,
+       b.llm_api_key_enc IS NOT NULL AS llm_api_key_set
 FROM bots b
 """
 
 
 def _bot(row: asyncpg.Record) -> Bot:
-    return Bot.model_validate(dict(row))
+    return Bot.model_validate(dict(row))  # extra="ignore": llm_api_key_enc never gets out
 
 
 async def get_bot(pool: asyncpg.Pool, bot_id: str) -> Bot | None:
@@ -182,7 +208,9 @@ async def _store_tokens(
 
 async def create_bot(pool: asyncpg.Pool, data: BotCreate, cipher: TokenCipher | None) -> Bot:
     token_cipher = _require_cipher(cipher) if data.tokens is not None else None
-    values = data.model_dump(exclude={"tokens"})
+    values = data.model_dump(exclude=_SECRETS)
+    if data.llm_api_key is not None:
+        values["llm_api_key_enc"] = _require_cipher(cipher).encrypt(data.llm_api_key)
     columns = list(values)
     placeholders = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
     async with pool.acquire() as connection, connection.transaction():
@@ -204,6 +232,9 @@ async def update_bot(
 ) -> Bot | None:
     token_cipher = _require_cipher(cipher) if patch.tokens is not None else None
     changes = patch.column_changes()
+    if "llm_api_key" in patch.model_fields_set:
+        key = patch.llm_api_key
+        changes["llm_api_key_enc"] = None if key is None else _require_cipher(cipher).encrypt(key)
     assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(changes, start=2))
     async with pool.acquire() as connection, connection.transaction():
         updated = await connection.fetchval(

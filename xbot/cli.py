@@ -1,10 +1,11 @@
-"""The `xbot` command: `dev`, `worker`, `api`, `migrate`, `bench`, `generate-key`."""
+"""The `xbot` command: `dev`, `worker`, `api`, `migrate`, `bench`, `generate-key`, `reencrypt-tokens`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from xbot.log_setup import configure_process_logging
 from xbot.settings import settings_or_exit
@@ -61,6 +62,41 @@ def _cmd_generate_key(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reencrypt_tokens(args: argparse.Namespace) -> int:
+    from xbot.crypto import TokenCipherError, cipher_from_settings
+    from xbot.db import create_pool, resolve_database_url, stop_embedded_postgres
+    from xbot.reencrypt import reencrypt_all
+
+    settings = settings_or_exit()
+    try:
+        cipher = cipher_from_settings(settings)
+    except TokenCipherError as error:
+        print(f"xbot reencrypt-tokens: {error}", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, Any]:
+        pool = await create_pool(resolve_database_url(settings), max_size=2)
+        try:
+            return await reencrypt_all(pool, cipher, batch_size=args.batch_size)
+        finally:
+            await pool.close()
+
+    try:
+        counts = asyncio.run(run())
+    finally:
+        stop_embedded_postgres()
+    for table, table_counts in counts.items():
+        print(table_counts.line(table))
+    if any(table_counts.unreadable for table_counts in counts.values()):
+        print(
+            "xbot reencrypt-tokens: some values cannot be decrypted with any key of TOKEN_ENCRYPTION_KEY;"
+            " keep the key that wrote them in the list",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xbot", description="X bot scheduler on Temporal")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("generate-key", help="print a new TOKEN_ENCRYPTION_KEY").set_defaults(
         func=_cmd_generate_key
     )
+    reencrypt = commands.add_parser(
+        "reencrypt-tokens",
+        help="re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY (after a key rotation)",
+    )
+    reencrypt.add_argument("--batch-size", type=int, default=100, help="rows read per batch")
+    reencrypt.set_defaults(func=_cmd_reencrypt_tokens)
     return parser
 
 

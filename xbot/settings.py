@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     temporal_tls: bool = Field(default=False, validation_alias="TEMPORAL_TLS")
     temporal_api_key: SecretStr | None = Field(default=None, validation_alias="TEMPORAL_API_KEY")
 
+    # Task attempts one worker runs at once; its database pools are sized from it (see worker_app).
+    worker_concurrency: int = Field(default=40, ge=1, le=500, validation_alias="WORKER_CONCURRENCY")
+
     api_host: str = Field(default="127.0.0.1", validation_alias="API_HOST")
     api_port: int = Field(default=8000, ge=1, le=65535, validation_alias="API_PORT")
     api_token: SecretStr | None = Field(default=None, validation_alias="API_TOKEN")
@@ -64,6 +67,19 @@ class Settings(BaseSettings):
             parse_keyring(value.get_secret_value())
         except EncryptionKeyError as error:
             raise ValueError(str(error).removeprefix("invalid setting ENCRYPTION_KEY: ")) from None
+        return value
+
+    @field_validator("token_encryption_key")
+    @classmethod
+    def _token_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        from xbot.crypto import TokenCipherError, parse_key_ring
+
+        try:
+            parse_key_ring(value.get_secret_value())  # `KEY[,KEY...]`: the first encrypts, all decrypt
+        except TokenCipherError as error:
+            raise ValueError(str(error).removeprefix("invalid setting TOKEN_ENCRYPTION_KEY: ")) from None
         return value
 
     @field_validator("x_api_base_url", "openai_base_url")

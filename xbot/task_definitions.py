@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from workflows import policy
 from xbot.rate_limits import ENDPOINTS
 
 MAX_DEPENDENCIES = 50
@@ -100,8 +101,9 @@ class TaskDefinitionFields(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        if not croniter.is_valid(value):
-            raise ValueError(f"invalid cron expression {value!r}")
+        problem = policy.cron_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         try:
             croniter(value, datetime.now(UTC)).get_next(datetime)
         except Exception:
@@ -328,13 +330,36 @@ async def update_task_definition(
         if values:
             assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=3))
             row = await connection.fetchrow(
-                f"UPDATE bot_task_definitions SET {assignments}, updated_at = now()"
+                f"UPDATE bot_task_definitions SET {assignments}{_schedule_edit(row, values)}, updated_at = now()"
                 " WHERE bot_id = $1 AND id = $2 RETURNING *",
                 bot_id,
                 task_id,
                 *values.values(),
             )
     return _definition(row)
+
+
+SCHEDULE_COLUMNS = ("interval_minutes", "interval_seconds", "cron_expression", "jitter_seconds")
+
+
+def _schedule_edit(stored: asyncpg.Record, values: Mapping[str, Any]) -> str:
+    """Extra assignments when a patch changes the schedule: the running scheduler applies it at once.
+
+    `schedule_version` grows (a run in flight then cannot write back the old plan), and a new
+    interval or cron without an explicit `next_planned_run_at` restarts from the last run rather
+    than from a time planned under the old schedule.
+    """
+    changed = {column for column in (*SCHEDULE_COLUMNS, "next_planned_run_at") if column in values}
+    changed = {column for column in changed if values[column] != stored[column]}
+    if not changed:
+        return ""
+    extra = ", schedule_version = schedule_version + 1"
+    if (
+        changed & {"interval_minutes", "interval_seconds", "cron_expression"}
+        and "next_planned_run_at" not in values
+    ):
+        extra += ", next_planned_run_at = NULL"
+    return extra
 
 
 async def delete_task_definition(pool: asyncpg.Pool, bot_id: str, task_id: int) -> bool:

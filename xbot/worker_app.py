@@ -16,6 +16,8 @@ from temporalio.worker import Worker
 
 from activities.handlers.base import HandlerDeps, TaskHandler
 from activities.handlers.registry import build_handlers
+from activities.legacy_v1.scheduler import LegacySchedulerActivities
+from activities.legacy_v1.task_runner import LegacyTaskRunner
 from activities.scheduler import SchedulerActivities
 from activities.task_runner import TaskRunner
 from workflows.bot_scheduler import BotScheduler
@@ -23,14 +25,25 @@ from xbot.db import create_pool, resolve_database_url
 from xbot.migrate import migrate
 from xbot.settings import Settings
 from xbot.temporal import connect_temporal, ensure_search_attributes
+from xbot.tokens import drain_refreshes
 
 log = logging.getLogger(__name__)
 
 # Running task attempts get this long to finish when the worker is asked to stop; the rest are
-# cancelled, recorded as interrupted, and retried by Temporal on another worker.
+# cancelled, recorded as lost, and started again at once by the workflow on another worker.
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
-# Connections: handlers' queries plus one per task holding an advisory lock.
-POOL_SIZE = 20
+# After a worker dies, its bots' workflow tasks wait this long on its sticky queue before any
+# worker may take them: short, so a replacement resumes the bots within seconds.
+STICKY_QUEUE_TIMEOUT = timedelta(seconds=3)
+
+
+def pool_sizes(concurrency: int) -> tuple[int, int]:
+    """(main pool, lock pool) for a worker running `concurrency` activities at once.
+
+    Every attempt holding a lock_key pins one lock-pool connection, so the lock pool has one per
+    activity slot and the main pool (bookkeeping and handlers) is never pinned by lock holders.
+    """
+    return concurrency + 10, concurrency
 
 
 def build_worker(
@@ -40,6 +53,7 @@ def build_worker(
     task_queue: str,
     http: httpx.AsyncClient,
     handlers: Mapping[str, TaskHandler] | None = None,
+    lock_pool: asyncpg.Pool | None = None,
     **worker_options: Any,
 ) -> Worker:
     """A worker for `task_queue`.
@@ -50,19 +64,30 @@ def build_worker(
     identity = client.identity
     task_handlers = handlers if handlers is not None else build_handlers(HandlerDeps(pool, settings, http))
     scheduler = SchedulerActivities(pool, settings, identity)
-    runner = TaskRunner(pool, settings, task_handlers, identity)
+    runner = TaskRunner(pool, settings, task_handlers, identity, lock_pool=lock_pool)
+    legacy = LegacySchedulerActivities(pool, settings, identity)
+    legacy_runner = LegacyTaskRunner(pool, settings, task_handlers, identity)
+    defaults: dict[str, Any] = {
+        "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
+        "sticky_queue_schedule_to_start_timeout": STICKY_QUEUE_TIMEOUT,
+        "max_concurrent_activities": settings.worker_concurrency,
+    }
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[BotScheduler],
         activities=[
             scheduler.load_bot_plan,
-            scheduler.record_skipped_run,
             scheduler.set_task_paused,
-            scheduler.settle_lost_run,
-            runner.run_bot_task,
+            scheduler.record_skipped_occurrence,
+            scheduler.settle_task_attempt,
+            runner.run_task_attempt,
+            # Only runs that began before scheduler core v2 call these (see workflows/legacy_v1).
+            legacy.record_skipped_run,
+            legacy.settle_lost_run,
+            legacy_runner.run_bot_task,
         ],
-        **{"graceful_shutdown_timeout": GRACEFUL_SHUTDOWN, **worker_options},
+        **{**defaults, **worker_options},
     )
 
 
@@ -72,7 +97,9 @@ async def run_worker(settings: Settings) -> None:
     applied = await migrate(database_url)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    pool = await create_pool(database_url, max_size=POOL_SIZE)
+    main_size, lock_size = pool_sizes(settings.worker_concurrency)
+    pool = await create_pool(database_url, max_size=main_size)
+    lock_pool = await create_pool(database_url, min_size=0, max_size=lock_size, command_timeout=None)
     try:
         client = await connect_temporal(settings)
         try:
@@ -80,7 +107,9 @@ async def run_worker(settings: Settings) -> None:
         except Exception as error:  # e.g. no operator permission on a managed namespace
             log.warning("could not check the custom search attributes: %s", error)
         async with httpx.AsyncClient(timeout=settings.x_request_timeout_seconds) as http:
-            worker = build_worker(client, pool, settings, settings.temporal_task_queue, http)
+            worker = build_worker(
+                client, pool, settings, settings.temporal_task_queue, http, lock_pool=lock_pool
+            )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -91,8 +120,11 @@ async def run_worker(settings: Settings) -> None:
             async with worker:
                 await stop.wait()
                 log.info("shutting down: waiting up to %s for running tasks", GRACEFUL_SHUTDOWN)
+            # A refresh whose activity was cancelled may still be saving X's new pair: let it finish.
+            await drain_refreshes(timeout=2 * settings.x_request_timeout_seconds + 10)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
     finally:
+        await lock_pool.close()
         await pool.close()
     log.info("worker stopped")

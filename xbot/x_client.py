@@ -142,6 +142,22 @@ class XClient:
         page = _page({**body, "data": []}, "tweet_lookup")
         return Page([post], page.users, page.included_posts, None, page.errors)
 
+    async def get_posts(self, post_ids: list[str]) -> Page:
+        """Up to 100 posts in one request, with their authors and the posts they reference. X answers
+        200 with the posts it can return and an `errors` entry for each it cannot (deleted, author
+        suspended, protected): a partial answer, never an exception; see `missing_posts`."""
+        if not 1 <= len(post_ids) <= MAX_IDS_PER_LOOKUP:
+            raise ValueError(f"posts lookup takes 1 to {MAX_IDS_PER_LOOKUP} ids, got {len(post_ids)}")
+        params = {
+            "ids": ",".join(post_ids),
+            "tweet.fields": TWEET_FIELDS,
+            "expansions": TWEET_EXPANSIONS,
+            "user.fields": USER_FIELDS,
+        }
+        # GET /2/tweets has the same per-plan limits as GET /2/tweets/{id}; tracked as one window.
+        body = await self._request("tweet_lookup", "GET", "/2/tweets", params=params)
+        return _page(body, "tweet_lookup")
+
     async def users_by_ids(self, user_ids: list[str]) -> Page:
         """Profiles for up to 100 ids; ids X could not return are listed in `errors`."""
         if not 1 <= len(user_ids) <= MAX_IDS_PER_LOOKUP:
@@ -310,8 +326,27 @@ def _raise_lookup_errors(key: str, errors: list[dict[str, Any]]) -> None:
         details, codes = describe_error_body({"errors": [error]})
         if kind.endswith("resource-not-found"):
             raise XNotFoundError(key, 404, details, codes)
-        if kind.endswith("not-authorized-for-resource"):
+        if kind.endswith(("not-authorized-for-resource", "resource-unavailable")):
             raise XForbiddenError(key, 403, details, codes)
+
+
+def missing_posts(page: Page, requested: list[str]) -> dict[str, str]:
+    """{id: why} for each requested post X did not return: X's problem kind and text (e.g.
+    `resource-unavailable: ...` for a suspended author), or "not returned by X"."""
+    returned = {post["id"] for post in page.posts}
+    reasons: dict[str, str] = {}
+    for error in page.errors:
+        if error.get("section") == "includes":
+            continue  # about an expanded post or user, not one that was asked for
+        post_id = error.get("resource_id") or error.get("value")
+        if isinstance(post_id, str) and post_id in requested and post_id not in returned:
+            kind = str(error.get("type") or "error").rsplit("/", 1)[-1]
+            details, _ = describe_error_body({"errors": [error]})
+            reasons.setdefault(post_id, f"{kind}: {details}")
+    for post_id in requested:
+        if post_id not in returned:
+            reasons.setdefault(post_id, "not returned by X")
+    return reasons
 
 
 def _object(body: dict[str, Any], name: str, key: str) -> dict[str, Any]:
@@ -344,4 +379,4 @@ def _page(body: dict[str, Any], key: str) -> Page:
     )
 
 
-__all__ = ["MAX_IDS_PER_LOOKUP", "Page", "XApiError", "XClient", "x_time"]
+__all__ = ["MAX_IDS_PER_LOOKUP", "Page", "XApiError", "XClient", "missing_posts", "x_time"]

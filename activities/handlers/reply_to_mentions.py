@@ -4,8 +4,13 @@ X has no idempotency key, so each reply goes through: intent committed (`posting
 `post_intent_at`) -> `POST /2/tweets` -> result committed (`posted`, `posted_x_post_id`). A reply
 found in `posting` by a later attempt may or may not have gone out (a crash or a timeout between the
 two commits): the bot's own recent posts are searched for a reply to that mention first, and it is
-posted only when none is found. X's duplicate-content refusal (code 187) also means "already
-posted". Outcomes that certainly created nothing (429, 401) return the reply to `approved`.
+posted only when none is found. Outcomes that certainly created nothing (429, 401) return the reply
+to `approved`.
+
+X's duplicate-content refusal (403, code 187) means "already posted" only for a reply whose intent
+an earlier attempt recorded, and only once the timeline shows the bot's reply to that mention. A
+fresh reply refused as duplicate repeats some other post of the bot (two mentions drafted alike):
+it is `failed` with failure_kind `duplicate_content`, and generate_replies drafts it again.
 A per-bot advisory lock keeps two runs (a zombie attempt and its retry) from interleaving.
 """
 
@@ -113,8 +118,20 @@ class ReplyToMentionsHandler(XHandlerBase):
         try:
             posted_id: str | None = await x.create_post(reply.text, reply.in_reply_to_x_post_id)
             note = None
-        except XDuplicateContentError:
-            posted_id, note = None, "X reported duplicate content: the reply was already posted"
+        except XDuplicateContentError as error:
+            posted_id = await self._posted_by_earlier_attempt(bot, x, reply)
+            if posted_id is None:
+                await replies.mark_post_failed(
+                    self.deps.pool, reply.id, str(error), failure_kind=replies.DUPLICATE_CONTENT
+                )
+                await self.log(
+                    ctx,
+                    "warn",
+                    f"X refused reply {reply.id} as duplicate content; generate_replies will redraft it",
+                    {"reply_id": reply.id, "status": error.status, "failure_kind": replies.DUPLICATE_CONTENT},
+                )
+                return False
+            note = f"X reported duplicate content; the earlier attempt's post {posted_id} was found"
         except (RateLimitedError, XUnauthorizedError, ReauthorizationRequiredError):
             # Certainly not created: the reply may be posted by a later run without any search.
             await replies.withdraw_intent(self.deps.pool, reply.id)
@@ -139,6 +156,16 @@ class ReplyToMentionsHandler(XHandlerBase):
         )
         await self._notify(ctx, bot, reply, posted_id)
         return True
+
+    async def _posted_by_earlier_attempt(
+        self, bot: BotProfile, x: XClient, reply: PostableReply
+    ) -> str | None:
+        """After a duplicate refusal: the bot's reply to this mention, when an earlier attempt
+        recorded an intent (loaded as `posting`) and the timeline now shows its post. None for a
+        fresh reply: its intent is this run's, so the duplicate is of some other post."""
+        if reply.status != "posting":
+            return None
+        return (await self._find_posted(bot, x, [reply])).get(reply.in_reply_to_x_post_id)
 
     async def _find_posted(
         self, bot: BotProfile, x: XClient, in_flight: list[PostableReply]

@@ -15,7 +15,9 @@ from api.pagination import decode_cursor, encode_cursor
 
 router = APIRouter(tags=["history"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 
-ExecutionStatus = Literal["started", "retrying", "completed", "failed", "cancelled", "skipped"]
+ExecutionStatus = Literal[
+    "started", "waiting_lock", "retrying", "completed", "failed", "cancelled", "skipped", "lost"
+]
 LogLevel = Literal["debug", "info", "warn", "error"]
 LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warn", "error")
 

@@ -36,6 +36,10 @@ class ReplyOut(BaseModel):
     text: str | None
     llm_model: str | None
     error_message: str | None
+    failure_kind: str | None = Field(
+        default=None,
+        description="duplicate_content: X refused it as a copy; generate_replies drafts it again",
+    )
     posted_x_post_id: str | None
     posted_at: datetime | None
     created_at: datetime
@@ -57,7 +61,7 @@ class ReplyEdit(BaseModel):
 
 _SELECT = """
 SELECT r.id, r.bot_id, r.pulled_post_id, r.in_reply_to_x_post_id, r.status, r.text, r.llm_model,
-       r.error_message, r.posted_x_post_id, r.posted_at, r.created_at, r.updated_at,
+       r.error_message, r.failure_kind, r.posted_x_post_id, r.posted_at, r.created_at, r.updated_at,
        p.text AS mention_text, u.username AS mention_author_username
 FROM post_replies r
 JOIN pulled_posts p ON p.id = r.pulled_post_id

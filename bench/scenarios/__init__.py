@@ -12,7 +12,7 @@ from typing import Any
 from bench.env import Postgres
 from bench.progress import Progress
 
-SCENARIO_NAMES = ("precision", "throughput", "idle", "history", "api_feed")
+SCENARIO_NAMES = ("precision", "throughput", "idle", "history", "api_feed", "crash_recovery")
 
 
 @dataclass

@@ -85,6 +85,36 @@ async def test_tokens_are_encrypted_at_rest_and_never_returned(
     assert cipher.decrypt(row["refresh_token_enc"]) == REFRESH
 
 
+async def test_llm_api_key_is_write_only_and_encrypted_at_rest(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    key = "sk-bot-own-llm-key-5678"
+    created = await client.post(
+        "/bots",
+        json={"id": "llm", "name": "LLM", "llm_base_url": "http://127.0.0.1:9/v1", "llm_api_key": key},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["llm_api_key_set"] is True
+    responses = [created, await client.get("/bots/llm"), await client.get("/bots")]
+    assert all(key not in response.text and "llm_api_key_enc" not in response.text for response in responses)
+    stored = await pool.fetchval("SELECT llm_api_key_enc FROM bots WHERE id = 'llm'")
+    cipher = TokenCipher(get_settings().token_encryption_key.get_secret_value())  # type: ignore[union-attr]
+    assert key.encode() not in stored and cipher.decrypt(stored) == key
+
+    renamed = await client.patch("/bots/llm", json={"name": "Renamed"})
+    assert renamed.json()["llm_api_key_set"] is True  # untouched unless named
+    replaced = await client.patch("/bots/llm", json={"llm_api_key": "sk-another"})
+    assert replaced.json()["llm_api_key_set"] is True and "sk-another" not in replaced.text
+    assert (
+        cipher.decrypt(await pool.fetchval("SELECT llm_api_key_enc FROM bots WHERE id = 'llm'"))
+        == "sk-another"
+    )
+    cleared = await client.patch("/bots/llm", json={"llm_api_key": None})
+    assert cleared.json()["llm_api_key_set"] is False
+    assert await pool.fetchval("SELECT llm_api_key_enc FROM bots WHERE id = 'llm'") is None
+    assert (await client.patch("/bots/llm", json={"llm_api_key": ""})).status_code in (400, 422)
+
+
 async def test_new_tokens_end_needs_reauthorization(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     await client.post("/bots", json={"id": "re", "name": "Re"})
     await pool.execute("UPDATE bots SET auth_state = 'needs_reauthorization' WHERE id = 're'")

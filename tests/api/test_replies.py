@@ -50,3 +50,22 @@ async def test_replies_pagination(client: httpx.AsyncClient, pool: asyncpg.Pool)
     third = (await client.get("/bots/b/replies", params={"limit": 2, "cursor": second["next_cursor"]})).json()
     seen = [item["id"] for page in (first, second, third) for item in page["items"]]
     assert sorted(seen) == ids and len(set(seen)) == 5 and third["next_cursor"] is None
+
+
+async def test_a_reply_refused_as_duplicate_shows_why_and_an_edit_revives_it(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    await insert_bot(pool, "d")
+    refused = await insert_reply(pool, "d", "200", status="failed")
+    await pool.execute(
+        "UPDATE post_replies SET failure_kind = 'duplicate_content', error_message = 'duplicate' WHERE id = $1",
+        refused,
+    )
+
+    shown = (await client.get(f"/bots/d/replies/{refused}")).json()
+    assert shown["status"] == "failed" and shown["failure_kind"] == "duplicate_content"
+
+    edited = (await client.patch(f"/bots/d/replies/{refused}", json={"text": "Something else."})).json()
+    assert (
+        edited["status"] == "approved" and edited["failure_kind"] is None and edited["error_message"] is None
+    )

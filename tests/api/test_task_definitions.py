@@ -58,6 +58,8 @@ async def test_validation_errors(client: httpx.AsyncClient, pool: asyncpg.Pool) 
         ({"interval_seconds": 10}, "exactly one"),
         ({"interval_minutes": None, "cron_expression": "every day"}, "invalid cron"),
         ({"interval_minutes": None, "cron_expression": "0 0 31 2 *"}, "never fires"),
+        ({"interval_minutes": None, "cron_expression": "R * * * *"}, "random and hashed"),
+        ({"interval_minutes": None, "cron_expression": "0 H * * *"}, "random and hashed"),
         ({"interval_minutes": 0}, "interval_minutes"),
         ({"priority": 5000}, "priority"),
         ({"rate_limit_endpoint": "delete_everything"}, "unknown rate-limit endpoint"),

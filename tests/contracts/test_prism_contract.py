@@ -162,6 +162,7 @@ async def test_x_client_requests_match_the_x_api_specification(
             ),
             x.user_posts(USER_ID, start_time=datetime.now(UTC) - timedelta(hours=1), max_results=100),
             x.get_post(POST_ID),
+            x.get_posts([POST_ID, "1946889436626259968"]),
             x.users_by_ids([USER_ID, "783214"]),
             x.create_post("Thanks for the mention!", POST_ID),
         ]

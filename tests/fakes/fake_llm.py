@@ -2,11 +2,17 @@
 
 Replies depend on markers in the mention text, so one batch can mix outcomes:
 `[[empty]]` -> empty content, `[[refuse]]` -> a refusal, `[[long]]` -> far over 280 characters,
-`[[down]]` -> HTTP 503. Anything else gets a short reply naming the author.
+`[[down]]` -> HTTP 503. Anything else gets a short reply naming the author; a prompt that says an
+earlier reply was refused as a duplicate gets a different one.
+
+Tests may also queue whole answers (`queue_error`, `queue_reply`), served before the markers, and
+require a key other than `API_KEY` (`accepted_keys`, empty = no key needed). Every request is
+recorded with the headers and parameters the client sent (`calls`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -19,11 +25,36 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 API_KEY = "sk-fake-llm-key"
+DUPLICATE_HINT = "refused as a duplicate"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the server saw it."""
+
+    authorization: str | None
+    model: str | None
+    max_tokens: int | None
+    body: dict[str, Any]
+
+
+@dataclass
+class Canned:
+    """A queued answer: an HTTP error, or a completion with this content and finish reason."""
+
+    status: int = 200
+    error: dict[str, Any] | None = None
+    content: str | None = None
+    finish_reason: str = "stop"
+    delay: float = 0.0  # seconds before answering: longer than the client's timeout = a hang
 
 
 @dataclass
 class FakeLlm:
     requests: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    accepted_keys: set[str] = field(default_factory=lambda: {API_KEY})
+    canned: list[Canned] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def app(self) -> Starlette:
@@ -33,27 +64,56 @@ class FakeLlm:
         """The user message of every request, in order."""
         return [r["messages"][-1]["content"] for r in self.requests]
 
+    def queue_error(
+        self, status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None
+    ) -> None:
+        self.canned.append(Canned(status, {"message": message, "type": type_, "param": None, "code": code}))
+
+    def queue_reply(self, content: str | None, finish_reason: str = "stop", *, delay: float = 0.0) -> None:
+        self.canned.append(Canned(content=content, finish_reason=finish_reason, delay=delay))
+
     async def _complete(self, request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, 401)
+        authorization = request.headers.get("authorization")
         body = await request.json()
+        self.calls.append(Call(authorization, body.get("model"), body.get("max_tokens"), body))
+        if self.accepted_keys and authorization not in {f"Bearer {key}" for key in self.accepted_keys}:
+            error = {
+                "message": "Incorrect API key provided",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+            return JSONResponse({"error": error}, 401)
         self.requests.append(body)
         if not isinstance(body.get("messages"), list) or not body.get("model"):
             return JSONResponse({"error": {"message": "messages and model are required"}}, 400)
+        if self.canned:
+            canned = self.canned.pop(0)
+            await asyncio.sleep(canned.delay)
+            if canned.error is not None:
+                return JSONResponse({"error": canned.error}, canned.status)
+            return self._completion(body, canned.content, None, canned.finish_reason)
         user = body["messages"][-1]["content"]
         mention = user.rsplit("\n", 1)[-1]
         refusal = None
         if "[[down]]" in mention:
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, 503)
+        author = re.search(r"Mention from @(\w+)", user)
+        name = author.group(1) if author else "friend"
         if "[[empty]]" in mention:
-            content = "   "
+            content: str | None = "   "
         elif "[[refuse]]" in mention:
             content, refusal = None, "I can't help with that."
         elif "[[long]]" in mention:
             content = " ".join(["This reply goes on and on"] * 30)
+        elif DUPLICATE_HINT in body["messages"][0]["content"]:
+            content = f"Good to hear from you again, @{name}! (#{next(self._ids)})"
         else:
-            author = re.search(r"Mention from @(\w+)", user)
-            content = f"Thanks for the mention, @{author.group(1) if author else 'friend'}!"
+            content = f"Thanks for the mention, @{name}!"
+        return self._completion(body, content, refusal, "stop")
+
+    def _completion(
+        self, body: dict[str, Any], content: str | None, refusal: str | None, finish_reason: str
+    ) -> JSONResponse:
         return JSONResponse(
             {
                 "id": f"chatcmpl-{next(self._ids)}",
@@ -64,7 +124,7 @@ class FakeLlm:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content, "refusal": refusal},
-                        "finish_reason": "stop",
+                        "finish_reason": finish_reason,
                         "logprobs": None,
                     }
                 ],

@@ -18,11 +18,23 @@ from typing import Any, Literal
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from twitter_text import parse_tweet
 
-FaultKind = Literal["500", "503", "hang", "malformed", "accept_then_500", "accept_then_hang", "401"]
+FaultKind = Literal[
+    "500",
+    "503",
+    "hang",
+    "malformed",
+    "accept_then_500",
+    "accept_then_hang",
+    "401",
+    "rotate_then_hang",
+    "empty",
+]
 CLIENT_ID = "fake-client-id"
 CLIENT_SECRET = "fake-client-secret"
 
@@ -69,6 +81,10 @@ class FakeX:
     refresh_calls: int = 0
     refresh_delay: float = 0.0
     invalid_refresh_error: str = "invalid_grant"
+    # Token endpoint: a public (PKCE-only) client sends client_id in the body and no Authorization.
+    public_client: bool = False
+    spent_refresh_tokens: set[str] = field(default_factory=set)
+    token_answered: asyncio.Event = field(default_factory=asyncio.Event)  # set once an answer was sent
     rate: dict[str, RateWindow] = field(default_factory=dict)
     faults: dict[str, list[FaultKind]] = field(default_factory=dict)
     hang_seconds: float = 3.0
@@ -81,6 +97,7 @@ class FakeX:
     daily_user_limit: int = 10_000
     daily_user: dict[tuple[str, str], RateWindow] = field(default_factory=dict)
     token_users: dict[str, str] = field(default_factory=dict)
+    suspended: set[str] = field(default_factory=set)  # user ids: their posts are resource-unavailable
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000_000_000_000))
     _token_serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -212,6 +229,7 @@ class FakeX:
                     "/2/users/{id}/tweets", self._endpoint("user_tweets", self._user_posts), methods=["GET"]
                 ),
                 Route("/2/tweets/{id}", self._endpoint("tweet_lookup", self._lookup), methods=["GET"]),
+                Route("/2/tweets", self._endpoint("tweets_lookup", self._lookup_many), methods=["GET"]),
                 Route("/2/tweets", self._endpoint("create_post", self._create), methods=["POST"]),
             ]
         )
@@ -251,6 +269,8 @@ class FakeX:
                 return JSONResponse({"title": "too late"}, 503)
             if fault == "malformed":
                 return Response('{"data": [ {"id": ', 200, media_type="application/json", headers=headers)
+            if fault == "empty":  # 200 without posts: a timeline whose index lags behind
+                return JSONResponse({"meta": {"result_count": 0}}, 200, headers=headers)
             body, status = await handler(request)
             if fault == "accept_then_500":
                 return JSONResponse({"title": "Internal Error"}, 500, headers=headers)
@@ -291,7 +311,7 @@ class FakeX:
             self.posts[ref["id"]]
             for p in page
             for ref in p.get("referenced_tweets", [])
-            if ref["id"] in self.posts
+            if self._visible(ref["id"])
         ]
         author_ids = {p["author_id"] for p in [*page, *referenced]}
         includes: dict[str, Any] = {"users": [self.users[a] for a in sorted(author_ids) if a in self.users]}
@@ -329,8 +349,45 @@ class FakeX:
         own = [p for p in self.posts.values() if p["author_id"] == request.path_params["id"]]
         return self._page(own, dict(request.query_params), expand=False), 200
 
+    def _visible(self, post_id: str) -> bool:
+        return post_id in self.posts and self.posts[post_id]["author_id"] not in self.suspended
+
+    def _lookup_error(self, post_id: str, parameter: str) -> dict[str, Any]:
+        """X's per-item problem: the author is suspended, or the post does not exist."""
+        post = self.posts.get(post_id)
+        if post is not None:
+            return {
+                "resource_id": post_id,
+                "parameter": parameter,
+                "resource_type": "tweet",
+                "section": "data",
+                "title": "Forbidden",
+                "detail": f"User has been suspended: [{post['author_id']}].",
+                "type": "https://api.twitter.com/2/problems/resource-unavailable",
+            }
+        return {
+            "value": post_id,
+            "detail": f"Could not find tweet with {parameter}: [{post_id}].",
+            "title": "Not Found Error",
+            "resource_type": "tweet",
+            "parameter": parameter,
+            "resource_id": post_id,
+            "type": "https://api.twitter.com/2/problems/resource-not-found",
+        }
+
+    async def _lookup_many(self, request: Request) -> tuple[dict[str, Any], int]:
+        """GET /2/tweets?ids=: 200 with the posts it can return and an error for each other."""
+        ids = request.query_params["ids"].split(",")
+        found = [self.posts[i] for i in ids if self._visible(i)]
+        body: dict[str, Any] = {"data": found, "includes": self._includes(found)} if found else {}
+        if errors := [self._lookup_error(i, "ids") for i in ids if not self._visible(i)]:
+            body["errors"] = errors
+        return body, 200
+
     async def _lookup(self, request: Request) -> tuple[dict[str, Any], int]:
         post = self.posts.get(request.path_params["id"])
+        if post is not None and post["author_id"] in self.suspended:
+            return {"errors": [self._lookup_error(post["id"], "id")]}, 200
         if post is None:
             post_id = request.path_params["id"]
             return {
@@ -352,7 +409,7 @@ class FakeX:
         payload = await request.json()
         text = payload.get("text", "")
         target = (payload.get("reply") or {}).get("in_reply_to_tweet_id")
-        if not text or len(text) > 280:
+        if not text or not parse_tweet(text).valid:  # 280 as X counts them (twitter-text v3)
             return {
                 "title": "Invalid Request",
                 "detail": "One or more parameters to your request was invalid.",
@@ -379,23 +436,40 @@ class FakeX:
             self.posts_per_mention[target] += 1
         return {"data": {"id": post_id, "text": text, "edit_history_tweet_ids": [post_id]}}, 201
 
+    def _token_client_ok(self, authorization: str | None, form: dict[str, str]) -> bool:
+        """Confidential clients use Basic auth; public ones send only client_id in the body (X's docs)."""
+        if self.public_client:
+            return authorization is None and form.get("client_id") == CLIENT_ID
+        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        return authorization == f"Basic {expected}"
+
     async def _token(self, request: Request) -> Response:
         self.requests.append(Recorded("token", "POST", request.url.path, {}, None))
-        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        if request.headers.get("authorization") != f"Basic {expected}":
-            return JSONResponse({"error": "invalid_client"}, 401)
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if not self._token_client_ok(request.headers.get("authorization"), form):
+            return JSONResponse({"error": "invalid_client"}, 401)
         faults = self.faults.get("token") or []
-        if faults and faults.pop(0) == "500":
+        fault = faults.pop(0) if faults else None
+        if fault == "500":
             return JSONResponse({"error": "server_error"}, 500)
-        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.refresh_token:
+        if fault == "hang":  # the request is lost before X acts on it: the refresh token still works
+            await asyncio.sleep(self.hang_seconds)
+            return JSONResponse({"error": "temporarily_unavailable"}, 503)
+        presented = form.get("refresh_token")
+        if presented in self.spent_refresh_tokens:
+            description = "Value passed for the token was invalid."
+            return JSONResponse({"error": "invalid_grant", "error_description": description}, 400)
+        if form.get("grant_type") != "refresh_token" or presented is None or presented != self.refresh_token:
             description = "Value passed for the token was invalid."
             return JSONResponse({"error": self.invalid_refresh_error, "error_description": description}, 400)
         self.refresh_calls += 1
         self.refresh_token = None  # the old one is spent the moment X accepts it
+        self.spent_refresh_tokens.add(presented)
         if self.refresh_delay:
             await asyncio.sleep(self.refresh_delay)
         access, refresh = self.issue_tokens()
+        if fault == "rotate_then_hang":  # rotated, but the answer comes after the client gave up
+            await asyncio.sleep(self.hang_seconds)
         return JSONResponse(
             {
                 "token_type": "bearer",
@@ -403,5 +477,6 @@ class FakeX:
                 "access_token": access,
                 "refresh_token": refresh,
                 "scope": "tweet.read tweet.write users.read offline.access",
-            }
+            },
+            background=BackgroundTask(self.token_answered.set),
         )

@@ -114,7 +114,7 @@ async def test_thread_context_is_fetched_when_missing(world: World) -> None:
     result = await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
 
     assert result["replies_generated"] == 1
-    assert [r.path for r in world.x.requests_to("tweet_lookup")] == [f"/2/tweets/{root}"]
+    assert [(r.path, r.query["ids"]) for r in world.x.requests_to("tweets_lookup")] == [("/2/tweets", root)]
     kind = await world.pool.fetchval(
         "SELECT kind FROM pulled_posts WHERE bot_id = $1 AND x_post_id = $2", bot, root
     )
@@ -136,6 +136,70 @@ async def test_deleted_parent_ends_the_thread(world: World) -> None:
 
     result = await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
 
-    assert result == {"replies_generated": 1, "replies_failed": 0}
-    assert len(world.x.requests_to("tweet_lookup")) == 1
+    assert result == {"replies_generated": 1, "replies_failed": 0, "context_unavailable": 1}
+    assert len(world.x.requests_to("tweets_lookup")) == 1
     assert "Conversation so far" not in world.llm.prompts()[0]
+
+
+async def test_unavailable_parents_are_skipped_per_mention_with_the_reason(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.add_user("2001", "alice")
+    world.x.add_user("2002", "bob")
+    world.x.add_user("2666", "gone")
+    suspended = world.x.add_post("2666", "a post of a suspended account")
+    deleted = world.x.add_post("2002", "soon deleted")
+    fine = world.x.add_post("2002", "Tomatoes love the sun.")
+    on_suspended = world.x.mention("2001", "@helperbot what about this?", in_reply_to=suspended)
+    on_deleted = world.x.mention("2001", "@helperbot and this?", in_reply_to=deleted)
+    on_fine = world.x.mention("2001", "@helperbot agree?", in_reply_to=fine)
+    await pulled(world, bot)
+    await world.pool.execute("DELETE FROM pulled_posts WHERE kind = 'context'")  # all parents to look up
+    world.x.suspended.add("2666")
+    del world.x.posts[deleted]
+
+    result = await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
+
+    # X answered 200 with one post and two errors: every mention is drafted, none fails the task.
+    assert result == {"replies_generated": 3, "replies_failed": 0, "context_unavailable": 2}
+    lookups = world.x.requests_to("tweets_lookup")
+    assert [sorted(r.query["ids"].split(",")) for r in lookups] == [sorted([suspended, deleted, fine])]
+    assert world.x.requests_to("tweet_lookup") == []
+    drafts = await replies_by_mention(world, bot)
+    assert {drafts[m][0] for m in (on_suspended, on_deleted, on_fine)} == {"approved"}
+    prompts = {p.rsplit("\n", 1)[-1]: p for p in world.llm.prompts()}
+    assert "Tomatoes love the sun." in prompts["> @helperbot agree?"]
+    assert "Conversation so far" not in prompts["> @helperbot what about this?"]
+    assert "Conversation so far" not in prompts["> @helperbot and this?"]
+    logged = await world.pool.fetch(
+        "SELECT content, context FROM logs WHERE bot_id = $1 AND level = 'warn' ORDER BY id", bot
+    )
+    reasons = {row["context"]["mention_id"]: row["context"]["reason"] for row in logged}
+    assert reasons[on_suspended].startswith("resource-unavailable: User has been suspended")
+    assert reasons[on_deleted].startswith("resource-not-found: Could not find tweet")
+    assert on_fine not in reasons
+    # Nothing is left to do: the next run neither drafts nor looks anything up.
+    again = await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
+    assert again == {"replies_generated": 0, "replies_failed": 0}
+    assert len(world.x.requests_to("tweets_lookup")) == 1
+
+
+async def test_parents_of_a_batch_are_looked_up_together(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.add_user("2001", "alice")
+    world.x.add_user("2002", "bob")
+    mentions = []
+    for number in range(4):
+        root = world.x.add_post("2002", f"root {number}")
+        parent = world.x.add_post("2002", f"parent {number}", in_reply_to=root)
+        mentions.append(world.x.mention("2001", f"@helperbot number {number}", in_reply_to=parent))
+    await pulled(world, bot)
+    await world.pool.execute("DELETE FROM pulled_posts WHERE kind = 'context'")
+
+    result = await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies", context_depth=3))
+
+    assert result == {"replies_generated": 4, "replies_failed": 0}
+    # One request for the four parents; their roots came along as referenced posts.
+    assert len(world.x.requests_to("tweets_lookup")) == 1
+    assert len(world.x.requests_to("tweets_lookup")[0].query["ids"].split(",")) == 4
+    for number, prompt in enumerate(world.llm.prompts()):
+        assert prompt.index(f"root {number}") < prompt.index(f"parent {number}") < prompt.index("number")

@@ -26,8 +26,8 @@ async def drafted(world: World, bot_id: str, *mentions: tuple[str, str]) -> list
 
 async def reply_row(world: World, bot_id: str, mention_id: str) -> dict[str, object]:
     row = await world.pool.fetchrow(
-        "SELECT id, status, text, posted_x_post_id, post_intent_at, discord_notified_at, error_message"
-        " FROM post_replies WHERE bot_id = $1 AND in_reply_to_x_post_id = $2",
+        "SELECT id, status, text, posted_x_post_id, post_intent_at, discord_notified_at, error_message,"
+        " failure_kind FROM post_replies WHERE bot_id = $1 AND in_reply_to_x_post_id = $2",
         bot_id,
         mention_id,
     )
@@ -136,20 +136,99 @@ async def test_post_that_never_went_out_is_posted_after_the_search(world: World)
 
 
 @pytest.mark.parametrize("style", ["v2", "code187"])
-async def test_duplicate_content_counts_as_already_posted(world: World, style: str) -> None:
-    bot = await world.add_bot(x_user_id="1000")
+async def test_fresh_reply_refused_as_duplicate_fails_and_is_redrafted(world: World, style: str) -> None:
+    bot = await world.add_bot(x_user_id="1000", discord_webhook_url=world.discord_url)
     world.x.add_user("2001", "alice")
     world.x.duplicate_style = style  # type: ignore[assignment]
+    # Two mentions by alice: the LLM drafts the same text for both.
+    first, second = await drafted(world, bot, ("2001", "@helperbot hi"), ("2001", "@helperbot hello"))
+    assert (await reply_row(world, bot, first))["text"] == (await reply_row(world, bot, second))["text"]
+
+    result = await run(world, bot)
+
+    assert result["replies_sent"] == 1 and result["replies_failed"] == 1
+    refused = await reply_row(world, bot, second)
+    assert refused["status"] == "failed" and refused["posted_x_post_id"] is None
+    assert refused["failure_kind"] == "duplicate_content"
+    assert "duplicate" in str(refused["error_message"]).lower()
+    assert refused["discord_notified_at"] is None and len(world.discord.messages) == 1
+    assert world.x.posts_per_mention == {first: 1}
+
+    # The next generate_replies run drafts it again, asking the LLM for different words.
+    drafted_again = await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
+
+    assert drafted_again == {"replies_generated": 1, "replies_failed": 0, "replies_redrafted": 1}
+    hint = world.llm.requests[-1]["messages"]
+    assert "refused as a duplicate" in hint[0]["content"]
+    assert "Thanks for the mention, @alice!" in hint[-1]["content"]  # the refused text, to avoid
+    redraft = await reply_row(world, bot, second)
+    assert redraft["status"] == "approved" and redraft["failure_kind"] is None
+    assert redraft["error_message"] is None and redraft["text"] != refused["text"]
+
+    assert (await run(world, bot))["replies_sent"] == 1
+    assert world.x.posts_per_mention == {first: 1, second: 1}
+    assert (await reply_row(world, bot, second))["status"] == "posted"
+    assert len(world.discord.messages) == 2
+
+
+async def test_redrafts_stop_after_the_limit(world: World) -> None:
+    bot = await world.add_bot(x_user_id="1000")
+    world.x.add_user("2001", "alice")
+    first, second = await drafted(world, bot, ("2001", "@helperbot hi"), ("2001", "@helperbot hello"))
+    await run(world, bot)
+    for _ in range(3):  # the LLM keeps answering with the text X already has
+        world.llm.queue_reply("Thanks for the mention, @alice!")
+        await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
+        await run(world, bot)
+
+    row = await reply_row(world, bot, second)
+    assert row["status"] == "failed" and row["failure_kind"] == "duplicate_content"
+    assert await world.pool.fetchval("SELECT redraft_count FROM post_replies WHERE id = $1", row["id"]) == 2
+    assert len(world.llm.canned) == 1  # the third queued answer was never asked for
+    assert world.x.posts_per_mention == {first: 1}
+
+
+async def test_duplicate_after_an_earlier_attempt_counts_once_the_timeline_shows_it(world: World) -> None:
+    bot = await world.add_bot(x_user_id="1000", discord_webhook_url=world.discord_url)
+    world.x.add_user("2001", "alice")
     (mention,) = await drafted(world, bot, ("2001", "@helperbot hi"))
-    # The same reply already went out, unknown to the database (e.g. a restored backup).
-    world.x.add_post("1000", "Thanks for the mention, @alice!", in_reply_to=mention)
+    world.x.inject("create_post", "accept_then_500")  # X has it; we do not know
+    with pytest.raises(XServerError):
+        await run(world, bot)
+    # The timeline lags: the first search misses the post, so the reply is sent again and refused.
+    world.x.inject("user_tweets", "empty")
 
     result = await run(world, bot)
 
     assert result["replies_sent"] == 1 and result["replies_failed"] == 0
+    assert len(world.x.requests_to("create_post")) == 2 and len(world.x.requests_to("user_tweets")) == 2
     row = await reply_row(world, bot, mention)
-    assert row["status"] == "posted" and "duplicate" in str(row["error_message"])
-    assert len(world.x.replies_by_bot(mention)) == 1
+    assert row["status"] == "posted"
+    assert row["posted_x_post_id"] == world.x.replies_by_bot(mention)[0]["id"]
+    assert "duplicate" in str(row["error_message"])
+    assert world.x.posts_per_mention == {mention: 1} and len(world.discord.messages) == 1
+
+
+async def test_duplicate_after_an_earlier_attempt_not_on_the_timeline_fails(world: World) -> None:
+    bot = await world.add_bot(x_user_id="1000")
+    world.x.add_user("2001", "alice")
+    first, second = await drafted(world, bot, ("2001", "@helperbot hi"), ("2001", "@helperbot hello"))
+    handler = ReplyToMentionsHandler(world.deps)
+    await handler.run(world.ctx(bot, "reply_to_mentions", max_replies_per_run=1))  # the first only
+    world.x.inject("create_post", "hang")  # the second never reaches X
+    with pytest.raises(XTimeoutError):
+        await run(world, bot)
+    assert (await reply_row(world, bot, second))["status"] == "posting"
+
+    result = await run(world, bot)
+
+    # Sent again after a search that found nothing, refused as a copy of the first reply, and not
+    # on the timeline after a second look: not this mention's post.
+    assert result["replies_sent"] == 0 and result["replies_failed"] == 1
+    assert len(world.x.requests_to("user_tweets")) == 2
+    row = await reply_row(world, bot, second)
+    assert row["status"] == "failed" and row["failure_kind"] == "duplicate_content"
+    assert world.x.posts_per_mention == {first: 1}
 
 
 async def test_rate_limited_post_goes_back_to_approved_until_the_reset(world: World) -> None:
@@ -216,3 +295,18 @@ async def test_replies_are_scoped_to_the_bot(world: World) -> None:
     assert world.x.posts_per_mention == {}
     assert (await run(world, other))["replies_sent"] == 1
     assert world.x.posts_per_mention == {mention: 1}
+
+
+async def test_a_post_valid_as_x_counts_it_goes_out_whole_however_many_code_points(world: World) -> None:
+    bot = await world.add_bot(x_user_id="1000")
+    world.x.add_user("2001", "alice")
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # 7 code points, counts 2
+    text = f"Welcome, @alice! {family * 60} https://example.com/{'a' * 200}"  # 23 + 140 + 18: valid
+    assert len(text) > 600
+    world.llm.queue_reply(text)
+    (mention,) = await drafted(world, bot, ("2001", "@helperbot hi"))
+
+    assert (await run(world, bot))["replies_sent"] == 1
+
+    assert (await reply_row(world, bot, mention))["text"] == text
+    assert world.x.replies_by_bot(mention)[0]["text"] == text

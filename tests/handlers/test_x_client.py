@@ -11,9 +11,10 @@ from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.repositories.bots import load_bot
 from xbot.tokens import TokenStore
-from xbot.x_client import XClient
+from xbot.x_client import XClient, missing_posts
 from xbot.x_errors import (
     XBadRequestError,
+    XForbiddenError,
     XMalformedResponseError,
     XNotFoundError,
     XRateLimitedError,
@@ -150,6 +151,30 @@ async def test_users_lookup_reports_missing_ids(world: World) -> None:
     assert [e["resource_id"] for e in page.errors] == ["2999"]
     with pytest.raises(ValueError):
         await x.users_by_ids([str(i) for i in range(101)])
+
+
+async def test_posts_lookup_answers_partially_with_a_reason_per_missing_post(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.add_user("2001", "alice")
+    world.x.add_user("2666", "gone")
+    kept = world.x.add_post("2001", "still here")
+    hidden = world.x.add_post("2666", "by a suspended account")
+    world.x.suspended.add("2666")
+    x = await client_for(world, bot)
+
+    page = await x.get_posts([kept, hidden, "123456789"])
+
+    assert [post["id"] for post in page.posts] == [kept]
+    assert [user["username"] for user in page.users] == ["alice"]
+    reasons = missing_posts(page, [kept, hidden, "123456789"])
+    assert set(reasons) == {hidden, "123456789"}
+    assert reasons[hidden].startswith("resource-unavailable: User has been suspended")
+    assert reasons["123456789"].startswith("resource-not-found: Could not find tweet")
+    # A single lookup of an unavailable post is a refusal, not a malformed answer to retry.
+    with pytest.raises(XForbiddenError):
+        await x.get_post(hidden)
+    with pytest.raises(ValueError):
+        await x.get_posts([str(i) for i in range(101)])
 
 
 async def test_every_answer_feeds_the_quota_ledger(world: World) -> None:

@@ -167,10 +167,16 @@ _started: dict[str, list[WorkflowHandle[Any, Any]]] = {}
 
 @asynccontextmanager
 async def running_worker(
-    client: Client, pool: asyncpg.Pool, task_queue: str, handlers: Mapping[str, TaskHandler]
+    client: Client,
+    pool: asyncpg.Pool,
+    task_queue: str,
+    handlers: Mapping[str, TaskHandler],
+    lock_pool: asyncpg.Pool | None = None,
 ) -> AsyncIterator[Worker]:
     async with httpx.AsyncClient() as http:
-        worker = build_worker(client, pool, load_settings(), task_queue, http, handlers=handlers)
+        worker = build_worker(
+            client, pool, load_settings(), task_queue, http, handlers=handlers, lock_pool=lock_pool
+        )
         try:
             async with worker:
                 yield worker

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from datetime import timedelta
 
 import asyncpg
 from temporalio.testing import WorkflowEnvironment
@@ -75,19 +76,21 @@ async def test_attempts_of_a_killed_worker_are_closed_and_retried(
         # skip time while an attempt is outstanding) and retries the one that may retry.
         rows = await eventually(
             lambda: executions(pool, bot),
-            lambda rows: all(r["status"] != "started" for r in rows) and len(rows) == 3,
+            lambda rows: all(r["status"] != "started" for r in rows) and len(rows) == 4,
             60,
         )
-        by_task = {task: [r for r in rows if r["task_definition_id"] == task] for task in (retried, final)}
-        first, second = by_task[retried]
-        assert (first["attempt_number"], first["status"]) == (1, "failed")
-        assert "worker lost" in first["error_message"] and "attempt 2 replaced it" in first["error_message"]
-        assert (second["attempt_number"], second["status"]) == (2, "completed")
-        [lost] = by_task[final]
-        assert lost["status"] == "failed" and "lost" in lost["error_message"]
-        assert (await definition(pool, final))["consecutive_failures"] == 1
+        # Core v2: a lost attempt is not the task's failure. Each task's attempt 1 is closed
+        # `lost`, attempt 2 starts at once (no retry delay) and completes, even for the task with
+        # no retries left, and no failure is counted.
+        for task in (retried, final):
+            first, second = [r for r in rows if r["task_definition_id"] == task]
+            assert (first["attempt_number"], first["status"]) == (1, "lost")
+            assert "worker lost" in first["error_message"]
+            assert (second["attempt_number"], second["status"]) == (2, "completed")
+            assert second["started_at"] - first["completed_at"] < timedelta(seconds=5)
+            assert (await definition(pool, task))["consecutive_failures"] == 0
         current = await eventually(lambda: status(handle), lambda s: not s.runningTasks)
-        assert {t.id: t.consecutiveFailures for t in current.tasks} == {retried: 0, final: 1}
+        assert {t.id: t.consecutiveFailures for t in current.tasks} == {retried: 0, final: 0}
 
 
 async def test_started_rows_of_an_earlier_run_are_closed_when_the_plan_loads(
@@ -108,5 +111,5 @@ async def test_started_rows_of_an_earlier_run_are_closed_when_the_plan_loads(
         handle = await start_bot(env.client, bot, task_queue)
         current = await eventually(lambda: status(handle), lambda s: len(s.tasks) == 1)
     row = await pool.fetchrow("SELECT * FROM bot_task_executions WHERE id = $1", stale)
-    assert row["status"] == "failed" and "worker lost" in row["error_message"]
+    assert row["status"] == "lost" and "worker lost" in row["error_message"]
     assert any(e.type == "log" and "lost worker" in e.data["content"] for e in current.recentEvents)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -26,12 +26,13 @@ class BotProfile:
     llm_max_tokens: int | None
     mentions_since_id: str | None
     auth_state: str
+    llm_api_key_enc: bytes | None = field(default=None, repr=False)  # Fernet, TOKEN_ENCRYPTION_KEY
 
 
 _COLUMNS = (
     "id, name, x_user_id, x_username, persona_prompt, plan_tier, dry_run, approval_required,"
     " discord_webhook_url, llm_model, llm_base_url, llm_temperature, llm_max_tokens,"
-    " mentions_since_id, auth_state"
+    " mentions_since_id, auth_state, llm_api_key_enc"
 )
 
 

@@ -132,6 +132,18 @@ async def find_post(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, x_post_i
     return StoredPost(**dict(row)) if row else None
 
 
+async def find_posts(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, x_post_ids: list[str]
+) -> dict[str, StoredPost]:
+    """The stored ones among these posts, by X post id."""
+    rows = await db.fetch(
+        f"SELECT {_POST_COLUMNS} FROM pulled_posts WHERE bot_id = $1 AND x_post_id = ANY($2::text[])",
+        bot_id,
+        x_post_ids,
+    )
+    return {row["x_post_id"]: StoredPost(**dict(row)) for row in rows}
+
+
 async def mentions_needing_reply(
     db: asyncpg.Pool | asyncpg.Connection, bot_id: str, bot_x_user_id: str | None, limit: int
 ) -> list[StoredPost]:

@@ -6,6 +6,8 @@ States (`post_replies.status`):
 - `posting`: the intent is recorded (`post_intent_at`) and the X call may have gone out; the outcome
   is unknown until a later attempt finds the bot's reply among its posts, or posts it.
 - `posted`, `dry_run`, `rejected`: final. `failed`: generation or X refused it; an edit revives it.
+  A failed reply with a `failure_kind` (X refused it as duplicate content) is redrafted by the next
+  `generate_replies` run, at most `MAX_REDRAFTS` times.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import asyncpg
 from xbot.post_text import check_post_text
 
 FINAL_STATES = ("posted", "dry_run", "rejected")
+DUPLICATE_CONTENT = "duplicate_content"
+MAX_REDRAFTS = 2
 
 
 class ReplyError(Exception):
@@ -125,6 +129,63 @@ async def record_generation_failure(
     )
 
 
+@dataclass(frozen=True)
+class RedraftableReply:
+    """A reply X refused as duplicate content, to draft again with different text."""
+
+    id: int
+    mention_x_post_id: str
+    refused_text: str | None
+
+
+async def redraftable_replies(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, limit: int
+) -> list[RedraftableReply]:
+    """Oldest first: this bot's replies refused as duplicate content, not redrafted too often."""
+    rows = await db.fetch(
+        """
+        SELECT id, in_reply_to_x_post_id AS mention_x_post_id, text AS refused_text FROM post_replies
+        WHERE bot_id = $1 AND status = 'failed' AND failure_kind = $2 AND redraft_count < $3
+        ORDER BY id
+        LIMIT $4
+        """,
+        bot_id,
+        DUPLICATE_CONTENT,
+        MAX_REDRAFTS,
+        limit,
+    )
+    return [RedraftableReply(**dict(row)) for row in rows]
+
+
+async def redraft(
+    db: asyncpg.Pool | asyncpg.Connection, reply_id: int, text: str, model: str, *, approved: bool
+) -> bool:
+    """A new text for a reply refused as duplicate content; False when it changed meanwhile."""
+    status = await db.execute(
+        """
+        UPDATE post_replies
+        SET text = $2, llm_model = $3, status = $4, error_message = NULL, failure_kind = NULL,
+            post_intent_at = NULL, redraft_count = redraft_count + 1, updated_at = now()
+        WHERE id = $1 AND status = 'failed' AND failure_kind IS NOT NULL
+        """,
+        reply_id,
+        text,
+        model,
+        "approved" if approved else "pending_approval",
+    )
+    return str(status).endswith(" 1")
+
+
+async def give_up_redraft(db: asyncpg.Pool | asyncpg.Connection, reply_id: int, error: str) -> None:
+    """The LLM gave nothing postable for the redraft: the reply stays failed, for good."""
+    await db.execute(
+        "UPDATE post_replies SET failure_kind = NULL, error_message = $2, updated_at = now()"
+        " WHERE id = $1 AND status = 'failed'",
+        reply_id,
+        error[:500],
+    )
+
+
 # --- posting (reply_to_mentions) ----------------------------------------------------------------
 
 
@@ -193,12 +254,16 @@ async def mark_posted(
     )
 
 
-async def mark_post_failed(db: asyncpg.Pool | asyncpg.Connection, reply_id: int, error: str) -> None:
+async def mark_post_failed(
+    db: asyncpg.Pool | asyncpg.Connection, reply_id: int, error: str, failure_kind: str | None = None
+) -> None:
+    """X refused the reply; with a `failure_kind` (DUPLICATE_CONTENT) generate_replies redrafts it."""
     await db.execute(
-        "UPDATE post_replies SET status = 'failed', error_message = $2, updated_at = now()"
+        "UPDATE post_replies SET status = 'failed', error_message = $2, failure_kind = $3, updated_at = now()"
         " WHERE id = $1 AND status = 'posting'",
         reply_id,
         error[:500],
+        failure_kind,
     )
 
 
@@ -286,7 +351,7 @@ async def edit_reply_text(
         reply_id,
         "edit",
         ("pending_approval", "approved", "failed"),
-        """text = $3, error_message = NULL, post_intent_at = NULL,
+        """text = $3, error_message = NULL, post_intent_at = NULL, failure_kind = NULL,
            status = CASE WHEN status <> 'failed' THEN status
                          WHEN (SELECT approval_required FROM bots WHERE id = $1) THEN 'pending_approval'
                          ELSE 'approved' END""",

@@ -1,0 +1,763 @@
+"""Model-based test of the BotScheduler: random operator sequences against the real stack.
+
+A Hypothesis `RuleBasedStateMachine` creates, patches, deletes, deactivates, pauses and runs task
+definitions, stops and starts the bot, scripts the handler's next call (fail, fatal, hang),
+skips time and SIGKILLs the worker process in the middle of an attempt. Everything is real: the
+time-skipping test server, PostgreSQL, `build_worker` with the real activities, the
+`xbot.task_definitions` repository the API uses. After every step it checks:
+
+- no workflow task failed, in any run of the bot's chain (continue-as-new included);
+- the `status` query's tasks are the bot's active stored definitions, and its running flag is
+  the one the operator set;
+- no two executions of tasks without `allow_overlap` overlap, and no lock key is held twice;
+- the attempt rows of each run are numbered 1..n and all but the last are `retrying` or `lost`.
+
+At the end (the bot stopped and idle): no row is left open (`started`, `waiting_lock`, or a
+`retrying` that no later attempt followed), closed rows say why, and every history replays.
+
+The worker is a subprocess (this module run with `-m`), so that "kill the worker" is a real
+SIGKILL. Its handler takes its script from the `model_script` table and records each call in
+`model_calls` with wall-clock times from one host clock, so the overlap checks are sound even
+though workflow time skips: the rows' own times mix the workflow's clock and the wall clock.
+
+The state machine runs in a worker thread; its coroutines run on an event loop of their own in
+another thread, which keeps running between steps (clients, pool and subprocess pipes live
+there). Each example has its own test server, bot and worker; the database is the test's.
+
+    XBOT_MODEL_EXAMPLES=200 XBOT_MODEL_STEPS=40 pytest tests/scheduler/test_model.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from activities.handlers.base import TaskContext
+from tests.scheduler.helpers import (
+    TEST_OPTIONS,
+    ScriptedHandler,
+    advance,
+    eventually,
+    executions,
+    handlers_with,
+    insert_bot,
+    start_bot,
+    status,
+    terminate_started,
+)
+from workflows.bot_scheduler import BotScheduler
+from workflows.models import (
+    SIGNAL_PAUSE_TASK,
+    SIGNAL_RELOAD_TASKS,
+    SIGNAL_RESUME_TASK,
+    SIGNAL_RUN_TASK,
+    SIGNAL_START,
+    SIGNAL_STOP,
+    SchedulerStatus,
+    TaskIdArg,
+)
+from xbot.db import create_pool
+from xbot.settings import load_settings
+from xbot.task_definitions import (
+    TaskDefinitionConflict,
+    TaskDefinitionCreate,
+    TaskDefinitionError,
+    TaskDefinitionPatch,
+    create_task_definition,
+    delete_task_definition,
+    get_task_definition,
+    set_paused,
+    update_task_definition,
+)
+from xbot.worker_app import pool_sizes
+
+T = TypeVar("T")
+
+EXAMPLES = int(os.environ.get("XBOT_MODEL_EXAMPLES", "3"))
+STEPS = int(os.environ.get("XBOT_MODEL_STEPS", "12"))
+# Shrinking re-runs the real stack many times: on for a local hunt, off by default (CI).
+SHRINK = os.environ.get("XBOT_MODEL_SHRINK", "") == "1"
+VERBOSE = os.environ.get("XBOT_MODEL_VERBOSE", "") == "1"
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Registered in the validated registry, so definitions go through `create_task_definition`; the
+# model worker registers its scripted handler under this type instead of the real one.
+TASK_TYPE = "noop"
+LOCK_KEYS = ("alpha", "beta")
+MAX_DEFINITIONS = 6
+# A hung call sleeps this long in real time (the test server does not skip time meanwhile).
+HANG_SECONDS = 3.0
+STEP_TIMEOUT = 420.0
+SETTLE_TIMEOUT = 90.0
+OPEN_STATUSES = ("started", "waiting_lock")
+NOT_LAST_STATUSES = ("retrying", "lost")
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+
+MODEL_TABLES = """
+CREATE TABLE IF NOT EXISTS model_script (
+    id bigserial PRIMARY KEY, task_id bigint NOT NULL, action text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_calls (
+    id bigserial PRIMARY KEY, bot_id text NOT NULL, task_id bigint NOT NULL, execution_id bigint,
+    attempt int, action text NOT NULL, pid int NOT NULL,
+    started_at timestamptz NOT NULL, ended_at timestamptz
+);
+"""
+
+
+# ------------------------------------------------------------------------- the model worker
+
+
+@dataclass
+class DbScriptedHandler(ScriptedHandler):
+    """A `ScriptedHandler` whose script is the `model_script` table and whose calls are recorded
+    in `model_calls`, so the test process can script and watch a worker in another process.
+
+    A call's interval is taken from the wall clock at its entry and before its exit, so it holds
+    the handler's real execution, whichever process ran it.
+    """
+
+    pool: asyncpg.Pool | None = None
+
+    async def run(self, ctx: TaskContext) -> dict[str, Any]:
+        started = datetime.now(UTC)
+        assert self.pool is not None
+        action = await self.pool.fetchval(
+            """
+            DELETE FROM model_script WHERE id = (
+                SELECT id FROM model_script WHERE task_id = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+            ) RETURNING action
+            """,
+            ctx.task_id,
+        )
+        action = action or self.default
+        call_id = await self.pool.fetchval(
+            """
+            INSERT INTO model_calls (bot_id, task_id, execution_id, attempt, action, pid, started_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
+            """,
+            ctx.bot_id,
+            ctx.task_id,
+            ctx.execution_id,
+            ctx.attempt,
+            action,
+            os.getpid(),
+            started,
+        )
+        try:
+            return await self._act(action, ctx)
+        finally:
+            ended = datetime.now(UTC)
+            await asyncio.shield(
+                self.pool.execute("UPDATE model_calls SET ended_at = $2 WHERE id = $1", call_id, ended)
+            )
+
+
+async def worker_main(address: str, task_queue: str, database_url: str) -> None:
+    """The model's worker process: the real worker, with the scripted handler for TASK_TYPE."""
+    from xbot.worker_app import build_worker
+
+    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    main_size, lock_size = pool_sizes(8)
+    pool = await create_pool(database_url, max_size=main_size)
+    lock_pool = await create_pool(database_url, max_size=lock_size)
+    handler = DbScriptedHandler(pool=pool, sleep_seconds=HANG_SECONDS)
+    async with httpx.AsyncClient() as http:
+        worker = build_worker(
+            client,
+            pool,
+            load_settings(),
+            task_queue,
+            http,
+            handlers=handlers_with(handler, TASK_TYPE),
+            lock_pool=lock_pool,
+            max_concurrent_activities=8,
+        )
+        async with worker:
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+
+
+# ----------------------------------------------------------------------- the test's event loop
+
+
+class Shared:
+    """An event loop running in a thread of its own, with the test database's pool."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        binary = shutil.which("temporal-test-server")
+        assert binary is not None, "temporal-test-server not on PATH; install the dev extra"
+        self.server_binary = binary
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="model-loop", daemon=True)
+        self.thread.start()
+        self.pool: asyncpg.Pool = self.run(self._open())
+        self.started = time.monotonic()
+
+    async def _open(self) -> asyncpg.Pool:
+        pool = await create_pool(self.database_url, max_size=5)
+        await pool.execute(MODEL_TABLES)
+        return pool
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = STEP_TIMEOUT) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise AssertionError(f"a step did not finish within {timeout} s") from None
+
+    def log(self, message: str) -> None:
+        if VERBOSE:
+            print(f"[{time.monotonic() - self.started:7.1f}s] {message}", flush=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.run(self.pool.close(), 30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+# ---------------------------------------------------------------------------- the state machine
+
+
+@dataclass
+class Definition:
+    id: int
+    allow_overlap: bool
+    lock_key: str | None
+
+
+@dataclass(frozen=True)
+class Interval:
+    task_id: int
+    execution_id: int | None
+    started_at: datetime
+    ended_at: datetime
+
+    def describe(self) -> str:
+        end = "running" if self.ended_at == FAR_FUTURE else self.ended_at.isoformat()
+        return f"task {self.task_id} (execution {self.execution_id}) {self.started_at.isoformat()} .. {end}"
+
+
+def first_overlap(intervals: Sequence[Interval]) -> tuple[Interval, Interval] | None:
+    """Two of the intervals that overlap, or None."""
+    latest: Interval | None = None
+    for interval in sorted(intervals, key=lambda i: i.started_at):
+        if latest is not None and interval.started_at < latest.ended_at:
+            return latest, interval
+        if latest is None or interval.ended_at > latest.ended_at:
+            latest = interval
+    return None
+
+
+def workflow_task_failures(history: WorkflowHistory) -> list[str]:
+    return [
+        f"event {event.event_id}: {event.workflow_task_failed_event_attributes.failure.message}"
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    ]
+
+
+class SchedulerModel(RuleBasedStateMachine):
+    """Operator actions on one bot; the invariants hold after every step."""
+
+    tasks = Bundle("tasks")
+
+    def __init__(self, shared: Shared) -> None:
+        super().__init__()
+        self.shared = shared
+        self.pool = shared.pool
+        self.definitions: dict[int, Definition] = {}
+        self.running = True
+        self.failed = False
+        self.env: WorkflowEnvironment | None = None
+        self.worker: asyncio.subprocess.Process | None = None
+        self.handle: WorkflowHandle[Any, Any] | None = None
+        self.bot = ""
+        self.task_queue = f"tq-model-{uuid.uuid4().hex[:10]}"
+        self.first_run_id = ""
+        # Runs of the chain that continued as new: their histories do not change any more.
+        self.closed_runs: dict[str, WorkflowHistory] = {}
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def _run(self, label: str, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run one step's coroutine on the shared loop; remember a failure (teardown then only
+        cleans up, so the reported error is the step's)."""
+        self.shared.log(label)
+        try:
+            return self.shared.run(coroutine)
+        except BaseException:
+            self.failed = True
+            raise
+
+    @property
+    def client(self) -> Client:
+        assert self.env is not None
+        return self.env.client
+
+    @property
+    def workflow(self) -> WorkflowHandle[Any, Any]:
+        assert self.handle is not None
+        return self.handle
+
+    async def _now(self) -> datetime:
+        assert self.env is not None
+        return await self.env.get_current_time()
+
+    async def _reload(self) -> None:
+        await self.workflow.signal(SIGNAL_RELOAD_TASKS)
+
+    async def _exists(self, task_id: int) -> bool:
+        return await get_task_definition(self.pool, self.bot, task_id) is not None
+
+    async def _status(self) -> SchedulerStatus | None:
+        """The status query, or None while no worker can answer it (e.g. just after a kill)."""
+        try:
+            return await asyncio.wait_for(status(self.workflow), 20)
+        except (TimeoutError, RPCError):
+            return None
+
+    async def _spawn_worker(self) -> asyncio.subprocess.Process:
+        address = self.client.service_client.config.target_host
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.scheduler.test_model",
+            address,
+            self.task_queue,
+            self.shared.database_url,
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert worker.stdout is not None
+        try:
+            line = await asyncio.wait_for(worker.stdout.readline(), 120)
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            worker.kill()
+            await worker.wait()
+            raise AssertionError(f"the model worker did not start (said {line!r})")
+        return worker
+
+    async def _kill_worker(self) -> None:
+        """SIGKILL the worker; its handler calls end now (the process is gone)."""
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+        await self.pool.execute(
+            "UPDATE model_calls SET ended_at = $2 WHERE pid = $1 AND ended_at IS NULL",
+            worker.pid,
+            datetime.now(UTC),
+        )
+
+    # ------------------------------------------------------------------------------ set-up
+
+    @initialize(continue_after_events=st.sampled_from([250, 2000]))
+    def start_scheduler(self, continue_after_events: int) -> None:
+        """A bot with no definitions, its worker, and its workflow (continuing as new early or not)."""
+        self._run(
+            f"start (continue_after_events={continue_after_events})", self._setup(continue_after_events)
+        )
+
+    async def _setup(self, continue_after_events: int) -> None:
+        self.env = await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=self.shared.server_binary, data_converter=pydantic_data_converter
+        )
+        self.bot = await insert_bot(self.pool)
+        self.worker = await self._spawn_worker()
+        options = TEST_OPTIONS.model_copy(update={"continue_after_events": continue_after_events})
+        self.handle = await start_bot(self.client, self.bot, self.task_queue, options)
+        assert self.handle.result_run_id is not None
+        self.first_run_id = self.handle.result_run_id
+
+    # ---------------------------------------------------------------- definitions (the API)
+
+    @precondition(lambda self: len(self.definitions) < MAX_DEFINITIONS)
+    @rule(
+        target=tasks,
+        interval=st.integers(1, 10),
+        max_retries=st.integers(0, 2),
+        allow_overlap=st.booleans(),
+        lock_key=st.sampled_from([None, *LOCK_KEYS]),
+        dependency=st.none() | tasks,
+        first_in_seconds=st.none() | st.integers(0, 600),
+        priority=st.integers(0, 2),
+    )
+    def create(
+        self,
+        interval: int,
+        max_retries: int,
+        allow_overlap: bool,
+        lock_key: str | None,
+        dependency: int | None,
+        first_in_seconds: int | None,
+        priority: int,
+    ) -> Any:
+        task_id = self._run(
+            "create",
+            self._create(
+                interval, max_retries, allow_overlap, lock_key, dependency, first_in_seconds, priority
+            ),
+        )
+        return multiple() if task_id is None else task_id
+
+    async def _create(
+        self,
+        interval: int,
+        max_retries: int,
+        allow_overlap: bool,
+        lock_key: str | None,
+        dependency: int | None,
+        first_in_seconds: int | None,
+        priority: int,
+    ) -> int | None:
+        planned = (
+            None if first_in_seconds is None else await self._now() + timedelta(seconds=first_in_seconds)
+        )
+        fields = TaskDefinitionCreate(
+            task_type=TASK_TYPE,
+            interval_minutes=interval,
+            max_retries=max_retries,
+            allow_overlap=allow_overlap,
+            lock_key=lock_key,
+            dependencies=[] if dependency is None else [dependency],
+            next_planned_run_at=planned,
+            priority=priority,
+        )
+        try:
+            created = await create_task_definition(self.pool, self.bot, fields)
+        except TaskDefinitionError:
+            return None  # its dependency was deleted: refused, as the API would (422)
+        self.definitions[created.id] = Definition(created.id, allow_overlap, lock_key)
+        await self._reload()
+        return created.id
+
+    async def _patch(self, task_id: int, patch: TaskDefinitionPatch) -> None:
+        if await update_task_definition(self.pool, self.bot, task_id, patch) is not None:
+            await self._reload()
+
+    @rule(task=tasks, interval=st.none() | st.integers(1, 10), planned_in_seconds=st.integers(0, 900))
+    def patch_schedule(self, task: int, interval: int | None, planned_in_seconds: int) -> None:
+        """A new interval, or (when `interval` is None) a new next_planned_run_at."""
+        self._run(f"patch #{task}", self._patch_schedule(task, interval, planned_in_seconds))
+
+    async def _patch_schedule(self, task: int, interval: int | None, planned_in_seconds: int) -> None:
+        if interval is not None:
+            patch = TaskDefinitionPatch(interval_minutes=interval)
+        else:
+            patch = TaskDefinitionPatch(
+                next_planned_run_at=await self._now() + timedelta(seconds=planned_in_seconds)
+            )
+        await self._patch(task, patch)
+
+    @rule(task=tasks)
+    def deactivate(self, task: int) -> None:
+        self._run(f"deactivate #{task}", self._patch(task, TaskDefinitionPatch(is_active=False)))
+
+    @rule(task=tasks)
+    def reactivate(self, task: int) -> None:
+        self._run(f"reactivate #{task}", self._patch(task, TaskDefinitionPatch(is_active=True)))
+
+    @rule(task=tasks)
+    def delete(self, task: int) -> None:
+        """Refused while another definition depends on it (the API answers 409)."""
+        self._run(f"delete #{task}", self._delete(task))
+
+    async def _delete(self, task: int) -> None:
+        with contextlib.suppress(TaskDefinitionConflict):
+            if await delete_task_definition(self.pool, self.bot, task):
+                await self._reload()
+
+    @rule(task=tasks, paused=st.booleans())
+    def pause_or_resume(self, task: int, paused: bool) -> None:
+        self._run(f"{'pause' if paused else 'resume'} #{task}", self._pause(task, paused))
+
+    async def _pause(self, task: int, paused: bool) -> None:
+        if await set_paused(self.pool, self.bot, task, paused) is not None:
+            name = SIGNAL_PAUSE_TASK if paused else SIGNAL_RESUME_TASK
+            await self.workflow.signal(name, TaskIdArg(task_id=task))
+
+    @rule(task=tasks)
+    def run_now(self, task: int) -> None:
+        self._run(f"run #{task}", self._run_now(task))
+
+    async def _run_now(self, task: int) -> None:
+        if await self._exists(task):  # the API answers 404 otherwise
+            await self.workflow.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task))
+
+    # ------------------------------------------------------------------------- the bot
+
+    @rule()
+    def stop(self) -> None:
+        self.running = False
+        self._run("stop", self.workflow.signal(SIGNAL_STOP))
+
+    @rule()
+    def start(self) -> None:
+        self.running = True
+        self._run("start", self.workflow.signal(SIGNAL_START))
+
+    # --------------------------------------------------------------- the world misbehaves
+
+    @rule(task=tasks, action=st.sampled_from(["fail", "fatal", "sleep"]))
+    def script_next_call(self, task: int, action: str) -> None:
+        """The task's next handler call fails, fails for good, or hangs for HANG_SECONDS."""
+        self._run(
+            f"next call of #{task}: {action}",
+            self.pool.execute("INSERT INTO model_script (task_id, action) VALUES ($1, $2)", task, action),
+        )
+
+    @rule(seconds=st.integers(5, 12 * 60))
+    def skip_time(self, seconds: int) -> None:
+        assert self.env is not None
+        self._run(f"advance {seconds} s", advance(self.env, timedelta(seconds=seconds)))
+
+    @rule(task=tasks)
+    def kill_worker(self, task: int) -> None:
+        """SIGKILL the worker while `task` hangs in its handler (if it can run), then start another."""
+        self._run(f"kill the worker during #{task}", self._kill_during(task))
+
+    async def _kill_during(self, task: int) -> None:
+        if self.running and await self._exists(task):
+            await self.pool.execute("INSERT INTO model_script (task_id, action) VALUES ($1, 'sleep')", task)
+            await self.workflow.signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task))
+            with contextlib.suppress(AssertionError):  # it may not run now (paused, deps): kill anyway
+                await eventually(self._open_calls, bool, timeout=HANG_SECONDS * 2)
+        await self._kill_worker()
+        self.worker = await self._spawn_worker()
+        # The Java test server sends queries to the dead worker's sticky queue until a workflow
+        # task moves the workflow to another worker (the real server falls back by itself): a
+        # harmless reload makes one when the workflow has nothing pending (stopped, paused).
+        await self._reload()
+
+    async def _open_calls(self) -> int:
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM model_calls WHERE bot_id = $1 AND ended_at IS NULL", self.bot
+        )
+        return count
+
+    # ------------------------------------------------------------------------ invariants
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        self._run("check", self._check(final=False))
+
+    async def _check(self, final: bool) -> None:
+        await self._check_histories()
+        await self._check_status_matches_definitions()
+        await self._check_no_overlap()
+        await self._check_attempt_rows(final)
+
+    async def _histories(self) -> list[WorkflowHistory]:
+        """The history of every run of the bot's chain, first to current."""
+        histories: list[WorkflowHistory] = []
+        run_id = self.first_run_id
+        while True:
+            history = self.closed_runs.get(run_id)
+            if history is None:
+                history = await self.client.get_workflow_handle(self.bot, run_id=run_id).fetch_history()
+            histories.append(history)
+            last = history.events[-1]
+            if last.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+                return histories
+            self.closed_runs[run_id] = history
+            run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+
+    async def _check_histories(self) -> None:
+        for history in await self._histories():
+            failures = workflow_task_failures(history)
+            assert not failures, f"workflow task failed in run of {history.workflow_id}: {failures}"
+
+    async def _check_status_matches_definitions(self) -> None:
+        async def probe() -> tuple[list[int], list[int] | None, bool | None]:
+            rows = await self.pool.fetch(
+                "SELECT id FROM bot_task_definitions WHERE bot_id = $1 AND is_active ORDER BY id", self.bot
+            )
+            current = await self._status()
+            if current is None:
+                return [row["id"] for row in rows], None, None
+            return [row["id"] for row in rows], sorted(t.id for t in current.tasks), current.isRunning
+
+        def agrees(value: tuple[list[int], list[int] | None, bool | None]) -> bool:
+            stored, shown, running = value
+            return stored == shown and running == self.running
+
+        try:
+            await eventually(probe, agrees, timeout=SETTLE_TIMEOUT)
+        except AssertionError as error:
+            raise AssertionError(
+                f"status does not show the active definitions (stored, shown, isRunning) with the bot "
+                f"{'running' if self.running else 'stopped'}: {error}"
+            ) from None
+
+    async def _check_no_overlap(self) -> None:
+        rows = await self.pool.fetch(
+            "SELECT task_id, execution_id, started_at, ended_at FROM model_calls WHERE bot_id = $1", self.bot
+        )
+        calls = [
+            Interval(row["task_id"], row["execution_id"], row["started_at"], row["ended_at"] or FAR_FUTURE)
+            for row in rows
+        ]
+        exclusive = [call for call in calls if not self.definitions[call.task_id].allow_overlap]
+        overlap = first_overlap(exclusive)
+        assert overlap is None, "executions of tasks without allow_overlap overlap: " + " and ".join(
+            call.describe() for call in overlap
+        )
+        for key in LOCK_KEYS:
+            holders = [call for call in calls if self.definitions[call.task_id].lock_key == key]
+            overlap = first_overlap(holders)
+            assert overlap is None, f"lock key {key!r} held twice at once: " + " and ".join(
+                call.describe() for call in overlap
+            )
+
+    async def _check_attempt_rows(self, final: bool) -> None:
+        runs: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for row in await executions(self.pool, self.bot):
+            key = row["execution_key"]
+            assert key is not None, f"execution {row['id']} has no execution_key"
+            if final:
+                assert row["status"] not in OPEN_STATUSES, f"execution left open: {dict(row)}"
+                if row["status"] != "completed":
+                    assert row["error_message"], f"execution closed without a reason: {dict(row)}"
+            if key.endswith("/skip"):
+                continue
+            run_key, _, attempt = key.rpartition("/")
+            assert int(attempt) == row["attempt_number"], f"key and attempt number differ: {dict(row)}"
+            runs[run_key].append(row)
+        for run_key, rows in runs.items():
+            rows.sort(key=lambda r: r["attempt_number"])
+            summary = [(r["attempt_number"], r["status"]) for r in rows]
+            assert [r["attempt_number"] for r in rows] == list(range(1, len(rows) + 1)), (
+                f"run {run_key}: attempts are not numbered 1..n: {summary}"
+            )
+            assert all(r["status"] in NOT_LAST_STATUSES for r in rows[:-1]), (
+                f"run {run_key}: an attempt other than the last is not retrying/lost: {summary}"
+            )
+            if final:
+                assert rows[-1]["status"] != "retrying", (
+                    f"run {run_key}: its last attempt is left 'retrying' with the bot stopped: {summary}"
+                )
+
+    # -------------------------------------------------------------------------- quiescence
+
+    def teardown(self) -> None:
+        try:
+            if self.handle is not None and not self.failed:
+                self._run("stop and settle", self._quiesce())
+        finally:
+            self.shared.run(self._cleanup(), 120)
+
+    async def _quiesce(self) -> None:
+        """Stop the bot, wait until nothing is in flight, check everything, replay every run."""
+        self.running = False
+        await self.workflow.signal(SIGNAL_STOP)
+
+        async def probe() -> tuple[Any, ...]:
+            current = await self._status()
+            open_rows = await self.pool.fetchval(
+                "SELECT count(*) FROM bot_task_executions WHERE bot_id = $1 AND status = ANY($2::text[])",
+                self.bot,
+                list(OPEN_STATUSES),
+            )
+            if current is None:
+                return (None, open_rows, await self._open_calls())
+            busy = [
+                (t.id, t.state) for t in current.tasks if t.state in ("running", "retrying", "waiting_lock")
+            ]
+            return (current.isRunning, current.runningTasks, busy, open_rows, await self._open_calls())
+
+        try:
+            await eventually(probe, lambda value: value == (False, [], [], 0, 0), timeout=SETTLE_TIMEOUT)
+        except AssertionError as error:
+            raise AssertionError(
+                f"the stopped bot did not settle (isRunning, runningTasks, busy tasks, open rows, "
+                f"open handler calls): {error}"
+            ) from None
+        await self._check(final=True)
+        replayer = Replayer(workflows=[BotScheduler], data_converter=pydantic_data_converter)
+        for history in await self._histories():
+            await replayer.replay_workflow(history)
+
+    async def _cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            await terminate_started(self.task_queue)
+        with contextlib.suppress(Exception):
+            await self._kill_worker()
+        if self.env is not None:
+            with contextlib.suppress(Exception):
+                await self.env.shutdown()
+
+
+# ------------------------------------------------------------------------------------ the test
+
+
+def run_model(database_url: str) -> None:
+    shared = Shared(database_url)
+    try:
+        phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else [])
+        run_state_machine_as_test(
+            lambda: SchedulerModel(shared),
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                database=None,
+                phases=phases,
+                print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+    finally:
+        shared.close()
+
+
+@pytest.mark.timeout(300 + EXAMPLES * (90 + STEPS * 15))
+async def test_scheduler_model(database_url: str) -> None:
+    await asyncio.to_thread(run_model, database_url)
+
+
+if __name__ == "__main__":
+    asyncio.run(worker_main(*sys.argv[1:4]))
