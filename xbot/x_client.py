@@ -10,6 +10,7 @@ A 401 triggers one token refresh and one retry.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +36,8 @@ from xbot.x_errors import (
     describe_error_body,
     is_duplicate_content,
 )
+
+log = logging.getLogger(__name__)
 
 TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,referenced_tweets,text"
 USER_FIELDS = "created_at,description,name,profile_image_url,protected,public_metrics,username,verified"
@@ -235,11 +238,7 @@ class XClient:
                 extensions={"trace": probe.trace},
             )
         except BaseException as error:
-            # Shielded: a second cancellation must not leave the slot taken until its lease ends.
-            if probe.may_have_reached_x(error):
-                await asyncio.shield(quota.settle(self._pool, reservation, None))
-            else:
-                await asyncio.shield(quota.release(self._pool, reservation))
+            await self._close_unanswered(reservation, counted=probe.may_have_reached_x(error))
             if isinstance(error, httpx.TimeoutException):
                 raise XTimeoutError(key, f"no answer within {self._timeout:g}s") from None
             if isinstance(error, httpx.HTTPError):
@@ -247,6 +246,18 @@ class XClient:
             raise
         await self._track(key, reservation, response)
         return response
+
+    async def _close_unanswered(self, reservation: quota.Reservation, *, counted: bool) -> None:
+        """No answer: count the request if X may have seen it, else give the slot back. Shielded, so a
+        second cancellation cannot leave the slot taken; a database failure here must not hide the
+        request's own error (the slot's lease frees it)."""
+        closing = (
+            quota.settle(self._pool, reservation, None) if counted else quota.release(self._pool, reservation)
+        )
+        try:
+            await asyncio.shield(closing)
+        except Exception as error:
+            log.warning("quota slot of %s %s left to its lease: %s", self.bot_id, reservation.endpoint, error)
 
     async def _track(self, key: str, reservation: quota.Reservation, response: httpx.Response) -> None:
         body: Any = None
