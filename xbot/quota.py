@@ -563,6 +563,7 @@ async def bot_quota(
                     row["limit_total"],
                     row["limit_total"],
                     None,
+                    source=row["source"],
                 )
             )
     windows.sort(key=lambda w: (w.scope != "bot", w.endpoint, _WINDOW_ORDER[w.window]))

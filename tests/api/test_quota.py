@@ -96,6 +96,16 @@ async def test_quota_lists_bot_and_app_windows_with_caps(
         ("app", "mentions", "month"),
     }
 
+    # Past its reset a window is shown full again, still saying where its numbers came from.
+    await pool.execute(
+        "UPDATE quota_windows SET reset_at = now() - interval '1 second' WHERE window_kind = '24h'"
+    )
+    refilled = {item["source"]: item for item in (await client.get("/bots/poster/quota")).json()["limits"]}
+    assert (
+        refilled["x-user-limit-24hour"]["remaining"] == 100
+        and refilled["x-user-limit-24hour"]["resets_at"] is None
+    )
+
     assert (await client.get("/bots/nobody/quota")).status_code == 404
     assert (await client.get("/bots/nobody/quota")).json() == {"error": "bot nobody not found"}
     assert (await anonymous.get("/bots/poster/quota")).status_code == 401
