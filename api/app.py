@@ -30,9 +30,10 @@ from api.auth import require_token
 from api.errors import ErrorBody, install_error_handlers
 from api.feed import Event, FeedHub, LogSource, StatusSource, log_event
 from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, RequestTimeout
-from api.routes import bots, health, history, metrics, quota, replies, tasks, ws
+from api.routes import bots, health, history, metrics, notifications, quota, replies, tasks, ws
 from api.state import ApiState, TemporalConnector
 from workflows.models import QUERY_STATUS, SchedulerStatus
+from xbot.bots import encrypt_plain_webhook_urls
 from xbot.crypto import TokenCipher, TokenCipherError
 from xbot.db import create_pool, resolve_database_url, stop_embedded_postgres
 from xbot.log_setup import guard_handlers
@@ -170,6 +171,8 @@ def create_app(
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             owned_pool = state.pool_or_none = await create_pool(dsn)
+            if cipher is not None:
+                await encrypt_plain_webhook_urls(owned_pool, cipher)
         try:
             await temporal.get()
         except Exception:
@@ -199,9 +202,9 @@ def create_app(
     )
     app.state.api = state
     install_error_handlers(app)
-    for router in (health.router, bots.router, tasks.router, history.router, replies.router, metrics.router):
-        app.include_router(router)
-    app.include_router(quota.router)
+    routers = (health, bots, tasks, history, replies, metrics, notifications, quota)
+    for module in routers:
+        app.include_router(module.router)
     app.include_router(ws.router)
     _include_codec_routes(app, settings)
     _include_dashboard(app)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
 from xbot.scheduler_client import WorkerUnavailable
+from xbot.url_policy import UrlPolicyError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
         return error_response(422, _describe_validation(error))
+
+    @app.exception_handler(UrlPolicyError)
+    async def _refused_url(_: Request, error: UrlPolicyError) -> JSONResponse:
+        # Names the field and the host at most: never a path or query (they may hold secrets).
+        return error_response(400, f"{error} (outbound URL policy; see XBOT_ALLOW_PRIVATE_URLS)")
 
     @app.exception_handler(RPCError)
     async def _temporal_error(_: Request, error: RPCError) -> JSONResponse:

@@ -22,7 +22,7 @@ from bench.scenarios import PROJECT_MODULES, SCENARIO_NAMES, missing_module
 pytestmark = pytest.mark.devserver
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-QUICK_RUN_TIMEOUT_SECONDS = 240
+QUICK_RUN_TIMEOUT_SECONDS = 300
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ async def test_applies_every_file_once(empty_database_url: str) -> None:
         "x_users",
         "post_replies",
         "app_settings",
+        "notification_outbox",
         "schema_migrations",
     } <= tables
 

@@ -144,7 +144,7 @@ async def test_reencrypt_tokens_command(pool: asyncpg.Pool, database_url: str) -
         "reencrypt-tokens", "--batch-size", "1", key=f"{KEY_B},{KEY_A}", database_url=database_url
     )
     assert code == 0, err
-    assert out.strip() == "bot_tokens: 2 re-encrypted, 0 already under the first key, 0 unreadable"
+    assert out.splitlines()[0] == "bot_tokens: 2 re-encrypted, 0 already under the first key, 0 unreadable"
     assert len(await readable(pool, TokenCipher(KEY_B))) == 2
 
     code, out, err = await run_cli("reencrypt-tokens", key=KEY_B, database_url=database_url)

@@ -2,7 +2,8 @@
 
 OAuth tokens given on create or patch are handed to `xbot.tokens.store_tokens` (encrypted at rest)
 and never returned: a bot only says whether it has tokens. Its own LLM API key (`llm_api_key`) is
-likewise encrypted (`bots.llm_api_key_enc`) and write-only: a bot says `llm_api_key_set`.
+likewise encrypted (`bots.llm_api_key_enc`) and write-only: a bot says `llm_api_key_set`. The Discord webhook URL (its path is a
+bearer secret) is stored encrypted with the same key and shown masked.
 """
 
 from __future__ import annotations
@@ -11,13 +12,27 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from xbot import url_policy
 from xbot.crypto import TokenCipher
+from xbot.masking import MASK, mask_webhook_url
 
 BOT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PlanTier = Literal["free", "basic", "pro", "enterprise"]
 HttpUrlText = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://\S+$")]
+
+
+def _not_masked(value: str) -> str:
+    # The masked form the API shows would replace the secret with asterisks: refuse, keep the stored one.
+    if MASK in value:
+        raise ValueError(
+            "this is the masked form of a webhook URL; send the full URL, or leave the field out"
+        )
+    return value
+
+
+WebhookUrlText = Annotated[HttpUrlText, AfterValidator(_not_masked)]
 
 
 class BotTokensIn(BaseModel):
@@ -53,7 +68,7 @@ class _BotFields(BaseModel):
     plan_tier: PlanTier = "basic"
     dry_run: bool = False
     approval_required: bool = False
-    discord_webhook_url: HttpUrlText | None = None
+    discord_webhook_url: WebhookUrlText | None = None
     llm_model: str | None = Field(default=None, min_length=1, max_length=200)
     llm_base_url: HttpUrlText | None = None
     llm_temperature: float | None = Field(default=None, ge=0, le=2)
@@ -99,7 +114,7 @@ class BotPatch(BaseModel):
     plan_tier: PlanTier | None = None
     dry_run: bool | None = None
     approval_required: bool | None = None
-    discord_webhook_url: HttpUrlText | None = None
+    discord_webhook_url: WebhookUrlText | None = None
     llm_model: str | None = Field(default=None, min_length=1, max_length=200)
     llm_base_url: HttpUrlText | None = None
     llm_temperature: float | None = Field(default=None, ge=0, le=2)
@@ -133,7 +148,9 @@ class Bot(BaseModel):
     plan_tier: str
     dry_run: bool
     approval_required: bool
-    discord_webhook_url: str | None
+    discord_webhook_url: str | None = Field(
+        description="Masked (`https://discord.com/api/webhooks/123…/****`): the URL is stored encrypted"
+    )
     llm_model: str | None
     llm_base_url: str | None
     llm_temperature: float | None
@@ -168,7 +185,57 @@ FROM bots b
 
 
 def _bot(row: asyncpg.Record) -> Bot:
-    return Bot.model_validate(dict(row))  # extra="ignore": llm_api_key_enc never gets out
+    values = dict(row)
+    plain = values.get("discord_webhook_url")  # an old row not encrypted yet: masked all the same
+    values["discord_webhook_url"] = values.get("discord_webhook_url_hint") or (
+        mask_webhook_url(plain) if plain else None
+    )
+    return Bot.model_validate(values)  # extra="ignore": llm_api_key_enc never gets out
+
+
+async def check_bot_urls(data: BotCreate | BotPatch, *, allow_private: bool) -> None:
+    """The outbound URL policy on the URLs the worker will call; `UrlPolicyError` names the field."""
+    for name in ("discord_webhook_url", "llm_base_url"):
+        url = getattr(data, name)
+        if url is not None:
+            try:
+                await url_policy.check_url(url, allow_private=allow_private)
+            except url_policy.UrlPolicyError as error:
+                raise url_policy.UrlPolicyError(f"{name}: {error}") from None
+
+
+def webhook_url_columns(url: str | None, cipher: TokenCipher | None) -> dict[str, Any]:
+    """The stored form of a webhook URL: encrypted, with its mask; the plain column stays empty."""
+    if url is None:
+        return {
+            "discord_webhook_url": None,
+            "discord_webhook_url_enc": None,
+            "discord_webhook_url_hint": None,
+        }
+    return {
+        "discord_webhook_url": None,
+        "discord_webhook_url_enc": _require_cipher(cipher).encrypt(url),
+        "discord_webhook_url_hint": mask_webhook_url(url),
+    }
+
+
+async def encrypt_plain_webhook_urls(pool: asyncpg.Pool, cipher: TokenCipher) -> int:
+    """Encrypt webhook URLs stored in plain text (rows from before migration 0006) and clear them.
+    Run by the API and the worker at start; the number of bots changed."""
+    async with pool.acquire() as connection, connection.transaction():
+        rows = await connection.fetch(
+            "SELECT id, discord_webhook_url FROM bots WHERE discord_webhook_url IS NOT NULL FOR UPDATE"
+        )
+        for row in rows:
+            columns = webhook_url_columns(row["discord_webhook_url"], cipher)
+            await connection.execute(
+                "UPDATE bots SET discord_webhook_url = NULL, discord_webhook_url_enc = $2,"
+                " discord_webhook_url_hint = $3 WHERE id = $1",
+                row["id"],
+                columns["discord_webhook_url_enc"],
+                columns["discord_webhook_url_hint"],
+            )
+    return len(rows)
 
 
 async def get_bot(pool: asyncpg.Pool, bot_id: str) -> Bot | None:
@@ -208,9 +275,11 @@ async def _store_tokens(
 
 async def create_bot(pool: asyncpg.Pool, data: BotCreate, cipher: TokenCipher | None) -> Bot:
     token_cipher = _require_cipher(cipher) if data.tokens is not None else None
-    values = data.model_dump(exclude=_SECRETS)
+    values = data.model_dump(exclude=_SECRETS | {"discord_webhook_url"})
     if data.llm_api_key is not None:
         values["llm_api_key_enc"] = _require_cipher(cipher).encrypt(data.llm_api_key)
+    if data.discord_webhook_url is not None:
+        values.update(webhook_url_columns(data.discord_webhook_url, cipher))
     columns = list(values)
     placeholders = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
     async with pool.acquire() as connection, connection.transaction():
@@ -235,6 +304,8 @@ async def update_bot(
     if "llm_api_key" in patch.model_fields_set:
         key = patch.llm_api_key
         changes["llm_api_key_enc"] = None if key is None else _require_cipher(cipher).encrypt(key)
+    if "discord_webhook_url" in changes:
+        changes.update(webhook_url_columns(changes.pop("discord_webhook_url"), cipher))
     assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(changes, start=2))
     async with pool.acquire() as connection, connection.transaction():
         updated = await connection.fetchval(

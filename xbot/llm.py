@@ -29,6 +29,7 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
+from xbot import url_policy
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.post_text import MAX_POST_CHARS, fit_to_post
 from xbot.settings import Settings
@@ -80,6 +81,8 @@ class LlmOptions:
     max_tokens: int | None
     api_key: str | None = field(default=None, repr=False)  # None: no Authorization header at all
     key_source: str = "no API key"  # which key, for messages: never the key itself
+    # The bot's own llm_base_url (given through the API): checked by the outbound URL policy.
+    own_base_url: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,17 @@ class ReplyGenerator:
             max_tokens=max_tokens,
             api_key=api_key or None,
             key_source=key_source,
+            own_base_url=base_url is not None,
         )
+
+    async def _check_base_url(self, base_url: str) -> None:
+        """Checked again at request time (DNS may have changed since the API accepted it)."""
+        try:
+            await url_policy.check_url(base_url, allow_private=self._settings.allow_private_urls)
+        except url_policy.UrlPolicyError as error:
+            if error.retryable:
+                raise LlmUnavailableError(f"llm_base_url {error}") from None
+            raise LlmConfigurationError(f"llm_base_url refused by the outbound URL policy: {error}") from None
 
     def _client(self, options: LlmOptions) -> AsyncOpenAI:
         if options.api_key is None and options.base_url is None:  # OpenAI itself always wants one
@@ -174,6 +187,8 @@ class ReplyGenerator:
         return client
 
     async def generate(self, prompt: MentionPrompt, options: LlmOptions) -> Draft:
+        if options.own_base_url and options.base_url:
+            await self._check_base_url(options.base_url)
         client = self._client(options)
         completion = await self._complete(client, options, build_messages(prompt))
         text, cut_off = _answer(completion)

@@ -36,7 +36,7 @@ class EncryptedColumns:
 # Everything encrypted with TOKEN_ENCRYPTION_KEY; a new encrypted column is one more line here.
 ENCRYPTED: tuple[EncryptedColumns, ...] = (
     EncryptedColumns("bot_tokens", "bot_id", ("access_token_enc", "refresh_token_enc")),
-    EncryptedColumns("bots", "id", ("llm_api_key_enc",)),
+    EncryptedColumns("bots", "id", ("llm_api_key_enc", "discord_webhook_url_enc")),
 )
 
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     token_encryption_key: SecretStr | None = Field(default=None, validation_alias="TOKEN_ENCRYPTION_KEY")
 
+    # Outbound URL policy (xbot/url_policy.py); unset = allowed in development and test only.
+    xbot_allow_private_urls: bool | None = Field(default=None, validation_alias="XBOT_ALLOW_PRIVATE_URLS")
+
     # Temporal payload encryption (see docs/deployment.md): `id:key[,id:key...]`, first one encrypts.
     encryption_key: SecretStr | None = Field(default=None, validation_alias="ENCRYPTION_KEY")
     codec_cors_origins: str = Field(default="http://localhost:8233", validation_alias="CODEC_CORS_ORIGINS")
@@ -101,6 +104,13 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.xbot_env == "production"
+
+    @property
+    def allow_private_urls(self) -> bool:
+        """Whether API-given URLs may reach private, loopback or link-local addresses."""
+        if self.xbot_allow_private_urls is not None:
+            return self.xbot_allow_private_urls
+        return self.xbot_env in ("development", "test")
 
 
 def _one_line(error: ValidationError) -> str:

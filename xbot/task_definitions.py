@@ -3,7 +3,9 @@
 Validation that needs no database lives in the models (known task type, exactly one schedule, a cron
 expression that has a next date, ranges, known rate-limit endpoint). Dependencies are checked when a
 definition is saved, under a lock on the bot row: they must be definitions of the same bot and the
-graph must stay acyclic, so the scheduler never discovers a cycle at run time.
+graph must stay acyclic, so the scheduler never discovers a cycle at run time. A `webhook`
+definition's URL goes through the outbound URL policy (`xbot.url_policy`, which resolves the host), and
+its secret-looking headers and query parameters are masked in what the API returns.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pydantic import (
 )
 
 from workflows import policy
+from xbot import url_policy
+from xbot.masking import mask_config, restore_masked
 from xbot.rate_limits import ENDPOINTS
 
 MAX_DEPENDENCIES = 50
@@ -131,7 +135,27 @@ class TaskDefinitionFields(BaseModel):
             raise ValueError("give exactly one of interval_minutes, interval_seconds, cron_expression")
         if self.max_retry_delay_minutes < self.retry_delay_minutes:
             raise ValueError("max_retry_delay_minutes must be at least retry_delay_minutes")
+        if self.task_type == "webhook":
+            _check_webhook_config(self.config)
         return self
+
+
+def _check_webhook_config(config: dict[str, Any]) -> None:
+    """The shape the webhook handler needs, refused when saved rather than at its first run."""
+    if not isinstance(config.get("url"), str):
+        raise ValueError("config.url: a webhook task needs the URL to POST to")
+    headers = config.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(value, str) for value in headers.values()):
+        raise ValueError("config.headers: must map header names to strings")
+
+
+async def check_task_urls(fields: TaskDefinitionFields, *, allow_private: bool) -> None:
+    """The outbound URL policy on the URL the worker will call (`UrlPolicyError`)."""
+    if fields.task_type == "webhook":
+        try:
+            await url_policy.check_url(str(fields.config["url"]), allow_private=allow_private)
+        except url_policy.UrlPolicyError as error:
+            raise url_policy.UrlPolicyError(f"config.url: {error}") from None
 
 
 class TaskDefinitionCreate(TaskDefinitionFields):
@@ -201,6 +225,12 @@ class TaskDefinition(BaseModel):
     config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("config")
+    @classmethod
+    def _masked(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # What the API shows: a PATCH that sends the masked values back keeps the stored secrets.
+        return mask_config(value)
 
 
 _FIELDS = tuple(TaskDefinitionFields.model_fields)
@@ -294,8 +324,9 @@ async def get_task_definition(pool: asyncpg.Pool, bot_id: str, task_id: int) -> 
 
 
 async def create_task_definition(
-    pool: asyncpg.Pool, bot_id: str, data: TaskDefinitionCreate
+    pool: asyncpg.Pool, bot_id: str, data: TaskDefinitionCreate, *, allow_private_urls: bool
 ) -> TaskDefinition:
+    await check_task_urls(data, allow_private=allow_private_urls)
     values = data.model_dump()
     async with pool.acquire() as connection, connection.transaction():
         if not await _lock_bot(connection, bot_id):
@@ -312,7 +343,7 @@ async def create_task_definition(
 
 
 async def update_task_definition(
-    pool: asyncpg.Pool, bot_id: str, task_id: int, patch: TaskDefinitionPatch
+    pool: asyncpg.Pool, bot_id: str, task_id: int, patch: TaskDefinitionPatch, *, allow_private_urls: bool
 ) -> TaskDefinition | None:
     changes = patch.changes()
     async with pool.acquire() as connection, connection.transaction():
@@ -323,7 +354,12 @@ async def update_task_definition(
         )
         if row is None:
             return None
+        if isinstance(changes.get("config"), dict):
+            changes["config"] = restore_masked(changes["config"], row["config"])
         merged = _validate_merged({**dict(row), **changes}, stored_task_type=row["task_type"])
+        if {"task_type", "config"} & changes.keys():
+            # Under the bot's lock, so the URL checked is the URL saved (the lookup is bounded).
+            await check_task_urls(merged, allow_private=allow_private_urls)
         values = merged.model_dump(include=set(changes))
         if "dependencies" in values:
             await _check_dependencies(connection, bot_id, task_id, values["dependencies"])

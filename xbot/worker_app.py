@@ -21,6 +21,8 @@ from activities.legacy_v1.task_runner import LegacyTaskRunner
 from activities.scheduler import SchedulerActivities
 from activities.task_runner import TaskRunner
 from workflows.bot_scheduler import BotScheduler
+from xbot.bots import encrypt_plain_webhook_urls
+from xbot.crypto import cipher_from_settings
 from xbot.db import create_pool, resolve_database_url
 from xbot.migrate import migrate
 from xbot.settings import Settings
@@ -101,6 +103,9 @@ async def run_worker(settings: Settings) -> None:
     pool = await create_pool(database_url, max_size=main_size)
     lock_pool = await create_pool(database_url, min_size=0, max_size=lock_size, command_timeout=None)
     try:
+        if settings.token_encryption_key is not None:
+            # Webhook URLs stored in plain text before migration 0006 are encrypted now.
+            await encrypt_plain_webhook_urls(pool, cipher_from_settings(settings))
         client = await connect_temporal(settings)
         try:
             await ensure_search_attributes(client)

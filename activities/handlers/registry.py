@@ -12,6 +12,7 @@ from activities.handlers.generate_replies import GenerateRepliesHandler
 from activities.handlers.noop import NoopHandler
 from activities.handlers.pull_mentions import PullMentionsHandler
 from activities.handlers.reply_to_mentions import ReplyToMentionsHandler
+from activities.handlers.send_notifications import SendNotificationsHandler
 from activities.handlers.user_fetch import UserFetchHandler
 from activities.handlers.webhook import WebhookHandler
 
@@ -23,6 +24,7 @@ HANDLER_CLASSES: dict[str, Callable[[HandlerDeps], TaskHandler]] = {
     "generate_replys": GenerateRepliesHandler,  # the seed's spelling
     "reply_to_mentions": ReplyToMentionsHandler,
     "user_fetch": UserFetchHandler,
+    "send_notifications": SendNotificationsHandler,
 }
 
 TASK_TYPES: frozenset[str] = frozenset(HANDLER_CLASSES)

@@ -24,7 +24,7 @@ from typing import Any
 
 from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
-from xbot import discord
+from xbot import discord, outbox
 from xbot.errors import RateLimitedError
 from xbot.repositories import bots, replies
 from xbot.repositories.bots import BotProfile
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # X's clock and ours differ; search a little before the recorded intent.
 SEARCH_MARGIN = timedelta(minutes=10)
 MAX_SEARCH_PAGES = 5
+# The Discord notifications sent at the end of a run: a bounded tail after the posting.
+NOTIFY_MAX_MESSAGES = 50
+NOTIFY_MAX_SECONDS = 15.0
 
 
 class ReplyToMentionsHandler(XHandlerBase):
@@ -57,7 +60,9 @@ class ReplyToMentionsHandler(XHandlerBase):
             pending = await replies.postable_replies(self.deps.pool, bot.id, batch)
             if bot.dry_run:
                 return await self._dry_run(ctx, pending)
-            return await self._post_all(ctx, bot, pending)
+            result = await self._post_all(ctx, bot, pending)
+        await self._send_notifications(ctx, bot)  # after the lock: never holds up another run's posting
+        return result
 
     @asynccontextmanager
     async def _bot_lock(self, bot_id: str) -> AsyncIterator[bool]:
@@ -195,9 +200,8 @@ class ReplyToMentionsHandler(XHandlerBase):
     async def _notify(
         self, ctx: TaskContext, bot: BotProfile, reply: PostableReply, posted_id: str | None
     ) -> None:
-        """Discord, once per posted reply; a failure is logged and never fails or repeats the reply."""
-        if not bot.discord_webhook_url:
-            return
+        """Queue the reply's Discord notification (once per reply, however often this runs); it is sent
+        by `_send_notifications` after the posting. A failure here never fails or repeats the reply."""
         notice = discord.ReplyNotice(
             bot_name=bot.name,
             mention_author=reply.mention_author_username,
@@ -206,12 +210,23 @@ class ReplyToMentionsHandler(XHandlerBase):
             reply_post_id=posted_id,
         )
         try:
-            delivered = await discord.notify_reply(self.deps.http, bot.discord_webhook_url, notice)
-            if delivered:
-                await replies.mark_discord_notified(self.deps.pool, reply.id)
-                return
+            await outbox.enqueue_reply_notice(self.deps.pool, bot.id, reply.id, notice)
         except Exception:  # a notification must never undo or repeat a posted reply
-            log.exception("Discord notification of reply %s failed", reply.id)
-        await self.log(
-            ctx, "warn", f"Discord notification for reply {reply.id} failed", {"reply_id": reply.id}
-        )
+            log.exception("queueing the Discord notification of reply %s failed", reply.id)
+            await self.log(
+                ctx, "warn", f"Discord notification for reply {reply.id} failed", {"reply_id": reply.id}
+            )
+
+    async def _send_notifications(self, ctx: TaskContext, bot: BotProfile) -> None:
+        """Drain the bot's outbox, briefly: a 429's short retry_after is waited for, longer retries are
+        left to later runs and to `send_notifications` tasks. Never raises."""
+        try:
+            sender = outbox.OutboxSender.for_settings(self.deps.pool, self.deps.http, self.deps.settings)
+            report = await sender.drain(
+                bot.id, max_messages=NOTIFY_MAX_MESSAGES, max_seconds=NOTIFY_MAX_SECONDS
+            )
+            for event in report.events:
+                if event.outcome != "sent":
+                    await self.log(ctx, "warn", outbox.describe(event), outbox.event_context(event))
+        except Exception:
+            log.exception("sending the Discord notifications of bot %s failed", bot.id)

@@ -2,6 +2,8 @@
 
 The generic task type that lets the scheduler drive work outside X. A 4xx answer is final (the
 request will not get better by repeating it) except 408 and 429; 5xx and network errors retry.
+The outbound URL policy is applied again right before the request (the API checked it when the
+definition was saved, but a host name may resolve elsewhere by now): a refusal is final.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from activities.handlers.base import HandlerDeps, TaskContext
+from xbot import url_policy
 from xbot.errors import NonRetryableTaskError, TaskError
 
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
@@ -21,8 +24,10 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 class WebhookHandler:
     """Config: `{"url": "https://…", "headers": {...} (optional), "timeout_seconds": 30 (optional)}`."""
 
-    def __init__(self, deps: HandlerDeps) -> None:
+    def __init__(self, deps: HandlerDeps, resolver: url_policy.Resolver | None = None) -> None:
         self.http = deps.http
+        self.allow_private_urls = deps.settings.allow_private_urls
+        self.resolver = resolver
 
     async def run(self, ctx: TaskContext) -> dict[str, Any]:
         url = ctx.config.get("url")
@@ -34,6 +39,12 @@ class WebhookHandler:
         timeout = ctx.config.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise NonRetryableTaskError("config.timeout_seconds must be a positive number")
+        try:
+            await url_policy.check_url(url, allow_private=self.allow_private_urls, resolver=self.resolver)
+        except url_policy.UrlPolicyError as error:
+            if error.retryable:  # e.g. a passing DNS failure
+                raise TaskError(f"webhook URL {error}") from None
+            raise NonRetryableTaskError(f"webhook URL refused by the outbound URL policy: {error}") from None
         body = {
             "botId": ctx.bot_id,
             "taskId": ctx.task_id,

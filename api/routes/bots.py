@@ -22,6 +22,7 @@ from xbot.bots import (
     BotExistsError,
     BotPatch,
     TokenStorageUnavailable,
+    check_bot_urls,
     create_bot,
     delete_bot,
     get_bot,
@@ -77,9 +78,11 @@ async def _optional_client(state: State) -> Client | None:
         return None
 
 
-@router.post("/bots", status_code=201, response_model=Bot, responses=error_docs(409))
+@router.post("/bots", status_code=201, response_model=Bot, responses=error_docs(400, 409))
 async def create(body: BotCreate, pool: Pool, state: State) -> Bot:
-    """Create a bot. OAuth tokens, when given, are stored encrypted and never returned."""
+    """Create a bot. OAuth tokens and the Discord webhook URL are stored encrypted and never returned
+    (the URL is shown masked). URLs the outbound URL policy refuses are a 400."""
+    await check_bot_urls(body, allow_private=state.settings.allow_private_urls)
     try:
         return await create_bot(pool, body, state.cipher)
     except BotExistsError as error:
@@ -105,8 +108,9 @@ async def read(bot_id: ExistingBotId, pool: Pool, state: State) -> BotWithState:
     return await _live_state(await _optional_client(state), bot, asyncio.Semaphore(1))
 
 
-@router.patch("/bots/{botId}", response_model=Bot, responses=error_docs(404))
+@router.patch("/bots/{botId}", response_model=Bot, responses=error_docs(400, 404))
 async def patch(bot_id: ExistingBotId, body: BotPatch, pool: Pool, state: State) -> Bot:
+    await check_bot_urls(body, allow_private=state.settings.allow_private_urls)
     try:
         bot = await update_bot(pool, bot_id, body, state.cipher)
     except TokenStorageUnavailable as error:

@@ -61,13 +61,18 @@ async def list_all(bot_id: ExistingBotId, pool: Pool) -> list[TaskDefinition]:
     return await list_task_definitions(pool, bot_id)
 
 
-@router.post("/bots/{botId}/tasks", status_code=201, response_model=TaskDefinition, responses=error_docs(404))
+@router.post(
+    "/bots/{botId}/tasks", status_code=201, response_model=TaskDefinition, responses=error_docs(400, 404)
+)
 async def create(
     bot_id: ExistingBotId, body: TaskDefinitionCreate, pool: Pool, state: State
 ) -> TaskDefinition:
-    """Validated: known task type, one schedule, ranges, known endpoint, same-bot acyclic dependencies."""
+    """Validated: known task type, one schedule, ranges, known endpoint, same-bot acyclic dependencies;
+    a webhook URL the outbound URL policy refuses is a 400. Secret-looking headers are shown masked."""
     try:
-        definition = await create_task_definition(pool, bot_id, body)
+        definition = await create_task_definition(
+            pool, bot_id, body, allow_private_urls=state.settings.allow_private_urls
+        )
     except TaskDefinitionError as error:
         raise ApiError(422, str(error)) from None
     except BotNotFound:
@@ -84,12 +89,15 @@ async def read(bot_id: ExistingBotId, task_id: TaskIdPath, pool: Pool) -> TaskDe
     return definition
 
 
-@router.patch("/bots/{botId}/tasks/{taskId}", response_model=TaskDefinition, responses=error_docs(404))
+@router.patch("/bots/{botId}/tasks/{taskId}", response_model=TaskDefinition, responses=error_docs(400, 404))
 async def patch(
     bot_id: ExistingBotId, task_id: TaskIdPath, body: TaskDefinitionPatch, pool: Pool, state: State
 ) -> TaskDefinition:
+    """Masked values sent back unchanged (`****` headers, the masked URL) keep the stored secrets."""
     try:
-        definition = await update_task_definition(pool, bot_id, task_id, body)
+        definition = await update_task_definition(
+            pool, bot_id, task_id, body, allow_private_urls=state.settings.allow_private_urls
+        )
     except TaskDefinitionError as error:
         raise ApiError(422, str(error)) from None
     except BotNotFound:

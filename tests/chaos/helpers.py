@@ -28,6 +28,7 @@ from workflows.models import (
     SchedulerOptions,
     SchedulerStatus,
 )
+from xbot.bots import webhook_url_columns
 from xbot.crypto import TokenCipher
 from xbot.tokens import store_tokens
 
@@ -82,6 +83,8 @@ async def add_bot(
     **columns: Any,
 ) -> str:
     """A bot whose X account is `account`, with a fresh token pair stored encrypted."""
+    if "discord_webhook_url" in columns:  # stored encrypted, as the API stores it
+        columns.update(webhook_url_columns(columns.pop("discord_webhook_url"), cipher))
     values = {
         "name": f"Bot {bot_id}",
         "plan_tier": "pro",

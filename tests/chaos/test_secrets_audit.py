@@ -34,7 +34,15 @@ from xbot.db import create_pool
 
 pytestmark = pytest.mark.chaos
 
-SOURCES = ("workflow histories", "logs rows", "execution rows", "reply rows", "worker output", "api output")
+SOURCES = (
+    "workflow histories",
+    "logs rows",
+    "execution rows",
+    "reply rows",
+    "bot and outbox rows",
+    "worker output",
+    "api output",
+)
 
 
 @dataclass
@@ -152,6 +160,16 @@ async def _run(
             )
             rows = await pool.fetch("SELECT error_message FROM post_replies")
             audit.sources["reply rows"] = "\n".join(str(r["error_message"]) for r in rows)
+            # Whole rows, the encrypted webhook URL included (as its bytes, decoded as far as they go).
+            rows = await pool.fetch("SELECT * FROM bots")
+            rows += await pool.fetch("SELECT * FROM notification_outbox")
+            audit.sources["bot and outbox rows"] = "\n".join(
+                " ".join(
+                    value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+                    for value in row.values()
+                )
+                for row in rows
+            )
         finally:
             await pool.close()
     finally:
@@ -281,6 +299,13 @@ def test_no_secret_in_log_execution_or_reply_rows(audit: Audit) -> None:
     carry a token, key or secret, also on the error paths (refused refresh, X faults)."""
     for source in ("logs rows", "execution rows", "reply rows"):
         assert audit.leaks(source) == {}, source
+
+
+def test_no_secret_in_bot_or_outbox_rows(audit: Audit) -> None:
+    """Promise: the Discord webhook URL is stored encrypted (its token is not in any bot column, nor in
+    the notifications outbox, which reads the URL from the bot when it sends)."""
+    assert audit.leaks("bot and outbox rows") == {}
+    assert "/api/webhooks/123…/****" in audit.sources["bot and outbox rows"]  # the masked form
 
 
 def test_no_secret_in_api_output(audit: Audit) -> None:

@@ -194,9 +194,9 @@ async def test_discord_webhook_request_matches_the_discord_specification(prisms:
         notice = discord.ReplyNotice(
             "Helper", "alice", POST_ID, "Thanks for the mention!", "1946889436626259968"
         )
-        delivered = await discord.notify_reply(
-            http, f"{prisms[1].base_url}/webhooks/223704706495545344/tok-en_1", notice
+        outcome = await discord.deliver(
+            http, f"{prisms[1].base_url}/webhooks/223704706495545344/tok-en_1", discord.message(notice)
         )
 
     assert violations.in_requests() == []
-    assert delivered
+    assert isinstance(outcome, discord.Delivered)

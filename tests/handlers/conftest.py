@@ -16,6 +16,7 @@ from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_llm import API_KEY, FakeLlm
 from tests.fakes.fake_x import CLIENT_ID, CLIENT_SECRET, FakeX
 from tests.fakes.serve import serve
+from xbot.bots import webhook_url_columns
 from xbot.crypto import TokenCipher, cipher_from_settings
 from xbot.settings import Settings, load_settings
 from xbot.tokens import store_tokens
@@ -42,6 +43,8 @@ class World:
     async def add_bot(
         self, bot_id: str = "bot-1", *, expires_in: timedelta = timedelta(hours=2), **columns: Any
     ) -> str:
+        if "discord_webhook_url" in columns:  # stored encrypted, as the API stores it
+            columns.update(webhook_url_columns(columns.pop("discord_webhook_url"), self.cipher))
         values = {"name": f"Bot {bot_id}", "plan_tier": "pro", **columns}
         names = ", ".join(["id", *values])
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 2))

@@ -282,6 +282,8 @@ async def test_discord_failure_never_fails_or_repeats_the_reply(world: World) ->
     )
     assert warning is not None
     assert (await run(world, bot))["replies_sent"] == 0
+    # The notification waits in the outbox for its retry (test_notifications_outbox.py); the reply
+    # is never posted again.
     assert world.x.posts_per_mention == {mention: 1} and world.discord.messages == []
 
 

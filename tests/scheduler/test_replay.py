@@ -7,6 +7,10 @@ intentionally incompatible (guard it with `workflow.patched` first), re-record t
     XBOT_RECORD_HISTORIES=1 pytest tests/scheduler
 
 and commit `tests/scheduler/histories/*.json`.
+
+`histories/v1/` holds histories written by the scheduler before core v2. They must keep replaying:
+bots running when a worker is upgraded replay them (through `workflows/legacy_v1`, chosen by the
+absence of the `core-v2` patch marker) until they continue as new.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ import json
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.scheduler.helpers import HISTORIES
 from workflows.bot_scheduler import BotScheduler
+from workflows.models import PATCH_CORE_V2
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
+BEFORE_V2 = sorted((HISTORIES / "v1").glob("*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -32,6 +39,28 @@ def load(path: Path) -> WorkflowHistory:
 
 def test_histories_are_recorded() -> None:
     assert len(RECORDED) >= 10, "run XBOT_RECORD_HISTORIES=1 pytest tests/scheduler to record them"
+    assert len(BEFORE_V2) >= 10
+
+
+def has_v2_marker(history: WorkflowHistory) -> bool:
+    return any(
+        e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and PATCH_CORE_V2.encode() in e.SerializeToString()
+        for e in history.events
+    )
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=[path.stem for path in RECORDED])
+def test_current_histories_run_core_v2(path: Path) -> None:
+    assert has_v2_marker(load(path))
+
+
+@pytest.mark.parametrize("path", BEFORE_V2, ids=[f"v1-{path.stem}" for path in BEFORE_V2])
+async def test_a_history_from_before_core_v2_still_replays(path: Path) -> None:
+    history = load(path)
+    assert not has_v2_marker(history)
+    replayer = Replayer(workflows=[BotScheduler], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[path.stem for path in RECORDED])

@@ -148,3 +148,33 @@ async def test_the_registry_serves_webhook_tasks_to_the_scheduler(
     assert "HTTP 500" in rows[0]["error_message"]
     assert [body["attempt"] for body in fake.received] == [1, 2]
     assert {body["dueAt"] for body in fake.received} == {now.isoformat()}
+
+
+async def test_the_url_policy_is_applied_again_at_request_time(
+    receiver: tuple[Receiver, str], pool: asyncpg.Pool
+) -> None:
+    """DNS rebinding: a host that resolved to a public address when the definition was saved may
+    resolve to a private one now; the request is refused, non-retryably, and never sent."""
+    fake, url = receiver
+    strict = load_settings(XBOT_ENV="production", XBOT_ALLOW_PRIVATE_URLS="false", TOKEN_ENCRYPTION_KEY=None)
+    answers = {"hooks.example.com": ["93.184.215.14", "127.0.0.1"]}
+
+    async def resolver(host: str, port: int) -> list[str]:
+        if host not in answers:
+            raise OSError("Name or service not known")
+        return answers[host]
+
+    async with httpx.AsyncClient() as http:
+        handler = WebhookHandler(HandlerDeps(pool, strict, http), resolver=resolver)
+        with pytest.raises(NonRetryableTaskError) as refused:
+            await handler.run(context("https://hooks.example.com/hook?token=secret"))
+        with pytest.raises(NonRetryableTaskError, match="loopback"):
+            await handler.run(context(url))  # the loopback receiver itself
+        with pytest.raises(TaskError) as unresolved:
+            await handler.run(context("https://gone.example.com/hook"))
+    assert str(refused.value) == (
+        "webhook URL refused by the outbound URL policy: host hooks.example.com resolves to 127.0.0.1,"
+        " a loopback address"
+    )
+    assert type(unresolved.value) is TaskError  # perhaps a passing DNS failure: retried
+    assert fake.received == []
