@@ -2,6 +2,8 @@
 
 X sends `x-rate-limit-limit`, `x-rate-limit-remaining` and `x-rate-limit-reset` (epoch seconds).
 Until a bot has seen a response for an endpoint, the published per-user limits of its plan apply.
+The windows themselves (and X's 24-hour, app-wide and usage-capped ones) are kept by the quota
+ledger, `xbot.quota`; `headroom` reads it.
 """
 
 from __future__ import annotations
@@ -71,12 +73,16 @@ def static_limit(plan_tier: str, endpoint: str) -> StaticLimit:
 
 @dataclass(frozen=True)
 class Headroom:
-    """Requests left in the current window; `reset_at` is None when no window is being tracked."""
+    """Requests left in the tightest window binding the endpoint now; `reset_at` is None when no
+    window is being tracked (the plan's static limit applies). `scope` and `window` say which
+    window it is (see `xbot.quota`)."""
 
     endpoint: str
     limit: int
     remaining: int
     reset_at: datetime | None
+    scope: str = "bot"
+    window: str = ""
 
     def allows(self, minimum_remaining: int) -> bool:
         return self.remaining > 0 and self.remaining >= minimum_remaining
@@ -89,17 +95,23 @@ async def headroom(
     plan_tier: str,
     now: datetime | None = None,
 ) -> Headroom:
+    """The window with the fewest free slots among the bot's endpoint window, its 24-hour window, the
+    app's windows and usage caps (in-flight reservations count as spent); ties go to the later reset,
+    so a task postponed by it does not wake into another spent window."""
+    # Imported here: the ledger builds on this module's plan limits and header parsing.
+    from xbot import quota
+
     now = now or datetime.now(UTC)
-    row = await pool.fetchrow(
-        "SELECT limit_total, remaining, reset_at FROM rate_limit_tracking"
-        " WHERE bot_id = $1 AND endpoint = $2",
-        bot_id,
-        endpoint,
-    )
-    if row is not None and row["reset_at"] > now:
-        return Headroom(endpoint, row["limit_total"], row["remaining"], row["reset_at"])
-    limit = static_limit(plan_tier, endpoint)
-    return Headroom(endpoint, limit.requests, limit.requests, None)
+    windows = await quota.live_windows(pool, bot_id, endpoint, plan_tier, now)
+    if windows:
+        tightest = min(windows, key=lambda w: (w.available, -(w.reset_at or now).timestamp()))
+        limit = tightest.limit if tightest.limit is not None else 0
+        return Headroom(
+            endpoint, limit, tightest.available, tightest.reset_at, tightest.scope, tightest.window
+        )
+    static = static_limit(plan_tier, endpoint)
+    window = "15m" if static.window <= FIFTEEN_MINUTES else "24h"
+    return Headroom(endpoint, static.requests, static.requests, None, "bot", window)
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> tuple[int, int, datetime] | None:
@@ -111,58 +123,3 @@ def parse_rate_limit_headers(headers: Mapping[str, str]) -> tuple[int, int, date
     except (KeyError, ValueError, OverflowError):
         return None
     return max(limit, 0), max(remaining, 0), reset_at
-
-
-async def record_window(
-    pool: asyncpg.Pool | asyncpg.Connection,
-    bot_id: str,
-    endpoint: str,
-    limit: int,
-    remaining: int,
-    reset_at: datetime,
-) -> None:
-    await pool.execute(
-        """
-        INSERT INTO rate_limit_tracking (bot_id, endpoint, limit_total, remaining, reset_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, now())
-        ON CONFLICT (bot_id, endpoint) DO UPDATE
-        SET limit_total = EXCLUDED.limit_total, remaining = EXCLUDED.remaining,
-            reset_at = EXCLUDED.reset_at, updated_at = now()
-        """,
-        bot_id,
-        endpoint,
-        limit,
-        remaining,
-        reset_at,
-    )
-
-
-async def consume_static(
-    pool: asyncpg.Pool | asyncpg.Connection,
-    bot_id: str,
-    endpoint: str,
-    plan_tier: str,
-    now: datetime | None = None,
-) -> None:
-    """Count one request against the plan's static window when X sent no headers."""
-    now = now or datetime.now(UTC)
-    limit = static_limit(plan_tier, endpoint)
-    await pool.execute(
-        """
-        INSERT INTO rate_limit_tracking (bot_id, endpoint, limit_total, remaining, reset_at, updated_at)
-        VALUES ($1, $2, $3, $3 - 1, $4, now())
-        ON CONFLICT (bot_id, endpoint) DO UPDATE
-        SET remaining = CASE WHEN rate_limit_tracking.reset_at > $5
-                             THEN greatest(rate_limit_tracking.remaining - 1, 0) ELSE $3 - 1 END,
-            limit_total = CASE WHEN rate_limit_tracking.reset_at > $5
-                               THEN rate_limit_tracking.limit_total ELSE $3 END,
-            reset_at = CASE WHEN rate_limit_tracking.reset_at > $5
-                            THEN rate_limit_tracking.reset_at ELSE $4 END,
-            updated_at = now()
-        """,
-        bot_id,
-        endpoint,
-        limit.requests,
-        now + limit.window,
-        now,
-    )

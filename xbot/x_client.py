@@ -1,21 +1,24 @@
-"""Async X API v2 client for one bot: OAuth 2.0 user token, rate-limit tracking, typed errors.
+"""Async X API v2 client for one bot: OAuth 2.0 user token, the quota ledger, typed errors.
 
-Every request (1) is refused locally with `XRateLimitedError` when `rate_limit_tracking` says the
-window is exhausted, (2) carries a timeout, (3) records X's `x-rate-limit-*` headers (or counts against
-the plan's static window when X sent none), and (4) maps failures to the types in `xbot.x_errors`.
+Every request (1) reserves a slot in each window of the quota ledger (`xbot.quota`) that binds it, or
+is refused locally with `XRateLimitedError` when one is spent, (2) carries a timeout, (3) settles the
+reservation with X's headers (or counts against the plan's static window when X sent none) and gives
+the slot back when the request never left, and (4) maps failures to the types in `xbot.x_errors`.
 A 401 triggers one token refresh and one retry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 
-from xbot import rate_limits
+from xbot import quota, rate_limits
 from xbot.settings import Settings
 from xbot.tokens import AccessToken, TokenStore
 from xbot.x_errors import (
@@ -33,6 +36,8 @@ from xbot.x_errors import (
     describe_error_body,
     is_duplicate_content,
 )
+
+log = logging.getLogger(__name__)
 
 TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,referenced_tweets,text"
 USER_FIELDS = "created_at,description,name,profile_image_url,protected,public_metrics,username,verified"
@@ -78,6 +83,9 @@ class XClient:
         self._tokens = tokens
         self.bot_id = bot_id
         self._plan_tier = plan_tier
+        self._app = quota.app_key(settings.x_client_id)
+        # A slot outlives any request (connect, write, read and pool timeouts), then stops counting.
+        self._lease = timedelta(seconds=4 * self._timeout + 30)
 
     # --- endpoints -------------------------------------------------------------------------------
 
@@ -184,12 +192,10 @@ class XClient:
         params: dict[str, Any] | None = None,
         json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        await self._refuse_if_exhausted(key)
         token = await self._tokens.access_token(self.bot_id)
         response = await self._send(key, method, path, token, params, json)
         if response.status_code == 401:
             token = await self._tokens.refresh(self.bot_id, token.version)
-            await self._refuse_if_exhausted(key)
             response = await self._send(key, method, path, token, params, json)
             if response.status_code == 401:
                 reason = f"X answered 401 to {key} with a freshly refreshed token"
@@ -197,10 +203,18 @@ class XClient:
                 raise XUnauthorizedError(key, "HTTP 401 after a token refresh", 401)
         return _body_or_error(key, response)
 
-    async def _refuse_if_exhausted(self, key: str) -> None:
-        room = await rate_limits.headroom(self._pool, self.bot_id, key, self._plan_tier)
-        if room.reset_at is not None and room.remaining <= 0:
-            raise XRateLimitedError(key, room.reset_at, sent=False)
+    async def _reserve(self, key: str) -> quota.Reservation:
+        try:
+            return await quota.reserve(
+                self._pool,
+                bot_id=self.bot_id,
+                app=self._app,
+                endpoint=key,
+                plan_tier=self._plan_tier,
+                lease=self._lease,
+            )
+        except quota.QuotaExhausted as exhausted:
+            raise XRateLimitedError(key, exhausted.reset_at, sent=False, reason=str(exhausted)) from None
 
     async def _send(
         self,
@@ -211,6 +225,8 @@ class XClient:
         params: dict[str, Any] | None,
         json: dict[str, Any] | None,
     ) -> httpx.Response:
+        reservation = await self._reserve(key)
+        probe = _SendProbe()
         try:
             response = await self._http.request(
                 method,
@@ -219,26 +235,76 @@ class XClient:
                 json=json,
                 headers={"Authorization": f"Bearer {token.value}"},
                 timeout=self._timeout,
+                extensions={"trace": probe.trace},
             )
-        except httpx.TimeoutException:
-            raise XTimeoutError(key, f"no answer within {self._timeout:g}s") from None
-        except httpx.HTTPError as error:
-            raise XServerError(key, f"request failed ({type(error).__name__})") from None
-        await self._track(key, response)
+        except BaseException as error:
+            await self._close_unanswered(reservation, counted=probe.may_have_reached_x(error))
+            if isinstance(error, httpx.TimeoutException):
+                raise XTimeoutError(key, f"no answer within {self._timeout:g}s") from None
+            if isinstance(error, httpx.HTTPError):
+                raise XServerError(key, f"request failed ({type(error).__name__})") from None
+            raise
+        await self._track(key, reservation, response)
         return response
 
-    async def _track(self, key: str, response: httpx.Response) -> None:
-        window = rate_limits.parse_rate_limit_headers(response.headers)
+    async def _close_unanswered(self, reservation: quota.Reservation, *, counted: bool) -> None:
+        """No answer: count the request if X may have seen it, else give the slot back. Shielded, so a
+        second cancellation cannot leave the slot taken; a database failure here must not hide the
+        request's own error (the slot's lease frees it)."""
+        closing = (
+            quota.settle(self._pool, reservation, None) if counted else quota.release(self._pool, reservation)
+        )
+        try:
+            await asyncio.shield(closing)
+        except Exception as error:
+            log.warning("quota slot of %s %s left to its lease: %s", self.bot_id, reservation.endpoint, error)
+
+    async def _track(self, key: str, reservation: quota.Reservation, response: httpx.Response) -> None:
+        body: Any = None
         if response.status_code == 429:
-            static = rate_limits.static_limit(self._plan_tier, key)
-            reset_at = window[2] if window else datetime.now(UTC) + static.window
-            limit = window[0] if window else static.requests
-            await rate_limits.record_window(self._pool, self.bot_id, key, limit, 0, reset_at)
-            raise XRateLimitedError(key, reset_at, sent=True)
-        if window is not None:
-            await rate_limits.record_window(self._pool, self.bot_id, key, *window)
-        else:
-            await rate_limits.consume_static(self._pool, self.bot_id, key, self._plan_tier)
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+        observation = quota.read_response(
+            response.status_code,
+            response.headers,
+            body,
+            static=rate_limits.static_limit(self._plan_tier, key),
+            now=datetime.now(UTC),
+        )
+        await quota.settle(self._pool, reservation, observation)
+        if response.status_code == 429:
+            assert observation.retry_at is not None
+            raise XRateLimitedError(key, observation.retry_at, sent=True, reason=observation.reason)
+
+
+class _SendProbe:
+    """Watches httpcore's trace events to tell whether a failed request ever started going out."""
+
+    # Failures that happen before any byte of the request is written.
+    NOT_SENT: tuple[type[BaseException], ...] = (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.UnsupportedProtocol,
+    )
+
+    def __init__(self) -> None:
+        self.traced = False
+        self.sending = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        self.traced = True
+        if event.endswith("send_request_headers.started"):
+            self.sending = True
+
+    def may_have_reached_x(self, error: BaseException) -> bool:
+        if self.sending:
+            return True
+        if self.traced:  # the transport reports its steps and never began sending
+            return False
+        return not isinstance(error, (asyncio.CancelledError, *self.NOT_SENT))
 
 
 def _body_or_error(key: str, response: httpx.Response) -> dict[str, Any]:

@@ -83,10 +83,12 @@ class ReauthorizationRequiredError(NonRetryableTaskError):
 class XRateLimitedError(RateLimitedError):
     """429 from X, or a request not sent because the window is known to be exhausted."""
 
-    def __init__(self, endpoint: str, reset_at: datetime, *, sent: bool) -> None:
+    def __init__(self, endpoint: str, reset_at: datetime, *, sent: bool, reason: str | None = None) -> None:
         how = "X answered 429" if sent else "not sent, window exhausted"
-        super().__init__(endpoint, reset_at, f"X {endpoint}: {how}; resets at {reset_at.isoformat()}")
+        why = f" ({reason})" if reason else ""
+        super().__init__(endpoint, reset_at, f"X {endpoint}: {how}{why}; resets at {reset_at.isoformat()}")
         self.sent = sent
+        self.reason = reason
 
 
 def describe_error_body(body: Any) -> tuple[str, tuple[int, ...]]:

@@ -122,7 +122,8 @@ async def add_x_round(
     """The product's four X tasks for one bot, highest priority first in a round."""
     ids = {}
     config = {
-        "pull_mentions": {"max_results": 5, "max_pages": 50},
+        # Mentions seeded before a bot's first pull must be answered too: a backfill, not "from now".
+        "pull_mentions": {"max_results": 5, "max_pages": 50, "backfill": True},
         "generate_replies": {"context_depth": 0},
         "reply_to_mentions": {"max_replies_per_run": 100},
         "user_fetch": {"max_age_hours": 0},

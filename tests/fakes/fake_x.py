@@ -47,6 +47,21 @@ class RateWindow:
 
 
 @dataclass
+class FakeApp:
+    """One X app (client id): its 24-hour windows and usage caps bind every account using it."""
+
+    daily_limit: int = 100_000
+    daily: dict[str, RateWindow] = field(default_factory=dict)
+    # endpoint -> the usage-capped problem's `period` ("Daily"/"Monthly") and `scope`
+    caps: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+# Endpoints on which X also counts 24-hour allowances (`x-user-limit-24hour-*`, `x-app-limit-24hour-*`).
+DAILY_LIMITED = frozenset({"create_post"})
+USAGE_CAPPED = "https://api.twitter.com/2/problems/usage-capped"
+
+
+@dataclass
 class Recorded:
     endpoint: str
     method: str
@@ -77,6 +92,11 @@ class FakeX:
     rate_headers: bool = True
     requests: list[Recorded] = field(default_factory=list)
     posts_per_mention: Counter[str] = field(default_factory=Counter)
+    # 24-hour allowances: per X user (the token's owner, `token_users`) and per app, shareable.
+    x_app: FakeApp = field(default_factory=FakeApp)
+    daily_user_limit: int = 10_000
+    daily_user: dict[tuple[str, str], RateWindow] = field(default_factory=dict)
+    token_users: dict[str, str] = field(default_factory=dict)
     suspended: set[str] = field(default_factory=set)  # user ids: their posts are resource-unavailable
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000_000_000_000))
     _token_serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -108,9 +128,16 @@ class FakeX:
         self.posts[post_id] = post
         return post_id
 
-    def mention(self, author_id: str, text: str | None = None, *, in_reply_to: str | None = None) -> str:
-        """A new post by `author_id` mentioning the bot."""
-        return self.add_post(author_id, text or f"@{self.bot_username} hello", in_reply_to=in_reply_to)
+    def mention(
+        self,
+        author_id: str,
+        text: str | None = None,
+        *,
+        in_reply_to: str | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """A new post by `author_id` mentioning the bot (posted `at`, default now)."""
+        return self.add_post(author_id, text or f"@{self.bot_username} hello", in_reply_to=in_reply_to, at=at)
 
     def issue_tokens(self) -> tuple[str, str]:
         serial = next(self._token_serial)
@@ -118,6 +145,10 @@ class FakeX:
         self.access_tokens.add(access)
         self.refresh_token = refresh
         return access, refresh
+
+    def cap(self, endpoint: str, period: str = "Monthly", scope: str = "Product") -> None:
+        """The app's usage cap is spent: every request to `endpoint` gets X's usage-capped 429."""
+        self.x_app.caps[endpoint] = (period, scope)
 
     def inject(self, endpoint: str, *kinds: FaultKind) -> None:
         self.faults.setdefault(endpoint, []).extend(kinds)
@@ -157,6 +188,36 @@ class FakeX:
         }
         return headers, spent
 
+    def _daily_headers(self, endpoint: str, user_id: str, count: bool) -> tuple[dict[str, str], bool]:
+        """24-hour headers (user, app) on posting endpoints, and whether either was already spent."""
+        if endpoint not in DAILY_LIMITED or not self.rate_headers:
+            return {}, False
+        now = datetime.now(UTC)
+        user = self.daily_user.get((user_id, endpoint))
+        if user is None or user.reset_at <= now:
+            user = self.daily_user[(user_id, endpoint)] = RateWindow(
+                self.daily_user_limit, self.daily_user_limit, now + timedelta(hours=24)
+            )
+        app = self.x_app.daily.get(endpoint)
+        if app is None or app.reset_at <= now:
+            app = self.x_app.daily[endpoint] = RateWindow(
+                self.x_app.daily_limit, self.x_app.daily_limit, now + timedelta(hours=24)
+            )
+        spent = user.remaining <= 0 or app.remaining <= 0
+        if count and not spent:
+            user.remaining -= 1
+            app.remaining -= 1
+        headers = {
+            f"x-{who}-limit-24hour-{name}": value
+            for who, window in (("user", user), ("app", app))
+            for name, value in (
+                ("limit", str(window.limit)),
+                ("remaining", str(window.remaining)),
+                ("reset", str(int(window.reset_at.timestamp()))),
+            )
+        }
+        return headers, spent
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
@@ -185,7 +246,21 @@ class FakeX:
             if fault == "401" or token not in self.access_tokens:
                 return JSONResponse({"title": "Unauthorized", "status": 401, "detail": "Unauthorized"}, 401)
             headers, spent = self._window_headers(name)
-            if spent:
+            user_id = self.token_users.get(token or "", self.bot_user_id)
+            capped = name in self.x_app.caps
+            daily, daily_spent = self._daily_headers(name, user_id, count=not (spent or capped))
+            headers |= daily
+            if capped:
+                period, scope = self.x_app.caps[name]
+                problem = {
+                    "title": "UsageCapExceeded",
+                    "detail": f"Usage cap exceeded: {period} {scope.lower()} cap",
+                    "type": USAGE_CAPPED,
+                    "period": period,
+                    "scope": scope,
+                }
+                return JSONResponse(problem, 429, headers=headers)
+            if spent or daily_spent:
                 return JSONResponse({"title": "Too Many Requests", "status": 429}, 429, headers=headers)
             if fault in ("500", "503"):
                 return JSONResponse({"title": "Service Unavailable"}, int(fault), headers=headers)

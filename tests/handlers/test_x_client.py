@@ -175,3 +175,57 @@ async def test_posts_lookup_answers_partially_with_a_reason_per_missing_post(wor
         await x.get_post(hidden)
     with pytest.raises(ValueError):
         await x.get_posts([str(i) for i in range(101)])
+
+
+async def test_every_answer_feeds_the_quota_ledger(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.add_user("2001", "alice")
+    mention = world.x.mention("2001")
+    x = await client_for(world, bot)
+
+    await x.create_post("thanks!", mention)
+
+    user_day = world.x.daily_user[("1000", "create_post")]
+    app_day = world.x.x_app.daily["create_post"]
+    rows = await world.pool.fetch(
+        "SELECT scope, owner, window_kind, limit_total, remaining, reset_at, reserved FROM quota_windows"
+        " WHERE endpoint = 'create_post' ORDER BY scope"
+    )
+    assert [tuple(row.values()) for row in rows] == [
+        (
+            "app",
+            "fake-client-id",
+            "24h",
+            app_day.limit,
+            app_day.remaining,
+            app_day.reset_at.replace(microsecond=0),
+            0,
+        ),
+        ("bot", bot, "24h", user_day.limit, user_day.remaining, user_day.reset_at.replace(microsecond=0), 0),
+    ]
+    window = world.x.rate["create_post"]
+    assert await tracked(world, bot, "create_post") == (
+        window.limit,
+        window.remaining,
+        window.reset_at.replace(microsecond=0),
+    )
+
+
+async def test_a_401_retry_reserves_again_and_leaves_no_slot_in_flight(world: World) -> None:
+    bot = await world.add_bot()
+    world.x.inject("mentions", "401")
+    x = await client_for(world, bot)
+
+    await x.mentions("1000")
+
+    assert len(world.x.requests_to("mentions")) == 2
+    assert world.x.refresh_calls == 1
+    reserved = await world.pool.fetchval(
+        "SELECT reserved FROM rate_limit_tracking WHERE bot_id = $1 AND endpoint = 'mentions'", bot
+    )
+    assert reserved == 0
+    assert await tracked(world, bot, "mentions") == (
+        900,
+        world.x.rate["mentions"].remaining,
+        world.x.rate["mentions"].reset_at.replace(microsecond=0),
+    )

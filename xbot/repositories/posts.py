@@ -6,7 +6,7 @@ Post ids are decimal strings of up to 19 digits; they are compared as numbers (`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -41,6 +41,21 @@ def replied_to_id(post: dict[str, Any]) -> str | None:
     return None
 
 
+# X's post ids are snowflakes: milliseconds since this epoch, shifted left by 22 bits.
+_SNOWFLAKE_EPOCH_MS = 1288834974657
+
+
+def posted_at(post: dict[str, Any]) -> datetime | None:
+    """When the post was made: X's `created_at`, else the time inside its snowflake id."""
+    created = _created_at(post)
+    if created is not None:
+        return created
+    post_id = post.get("id")
+    if not isinstance(post_id, str) or not post_id.isdigit():
+        return None
+    return datetime.fromtimestamp(((int(post_id) >> 22) + _SNOWFLAKE_EPOCH_MS) / 1000, UTC)
+
+
 def _created_at(post: dict[str, Any]) -> datetime | None:
     value = post.get("created_at")
     if not isinstance(value, str):
@@ -52,18 +67,23 @@ def _created_at(post: dict[str, Any]) -> datetime | None:
 
 
 async def store_posts(
-    conn: asyncpg.Connection, bot_id: str, posts: list[dict[str, Any]], kind: PostKind
+    conn: asyncpg.Connection,
+    bot_id: str,
+    posts: list[dict[str, Any]],
+    kind: PostKind,
+    skipped_reason: str | None = None,
 ) -> int:
     """Insert posts not stored yet; returns how many were new. A context post that turns out to be
-    a mention becomes a mention; nothing is ever downgraded."""
+    a mention becomes a mention; nothing is ever downgraded. Mentions stored with a
+    `skipped_reason` (the backlog policy's) are kept for the record and never answered."""
     inserted = 0
     for post in posts:
         was_new = await conn.fetchval(
             """
             INSERT INTO pulled_posts (bot_id, x_post_id, author_x_user_id, conversation_id,
-                                      in_reply_to_post_id, kind, text, posted_at, raw)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-            ON CONFLICT (bot_id, x_post_id) DO UPDATE SET kind = 'mention'
+                                      in_reply_to_post_id, kind, text, posted_at, raw, skipped_reason)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT (bot_id, x_post_id) DO UPDATE SET kind = 'mention', skipped_reason = EXCLUDED.skipped_reason
             WHERE EXCLUDED.kind = 'mention' AND pulled_posts.kind <> 'mention'
             RETURNING (xmax = 0)
             """,
@@ -76,6 +96,7 @@ async def store_posts(
             post.get("text") or "",
             _created_at(post),
             post,
+            skipped_reason,
         )
         inserted += bool(was_new)
     return inserted
@@ -126,12 +147,14 @@ async def find_posts(
 async def mentions_needing_reply(
     db: asyncpg.Pool | asyncpg.Connection, bot_id: str, bot_x_user_id: str | None, limit: int
 ) -> list[StoredPost]:
-    """Oldest first: mentions with no reply row, not by the bot itself, not by a banned author."""
+    """Oldest first: mentions with no reply row, not by the bot itself, not by a banned author, not
+    skipped by the backlog policy."""
     rows = await db.fetch(
         f"""
         SELECT {_POST_COLUMNS} FROM pulled_posts p
         WHERE p.bot_id = $1 AND p.kind = 'mention'
           AND p.author_x_user_id IS DISTINCT FROM $2
+          AND p.skipped_reason IS NULL
           AND NOT EXISTS (SELECT 1 FROM post_replies r WHERE r.bot_id = $1 AND r.pulled_post_id = p.id)
           AND NOT EXISTS (SELECT 1 FROM bot_banned_users b
                           WHERE b.bot_id = $1 AND b.x_user_id = p.author_x_user_id)

@@ -1,0 +1,570 @@
+"""The quota ledger: every X window that can refuse a bot's request, and slots reserved before sending.
+
+Windows, per endpoint key (`mentions`, `create_post`, ...):
+
+| scope | window | fed by | table |
+| --- | --- | --- | --- |
+| bot | the plan's (15m or 24h) | `x-rate-limit-*`, else the plan's static limit | `rate_limit_tracking` |
+| bot | 24h | `x-user-limit-24hour-*` | `quota_windows` |
+| app | 24h | `x-app-limit-24hour-*` | `quota_windows` |
+| app | 15m | a 429 while every window X described still had room | `quota_windows` |
+| app or bot | 24h / month | a 429 with X's `usage-capped` problem | `quota_windows` |
+
+App windows belong to the X app (`X_CLIENT_ID`) and bind every bot of it. A request first reserves
+one slot in each live window of its endpoint, in one transaction holding the windows' row locks, so
+of N concurrent reservations against k free slots exactly k succeed. Then it settles with X's answer
+(X's numbers replace ours), or releases its slot when it was never sent. A slot not settled within
+its lease (a worker died mid-request) stops counting. All the ledger's SQL is in this module.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeAlias
+
+import asyncpg
+
+from xbot.rate_limits import FIFTEEN_MINUTES, ONE_DAY, StaticLimit, parse_rate_limit_headers, static_limit
+
+Scope = Literal["bot", "app"]
+WindowKind = Literal["15m", "24h", "month"]
+# Where a window's numbers come from: X's headers, X's usage-capped problem, or a bare 429.
+Source = Literal["x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour", "usage-capped", "429"]
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+USAGE_CAPPED = "https://api.twitter.com/2/problems/usage-capped"
+# Bots of a deployment without X_CLIENT_ID still share one app.
+DEFAULT_APP_KEY = "default"
+DEFAULT_LEASE = timedelta(minutes=2)
+_WINDOW_ORDER: dict[str, int] = {"15m": 0, "24h": 1, "month": 2}
+
+
+def app_key(client_id: str | None) -> str:
+    """The key app-wide windows are stored under: the OAuth client id (public, not a secret)."""
+    return client_id or DEFAULT_APP_KEY
+
+
+def window_kind(length: timedelta) -> WindowKind:
+    return "15m" if length <= FIFTEEN_MINUTES else "24h"
+
+
+def first_of_next_month(now: datetime) -> datetime:
+    now = now.astimezone(UTC)
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- what X said
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One ledger window (not the endpoint window) as an answer of X describes it."""
+
+    scope: Scope
+    window: WindowKind
+    limit: int | None
+    remaining: int
+    reset_at: datetime
+    source: Source
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one answer of X says about the windows; `retry_at` is set when X refused (429)."""
+
+    endpoint_window: tuple[int, int, datetime] | None = None
+    readings: tuple[Reading, ...] = ()
+    retry_at: datetime | None = None
+    reason: str | None = None
+
+
+def _parse_24h(headers: Mapping[str, str], who: str) -> tuple[int, int, datetime] | None:
+    prefix = f"x-{who}-limit-24hour-"
+    try:
+        limit = int(headers[prefix + "limit"])
+        remaining = int(headers[prefix + "remaining"])
+        reset_at = datetime.fromtimestamp(int(headers[prefix + "reset"]), UTC)
+    except (KeyError, ValueError, OverflowError):
+        return None
+    return max(limit, 0), max(remaining, 0), reset_at
+
+
+def _retry_after(headers: Mapping[str, str], now: datetime) -> datetime | None:
+    """`Retry-After` as seconds or an HTTP date; X sometimes sends it with a 429."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return now + timedelta(seconds=int(value))
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _usage_cap(body: Any) -> dict[str, Any] | None:
+    """X's usage-capped problem, at the top level or in `errors`."""
+    candidates = [body] if isinstance(body, dict) else []
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        candidates += [item for item in body["errors"] if isinstance(item, dict)]
+    for candidate in candidates:
+        if candidate.get("type") == USAGE_CAPPED:
+            return candidate
+    return None
+
+
+def read_response(
+    status: int, headers: Mapping[str, str], body: Any, *, static: StaticLimit, now: datetime
+) -> Observation:
+    """Every window X's answer describes, and for a 429 which window refused and until when."""
+    endpoint = parse_rate_limit_headers(headers)
+    readings: list[Reading] = []
+    user_day = _parse_24h(headers, "user")
+    app_day = _parse_24h(headers, "app")
+    if user_day is not None:
+        readings.append(Reading("bot", "24h", *user_day, source="x-user-limit-24hour"))
+    if app_day is not None:
+        readings.append(Reading("app", "24h", *app_day, source="x-app-limit-24hour"))
+    if status != 429:
+        return Observation(endpoint, tuple(readings))
+
+    retry_after = _retry_after(headers, now)
+    cap = _usage_cap(body)
+    if cap is not None:
+        return _capped(cap, endpoint, readings, retry_after, now)
+    spent = {f"the {r.scope}'s 24-hour allowance": r.reset_at for r in readings if r.remaining == 0}
+    if endpoint is not None and endpoint[1] == 0:
+        spent["the bot's x-rate-limit window"] = endpoint[2]
+    if spent:
+        return Observation(endpoint, tuple(readings), max(spent.values()), f"{' and '.join(spent)} spent")
+    if endpoint is None and not readings:
+        # No headers at all: assume the endpoint window, as the plan defines it, is spent.
+        reset_at = retry_after or now + static.window
+        return Observation((static.requests, 0, reset_at), (), reset_at, "no rate-limit headers")
+    # The bot's own windows had room, so an app-wide 15-minute window refused.
+    reset_at = retry_after or now + FIFTEEN_MINUTES
+    reason = "the bot's windows had room: the app's 15-minute window is spent"
+    readings.append(Reading("app", "15m", None, 0, reset_at, "429", reason))
+    return Observation(endpoint, tuple(readings), reset_at, reason)
+
+
+def _capped(
+    cap: dict[str, Any],
+    endpoint: tuple[int, int, datetime] | None,
+    readings: list[Reading],
+    retry_after: datetime | None,
+    now: datetime,
+) -> Observation:
+    """A usage cap: closed until the period's reset (the next day, or the first of next month)."""
+    detail = cap.get("detail") or cap.get("title") or "usage cap exceeded"
+    period = str(cap.get("period", ""))
+    reason = f"X usage cap ({period or 'unknown period'}, {cap.get('scope', 'unknown scope')}): {detail}"
+    days = [reading for reading in readings if reading.window == "24h"]
+    user_spent = any(r.scope == "bot" and r.remaining == 0 for r in days)
+    app_spent = any(r.scope == "app" and r.remaining == 0 for r in days)
+    # X's caps are per project (Product/Account scope), except when only the user's day is spent.
+    scope: Scope = "bot" if user_spent and not app_spent else "app"
+    kind: WindowKind
+    if period == "Monthly":
+        kind, reset_at = "month", retry_after or first_of_next_month(now)
+    else:  # "Daily", or a period X did not name: the shorter wait, X will say again if it is longer
+        kind = "24h"
+        spent_resets = [r.reset_at for r in days if r.remaining == 0]
+        any_resets = [r.reset_at for r in days]
+        reset_at = retry_after or max(spent_resets or any_resets or [now + ONE_DAY])
+    limit = next((r.limit for r in days if r.scope == scope and kind == "24h"), None)
+    closed = Reading(scope, kind, limit, 0, reset_at, "usage-capped", str(reason)[:300])
+    others = [r for r in readings if (r.scope, r.window) != (scope, kind)]
+    return Observation(endpoint, (*others, closed), reset_at, closed.reason)
+
+
+# --------------------------------------------------------------------------- the ledger's state
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window as the ledger knows it; `in_flight` are reserved slots not settled yet."""
+
+    scope: Scope
+    endpoint: str
+    window: WindowKind
+    limit: int | None
+    remaining: int
+    reset_at: datetime | None
+    in_flight: int = 0
+    reason: str | None = None
+    source: Source = "x-rate-limit"
+
+    @property
+    def available(self) -> int:
+        return max(self.remaining - self.in_flight, 0)
+
+    def describe(self) -> str:
+        limit = "?" if self.limit is None else str(self.limit)
+        text = f"{self.scope} {self.window} window of {self.endpoint}: {self.available} of {limit} left"
+        return f"{text} ({self.reason})" if self.reason else text
+
+
+class QuotaExhausted(Exception):
+    """No slot: `reset_at` is when every window that refused has reset."""
+
+    def __init__(self, blocking: Sequence[Window]) -> None:
+        self.blocking = list(blocking)
+        self.reset_at: datetime = max(w.reset_at for w in blocking if w.reset_at is not None)
+        super().__init__("; ".join(w.describe() for w in blocking))
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One slot held in the endpoint window and in each ledger window listed."""
+
+    bot_id: str
+    app: str
+    endpoint: str
+    plan_tier: str
+    ledger: tuple[tuple[Scope, str, WindowKind], ...] = field(default_factory=tuple)
+
+
+def _live_reserved(reserved: int, reserved_until: datetime | None, now: datetime) -> int:
+    return reserved if reserved_until is not None and reserved_until > now else 0
+
+
+def _owner(scope: Scope, bot_id: str, app: str) -> str:
+    return bot_id if scope == "bot" else app
+
+
+def _ledger_order(key: tuple[Scope, str, WindowKind]) -> tuple[str, str, int]:
+    """The order every transaction locks ledger rows in (as `ORDER BY scope, owner, window_kind`)."""
+    return key[0], key[1], _WINDOW_ORDER[key[2]]
+
+
+_LOCK_ENDPOINT_WINDOW = """
+INSERT INTO rate_limit_tracking AS t (bot_id, endpoint, limit_total, remaining, reset_at, app_key)
+VALUES ($1, $2, $3, $3, $4, $5)
+ON CONFLICT (bot_id, endpoint) DO UPDATE SET app_key = EXCLUDED.app_key
+RETURNING limit_total, remaining, reset_at, reserved, reserved_until
+"""
+
+_LOCK_LEDGER_WINDOWS = """
+SELECT scope, owner, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason, source
+FROM quota_windows
+WHERE endpoint = $3 AND reset_at > $4
+  AND ((scope = 'bot' AND owner = $1) OR (scope = 'app' AND owner = $2))
+ORDER BY scope, owner, array_position(ARRAY['15m', '24h', 'month'], window_kind)
+FOR UPDATE
+"""
+
+
+async def reserve(
+    pool: asyncpg.Pool,
+    *,
+    bot_id: str,
+    app: str,
+    endpoint: str,
+    plan_tier: str,
+    now: datetime | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+) -> Reservation:
+    """Take one slot in every live window of the endpoint, or raise QuotaExhausted taking none."""
+    now = now or datetime.now(UTC)
+    static = static_limit(plan_tier, endpoint)
+    blocking: list[Window] = []
+    held: list[tuple[Scope, str, WindowKind]] = []
+    async with pool.acquire() as conn, conn.transaction():
+        # Creating or touching the endpoint row locks it: reservations of this bot and endpoint queue
+        # here. It also records the bot's app, so `live_windows` finds the app's windows; a refusal
+        # commits that too.
+        row = await conn.fetchrow(
+            _LOCK_ENDPOINT_WINDOW, bot_id, endpoint, static.requests, now + static.window, app
+        )
+        assert row is not None
+        if row["reset_at"] > now:
+            limit, remaining, reset_at = row["limit_total"], row["remaining"], row["reset_at"]
+        else:  # the window rolled over: full again until X says otherwise
+            limit, remaining, reset_at = row["limit_total"], row["limit_total"], now + static.window
+        in_flight = _live_reserved(row["reserved"], row["reserved_until"], now)
+        windows = [Window("bot", endpoint, window_kind(static.window), limit, remaining, reset_at, in_flight)]
+        ledger_rows = await conn.fetch(_LOCK_LEDGER_WINDOWS, bot_id, app, endpoint, now)
+        windows += [_ledger_window(endpoint, ledger_row, now) for ledger_row in ledger_rows]
+        blocking = [window for window in windows if window.available <= 0]
+        if not blocking:
+            await conn.execute(
+                "UPDATE rate_limit_tracking SET remaining = $3, reset_at = $4, reserved = $5,"
+                " reserved_until = $6, updated_at = now() WHERE bot_id = $1 AND endpoint = $2",
+                bot_id,
+                endpoint,
+                remaining,
+                reset_at,
+                in_flight + 1,
+                max(now + lease, row["reserved_until"] or now),
+            )
+            for ledger_row in ledger_rows:
+                live = _live_reserved(ledger_row["reserved"], ledger_row["reserved_until"], now)
+                await conn.execute(
+                    "UPDATE quota_windows SET reserved = $5, reserved_until = $6, updated_at = now()"
+                    " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
+                    ledger_row["scope"],
+                    ledger_row["owner"],
+                    endpoint,
+                    ledger_row["window_kind"],
+                    live + 1,
+                    max(now + lease, ledger_row["reserved_until"] or now),
+                )
+                held.append((ledger_row["scope"], ledger_row["owner"], ledger_row["window_kind"]))
+    if blocking:
+        raise QuotaExhausted(blocking)
+    return Reservation(bot_id, app, endpoint, plan_tier, tuple(held))
+
+
+def _ledger_window(endpoint: str, row: asyncpg.Record, now: datetime) -> Window:
+    return Window(
+        scope=row["scope"],
+        endpoint=endpoint,
+        window=row["window_kind"],
+        limit=row["limit_total"],
+        remaining=row["remaining"],
+        reset_at=row["reset_at"],
+        in_flight=_live_reserved(row["reserved"], row["reserved_until"], now),
+        reason=row["reason"],
+        source=row["source"],
+    )
+
+
+def _freed(now_param: str, *, held: bool = True, alias: str = "") -> str:
+    """`reserved` after this request's slot is freed. A counter past its lease is stale: the slots it
+    counted belong to requests that ended long ago (a dead worker), so it starts again from zero."""
+    column, until = f"{alias}reserved", f"{alias}reserved_until"
+    kept = f"greatest({column} - 1, 0)" if held else column
+    return f"CASE WHEN {until} > {now_param} THEN {kept} ELSE 0 END"
+
+
+async def release(pool: asyncpg.Pool, reservation: Reservation, now: datetime | None = None) -> None:
+    """The request was never sent: give the slots back."""
+    now = now or datetime.now(UTC)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            f"UPDATE rate_limit_tracking SET reserved = {_freed('$3')} WHERE bot_id = $1 AND endpoint = $2",
+            reservation.bot_id,
+            reservation.endpoint,
+            now,
+        )
+        for scope, owner, kind in sorted(reservation.ledger, key=_ledger_order):
+            await conn.execute(
+                f"UPDATE quota_windows SET reserved = {_freed('$5')}"
+                " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
+                scope,
+                owner,
+                reservation.endpoint,
+                kind,
+                now,
+            )
+
+
+async def settle(
+    pool: asyncpg.Pool,
+    reservation: Reservation,
+    observation: Observation | None,
+    now: datetime | None = None,
+) -> None:
+    """The request was sent: record what X said (None: no answer, counted as one request) and free
+    the slots. X's numbers replace ours; two answers for the same window keep the lower count."""
+    now = now or datetime.now(UTC)
+    observation = observation or Observation()
+    static = static_limit(reservation.plan_tier, reservation.endpoint)
+    reported = observation.endpoint_window
+    async with pool.acquire() as conn, conn.transaction():
+        # Same lock order as `reserve`: the endpoint row, then ledger rows sorted.
+        await conn.execute(
+            f"""
+            UPDATE rate_limit_tracking SET
+                limit_total = coalesce($3, limit_total),
+                remaining = CASE
+                    WHEN $4::integer IS NOT NULL AND reset_at = $5 THEN least(remaining, $4)
+                    WHEN $4::integer IS NOT NULL THEN $4
+                    WHEN reset_at > $6 THEN greatest(remaining - 1, 0)
+                    ELSE greatest(limit_total - 1, 0) END,
+                reset_at = CASE
+                    WHEN $4::integer IS NOT NULL THEN $5
+                    WHEN reset_at > $6 THEN reset_at
+                    ELSE $7 END,
+                reserved = {_freed("$6")},
+                updated_at = now()
+            WHERE bot_id = $1 AND endpoint = $2
+            """,
+            reservation.bot_id,
+            reservation.endpoint,
+            reported[0] if reported else None,
+            reported[1] if reported else None,
+            reported[2] if reported else None,
+            now,
+            now + static.window,
+        )
+        readings = {
+            (r.scope, _owner(r.scope, reservation.bot_id, reservation.app), r.window): r
+            for r in observation.readings
+        }
+        for key in sorted(set(readings) | set(reservation.ledger), key=_ledger_order):
+            await _settle_ledger_window(
+                conn, reservation, key, readings.get(key), key in reservation.ledger, now
+            )
+
+
+async def _settle_ledger_window(
+    conn: asyncpg.Connection,
+    reservation: Reservation,
+    key: tuple[Scope, str, WindowKind],
+    reading: Reading | None,
+    held: bool,
+    now: datetime,
+) -> None:
+    scope, owner, kind = key
+    if reading is None:  # X did not describe this window: count the request ourselves
+        await conn.execute(
+            "UPDATE quota_windows SET remaining = greatest(remaining - 1, 0),"
+            f" reserved = {_freed('$5', held=held)}, updated_at = now()"
+            " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
+            scope,
+            owner,
+            reservation.endpoint,
+            kind,
+            now,
+        )
+        return
+    await conn.execute(
+        f"""
+        INSERT INTO quota_windows AS w
+            (scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reason, bot_id, source)
+        VALUES ($1, $2, $3, $4, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (scope, owner, endpoint, window_kind) DO UPDATE SET
+            limit_total = coalesce(EXCLUDED.limit_total, w.limit_total),
+            remaining = CASE WHEN w.reset_at = EXCLUDED.reset_at THEN least(w.remaining, EXCLUDED.remaining)
+                             ELSE EXCLUDED.remaining END,
+            reset_at = EXCLUDED.reset_at,
+            reason = EXCLUDED.reason,
+            source = EXCLUDED.source,
+            reserved = {_freed("$5", held=held, alias="w.")},
+            updated_at = now()
+        """,
+        scope,
+        owner,
+        reservation.endpoint,
+        kind,
+        now,
+        reading.limit,
+        reading.remaining,
+        reading.reset_at,
+        reading.reason,
+        reservation.bot_id if scope == "bot" else None,
+        reading.source,
+    )
+
+
+# --------------------------------------------------------------------------- reading the ledger
+
+
+async def live_windows(db: Db, bot_id: str, endpoint: str, plan_tier: str, now: datetime) -> list[Window]:
+    """The windows binding the bot's next request to `endpoint` now (expired ones bind nothing)."""
+    row = await db.fetchrow(
+        "SELECT limit_total, remaining, reset_at, reserved, reserved_until FROM rate_limit_tracking"
+        " WHERE bot_id = $1 AND endpoint = $2",
+        bot_id,
+        endpoint,
+    )
+    windows: list[Window] = []
+    if row is not None and row["reset_at"] > now:
+        kind = _endpoint_window_kind(plan_tier, endpoint)
+        in_flight = _live_reserved(row["reserved"], row["reserved_until"], now)
+        windows.append(
+            Window("bot", endpoint, kind, row["limit_total"], row["remaining"], row["reset_at"], in_flight)
+        )
+    rows = await db.fetch(
+        f"{_LEDGER_OF_BOT} AND endpoint = $2 AND reset_at > $3 ORDER BY scope, window_kind",
+        bot_id,
+        endpoint,
+        now,
+    )
+    windows += [_ledger_window(endpoint, ledger_row, now) for ledger_row in rows]
+    return windows
+
+
+# The bot's own ledger rows and those of every app it has spoken through.
+_LEDGER_OF_BOT = """
+SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason,
+       source
+FROM quota_windows
+WHERE ((scope = 'bot' AND owner = $1)
+       OR (scope = 'app' AND owner IN (SELECT app_key FROM rate_limit_tracking WHERE bot_id = $1)))
+"""
+# The same, plus the windows of the app `$2` (the one configured here), even before the bot's first request.
+_LEDGER_OF_BOT_AND_APP = """
+SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason,
+       source
+FROM quota_windows
+WHERE ((scope = 'bot' AND owner = $1)
+       OR (scope = 'app' AND (owner = $2
+                              OR owner IN (SELECT app_key FROM rate_limit_tracking WHERE bot_id = $1))))
+"""
+
+
+def _endpoint_window_kind(plan_tier: str, endpoint: str) -> WindowKind:
+    try:
+        return window_kind(static_limit(plan_tier, endpoint).window)
+    except ValueError:
+        return "15m"
+
+
+async def bot_quota(
+    db: Db, bot_id: str, plan_tier: str, now: datetime | None = None, app: str | None = None
+) -> list[Window]:
+    """Every window the ledger knows for the bot (and for `app`), for operators. A window past its
+    reset is shown full (X refills it) when its limit is known, and left out when it is not (a cap
+    that ended)."""
+    now = now or datetime.now(UTC)
+    windows: list[Window] = []
+    for row in await db.fetch(
+        "SELECT endpoint, limit_total, remaining, reset_at, reserved, reserved_until"
+        " FROM rate_limit_tracking WHERE bot_id = $1",
+        bot_id,
+    ):
+        kind = _endpoint_window_kind(plan_tier, row["endpoint"])
+        in_flight = _live_reserved(row["reserved"], row["reserved_until"], now)
+        if row["reset_at"] > now:
+            windows.append(
+                Window(
+                    "bot",
+                    row["endpoint"],
+                    kind,
+                    row["limit_total"],
+                    row["remaining"],
+                    row["reset_at"],
+                    in_flight,
+                )
+            )
+        else:
+            windows.append(Window("bot", row["endpoint"], kind, row["limit_total"], row["limit_total"], None))
+    ledger = await (
+        db.fetch(_LEDGER_OF_BOT_AND_APP, bot_id, app) if app is not None else db.fetch(_LEDGER_OF_BOT, bot_id)
+    )
+    for row in ledger:
+        if row["reset_at"] > now:
+            windows.append(_ledger_window(row["endpoint"], row, now))
+        elif row["limit_total"] is not None:
+            windows.append(
+                Window(
+                    row["scope"],
+                    row["endpoint"],
+                    row["window_kind"],
+                    row["limit_total"],
+                    row["limit_total"],
+                    None,
+                    source=row["source"],
+                )
+            )
+    windows.sort(key=lambda w: (w.scope != "bot", w.endpoint, _WINDOW_ORDER[w.window]))
+    return windows
