@@ -65,7 +65,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.scheduler_state import (
         REASON_BOT_DELETED,
-        REASON_MISSED,
         REASON_REMOVED,
         REASON_STOPPED,
         SchedulerState,
@@ -216,7 +215,7 @@ class BotScheduler:
     def _record_missed(self, now: datetime) -> None:
         """One `skipped` row per occurrence jumped over, written by one activity per task."""
         missed, self.state.missed = self.state.missed, []
-        for task, due_ats in missed:
+        for task, due_ats, reason in missed:
             rt = self.state.tasks.get(task.id)
             request = SkipInput(
                 bot_id=self.state.bot_id,
@@ -224,7 +223,7 @@ class BotScheduler:
                 task_type=task.task_type,
                 execution_key=self.state.next_skip_key(),
                 due_at=due_ats[0],
-                reason=REASON_MISSED,
+                reason=reason,
                 schedule_version=rt.schedule_version if rt is not None else 0,
                 more_due_at=due_ats[1:],
             )

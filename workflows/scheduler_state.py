@@ -388,7 +388,10 @@ class SchedulerState(SchedulerView):
         since = self.running_since
         jumped = [due for due in jumped if since is None or due >= since]
         if jumped:
-            self.missed.append((task, jumped))
+            reason = REASON_MISSED
+            if rt.not_before is not None:
+                reason = f"rate limited, postponed until the window resets: {rt.not_before_reason}"
+            self.missed.append((task, jumped, reason))
         return following
 
     def next_skip_key(self) -> str:

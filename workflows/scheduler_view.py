@@ -54,8 +54,8 @@ class SchedulerView:
         self.runs: dict[int, RunState] = {run.task.id: run for run in carry.runs}
         self.running_since = carry.running_since
         # Occurrences jumped over while the scheduler could not act (a dead worker, a busy run):
-        # (task, due instants) the workflow records as skipped rows.
-        self.missed: list[tuple[TaskPlan, list[datetime]]] = []
+        # (task, due instants, reason) the workflow records as skipped rows.
+        self.missed: list[tuple[TaskPlan, list[datetime], str]] = []
         self.reasons: dict[int, str] = {}
         self.announced: tuple[bool, datetime | None] | None = None
 

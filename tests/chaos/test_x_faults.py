@@ -157,7 +157,11 @@ async def test_429_storms_are_waited_out_without_exceeding_any_window(
     statuses = Counter(r["status"] for r in rows)
     assert statuses["skipped"] > 0 and statuses["failed"] == 0 and statuses["retrying"] == 0, statuses
     skipped = [r["error_message"] for r in rows if r["status"] == "skipped"]
-    assert all("rate limited" in m or "postponed until" in m for m in skipped), skipped
+    # Postponed by a spent window, or (core v2) an occurrence that fell due while the previous run
+    # of the task was still in progress: each gets a row saying so.
+    assert all("rate limited" in m or "postponed until" in m or "still in progress" in m for m in skipped), (
+        skipped
+    )
     assert len(mentions) == len(await chaos_pool.fetch("SELECT 1 FROM post_replies WHERE status = 'posted'"))
 
 

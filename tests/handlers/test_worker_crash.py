@@ -121,7 +121,8 @@ async def test_reply_is_posted_once_across_a_worker_killed_mid_post(
         "SELECT attempt_number, status FROM bot_task_executions WHERE task_definition_id = $1 ORDER BY id",
         reply_task,
     )
-    assert [(r["attempt_number"], r["status"]) for r in attempts] == [(1, "failed"), (2, "completed")]
+    # Core v2: the killed attempt is `lost` (not the task's failure) and started again at once.
+    assert [(r["attempt_number"], r["status"]) for r in attempts] == [(1, "lost"), (2, "completed")]
 
 
 async def _value(value: int) -> int:
