@@ -187,12 +187,16 @@ class AttemptResult(BaseModel):
 
 
 class TaskProgress(BaseModel):
+    """Signal `task_progress`. Also the pre-v2 runner's shape (activity_id, retrying, retry_at),
+    which runs that began before core v2 still send."""
+
     task_id: int
     execution_key: str = ""
     activity_id: str = ""
     attempt: int = 1
     state: Literal["waiting_lock", "running", "retrying"]
     error: str | None = None
+    retry_at: datetime | None = None
 
 
 class SettleAttemptInput(BaseModel):
