@@ -158,10 +158,11 @@ async def test_429_storms_are_waited_out_without_exceeding_any_window(
     assert statuses["skipped"] > 0 and statuses["failed"] == 0 and statuses["retrying"] == 0, statuses
     skipped = [r["error_message"] for r in rows if r["status"] == "skipped"]
     # Postponed by a spent window, or (core v2) an occurrence that fell due while the previous run
-    # of the task was still in progress: each gets a row saying so.
-    assert all("rate limited" in m or "postponed until" in m or "still in progress" in m for m in skipped), (
-        skipped
-    )
+    # of the task was still in progress, or that a busy machine's scheduler reached too late: each
+    # gets a row saying so.
+    reasons = ("rate limited", "postponed until", "still in progress", "missed:")
+    unexplained = [m for m in skipped if not any(reason in m for reason in reasons)]
+    assert unexplained == [], unexplained
     assert len(mentions) == len(await chaos_pool.fetch("SELECT 1 FROM post_replies WHERE status = 'posted'"))
 
 
@@ -209,7 +210,7 @@ async def test_x_faults_are_retried_a_bounded_number_of_times_with_clear_errors(
         for kind, task_id in definitions.items():
             recorded[kind] = await eventually(
                 lambda task_id=task_id: rows(task_id),  # type: ignore[misc]
-                lambda found: len(found) >= 6,
+                lambda found: len(found) >= 6 and found[5]["status"] != "started",
                 90,
                 f"{kind}: two runs recorded",
             )

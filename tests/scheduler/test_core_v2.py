@@ -59,7 +59,9 @@ async def test_deleting_a_running_task_cancels_its_run_and_the_bot_goes_on(
         handle = await start_bot(env.client, bot, task_queue)
         await eventually(lambda: asyncio.sleep(0, handler.running), lambda running: running >= 2)
         assert await delete_task_definition(pool, bot, doomed)
-        await update_task_definition(pool, bot, deactivated, TaskDefinitionPatch(is_active=False))
+        await update_task_definition(
+            pool, bot, deactivated, TaskDefinitionPatch(is_active=False), allow_private_urls=True
+        )
         await handle.signal(SIGNAL_RELOAD_TASKS)
         rows = await eventually(
             lambda: executions(pool, bot),
@@ -88,7 +90,9 @@ async def test_an_edit_of_next_planned_run_at_moves_the_next_run_at_once(
         await handler.started.wait()
         # While the first run is still in flight, the operator moves the next run 5 minutes out.
         wanted = now + timedelta(minutes=5)
-        await update_task_definition(pool, bot, task, TaskDefinitionPatch(next_planned_run_at=wanted))
+        await update_task_definition(
+            pool, bot, task, TaskDefinitionPatch(next_planned_run_at=wanted), allow_private_urls=True
+        )
         await handle.signal(SIGNAL_RELOAD_TASKS)
         await eventually(
             lambda: status(handle), lambda s: s.tasks[0].nextDueAt == wanted and not s.runningTasks
@@ -109,7 +113,9 @@ async def test_an_interval_edit_applies_at_once_and_is_not_undone_by_the_run_in_
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
         await handler.started.wait()
-        await update_task_definition(pool, bot, task, TaskDefinitionPatch(interval_minutes=2))
+        await update_task_definition(
+            pool, bot, task, TaskDefinitionPatch(interval_minutes=2), allow_private_urls=True
+        )
         await handle.signal(SIGNAL_RELOAD_TASKS)
         await eventually(lambda: status(handle), lambda s: not s.runningTasks)
         await advance(env, timedelta(minutes=7))
