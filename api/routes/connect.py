@@ -66,10 +66,22 @@ async def connect(bot_id: ExistingBotId, pool: Pool, state: State) -> ConnectSta
     return ConnectStartOut(**started.__dict__)
 
 
+_PAGE = {"text/html": {"schema": {"type": "string"}}}
+_ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
 @router.get(
     CALLBACK_PATH,
     response_class=HTMLResponse,
-    responses={303: {"description": "Connected: back to the bot's dashboard page"}},
+    responses={
+        303: {"description": "Connected: back to the bot's page on the dashboard"},
+        400: {"description": "Unknown, used or expired state; access denied; code refused", "content": _PAGE},
+        404: {"description": "The bot was deleted meanwhile", "content": _PAGE},
+        413: {"description": "Request too large", "content": _ERROR_BODY},
+        422: {"description": "Invalid request", "content": _ERROR_BODY},
+        502: {"description": "X's token endpoint failed or refused the app's credentials", "content": _PAGE},
+        503: {"description": "Database or token storage unavailable", "content": {**_ERROR_BODY, **_PAGE}},
+    },
 )
 async def callback(
     pool: Pool,
