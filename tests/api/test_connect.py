@@ -18,11 +18,11 @@ import pytest
 from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app
 from tests.api.conftest import api_settings, eventually
 from tests.api.helpers import insert_bot, insert_definition, insert_execution
 from tests.fakes.fake_x import CLIENT_ID, CLIENT_SECRET, FakeX
 from tests.fakes.serve import serve
-from api.app import create_app
 from xbot.crypto import cipher_from_settings
 from xbot.oauth_connect import s256
 from xbot.settings import Settings
@@ -228,7 +228,9 @@ async def test_a_code_x_refuses_changes_nothing(connect: Connect, pool: asyncpg.
     _, location = await connect.authorize(bot_id)
     connect.x.auth_codes.clear()  # X no longer knows the code (expired after 30 s, or used)
     answer = await connect.callback(location)
-    await _unchanged_after(connect, pool, bot_id, answer, "X refused the authorization code (invalid_request)")
+    await _unchanged_after(
+        connect, pool, bot_id, answer, "X refused the authorization code (invalid_request)"
+    )
     assert len(connect.x.requests_to("token")) == 1
 
 
@@ -252,7 +254,9 @@ async def test_reconnecting_clears_needs_reauthorization_and_resumes_the_x_tasks
 ) -> None:
     cipher = cipher_from_settings(connect.settings)
     await insert_bot(pool, bot_id, x_user_id="1000", x_username="helperbot", mentions_since_id="42")
-    await store_tokens(pool, cipher, bot_id, "old-access", "old-refresh", datetime.now(UTC) - timedelta(hours=1))
+    await store_tokens(
+        pool, cipher, bot_id, "old-access", "old-refresh", datetime.now(UTC) - timedelta(hours=1)
+    )
     await pool.execute("UPDATE bots SET auth_state = 'needs_reauthorization' WHERE id = $1", bot_id)
     await pool.execute("UPDATE bot_tokens SET refresh_note = 'invalid_grant' WHERE bot_id = $1", bot_id)
     await insert_definition(pool, bot_id, "noop", interval_minutes=60)
@@ -322,7 +326,9 @@ async def test_connect_needs_the_redirect_uri_setting(
         transport = httpx.ASGITransport(app=app)
         settings = app.state.api
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {settings.api_token}"}
+            transport=transport,
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {settings.api_token}"},
         ) as client:
             answer = await client.post(f"/bots/{bot_id}/connect")
     assert answer.status_code == 503 and "X_REDIRECT_URI" in answer.json()["error"]

@@ -34,7 +34,7 @@ async def test_posting_without_tweet_write_fails_non_retryably_and_posts_nothing
 async def test_reading_mentions_without_users_read_fails_before_calling_x(world: World) -> None:
     bot = await world.add_bot()
     await with_scope(world, bot, "tweet.read tweet.write offline.access")
-    with pytest.raises(NonRetryableTaskError, match="lacks the scope users.read that pull_mentions needs"):
+    with pytest.raises(NonRetryableTaskError, match=r"lacks the scope users\.read that pull_mentions needs"):
         await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions"))
     assert world.x.requests == []
 
