@@ -7,6 +7,7 @@ code once, with the verifier whose S256 hash was the challenge and the same redi
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -332,3 +333,36 @@ async def test_connect_needs_the_redirect_uri_setting(
         ) as client:
             answer = await client.post(f"/bots/{bot_id}/connect")
     assert answer.status_code == 503 and "X_REDIRECT_URI" in answer.json()["error"]
+
+
+async def test_a_token_endpoint_outage_changes_nothing_and_says_try_again(
+    connect: Connect, pool: asyncpg.Pool, bot_id: str
+) -> None:
+    await insert_bot(pool, bot_id)
+    _, location = await connect.authorize(bot_id)
+    connect.x.inject("token", "500")
+    answer = await connect.callback(location)
+    assert answer.status_code == 502 and "Try again" in answer.text
+    state = await _bot_state(pool, bot_id)
+    assert state["version"] is None and state["x_user_id"] is None
+
+
+async def test_pages_and_logs_never_carry_the_state_the_code_or_a_token(
+    connect: Connect, pool: asyncpg.Pool, bot_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await insert_bot(pool, bot_id)
+    query, location = await connect.authorize(bot_id)
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    connect.x.inject("token", "500")  # a failure page, then a success
+    failed = await connect.callback(location)
+    _, location = await connect.authorize(bot_id)
+    succeeded = await connect.callback(location)
+    assert succeeded.status_code == 303
+    secrets = [query["state"], code, *connect.x.access_tokens]
+    # The app's own log lines (the test's client and httpx's debug lines carry the URLs, as a browser would).
+    ours = [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ("api", "xbot")]
+    assert ours  # the check can see something
+    shown = failed.text + str(succeeded.headers) + " ".join(ours)
+    shown += " ".join(row["content"] + str(row["context"]) for row in await pool.fetch("SELECT * FROM logs"))
+    assert not [secret for secret in secrets if secret in shown]
