@@ -13,7 +13,10 @@ import sys
 
 _REDACTIONS = (
     (
-        re.compile(r"([?&](?:token|access_token|refresh_token|api_key|key|state|code|code_verifier)=)[^&\s\"']+", re.IGNORECASE),
+        re.compile(
+            r"([?&](?:token|access_token|refresh_token|api_key|key|state|code|code_verifier)=)[^&\s\"']+",
+            re.IGNORECASE,
+        ),
         r"\1***",
     ),
     (re.compile(r"(/webhooks/\d+/)[^/?\s\"']+"), r"\1***"),

@@ -28,7 +28,7 @@ import asyncpg
 import httpx
 
 from xbot import x_scopes
-from xbot.crypto import TokenCipher
+from xbot.crypto import TokenCipher, TokenCipherError
 from xbot.errors import NonRetryableTaskError
 from xbot.repositories.logs import write_log
 from xbot.settings import Settings
@@ -178,7 +178,12 @@ async def finish_connect(
         raise ConnectRefused(f"X did not authorize the app ({shown}); the bot is unchanged.", bot_id=bot_id)
     if not code:
         raise ConnectRefused("X sent no authorization code; the bot is unchanged.", bot_id=bot_id)
-    verifier = cipher.decrypt(row["code_verifier_enc"])
+    try:
+        verifier = cipher.decrypt(row["code_verifier_enc"])
+    except TokenCipherError:  # TOKEN_ENCRYPTION_KEY changed within the 10 minutes
+        raise ConnectRefused(
+            "This authorization cannot be finished: start again from the dashboard."
+        ) from None
     body = await _exchange_code(http, settings, code, verifier, row["redirect_uri"], bot_id)
     return await _save_connection(pool, cipher, http, settings, bot_id, body)
 
