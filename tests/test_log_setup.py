@@ -19,6 +19,8 @@ from xbot.log_setup import RedactSecrets, redact
             "hook-secret-token",
         ),
         ("Authorization: Bearer very.secret.value", "very.secret.value"),
+        ('"GET /oauth/x/callback?state=st4te-value&code=c0de-value HTTP/1.1" 303', "st4te-value"),
+        ('"GET /oauth/x/callback?state=st4te-value&code=c0de-value HTTP/1.1" 303', "c0de-value"),
     ],
 )
 def test_redacts_credentials(line: str, secret: str) -> None:

@@ -63,3 +63,12 @@ def test_cli_lists_every_command() -> None:
     help_text = build_parser().format_help()
     for command in ("dev", "worker", "api", "migrate", "bench", "generate-key"):
         assert command in help_text
+
+
+def test_connect_settings_keep_the_redirect_uri_exactly() -> None:
+    settings = load_settings(XBOT_ENV="test", X_REDIRECT_URI="https://xbot.example/oauth/x/callback/")
+    # X compares it with the app's registered callback URL character by character.
+    assert settings.x_redirect_uri == "https://xbot.example/oauth/x/callback/"
+    assert settings.x_authorize_url == "https://x.com/i/oauth2/authorize"
+    with pytest.raises(SettingsError, match="X_REDIRECT_URI"):
+        load_settings(XBOT_ENV="test", X_REDIRECT_URI="xbot.example/callback")

@@ -8,13 +8,13 @@ bearer secret) is stored encrypted with the same key and shown masked.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from xbot import url_policy
+from xbot import url_policy, x_scopes
 from xbot.crypto import TokenCipher
 from xbot.masking import MASK, mask_webhook_url
 
@@ -135,6 +135,24 @@ class BotPatch(BaseModel):
         return {name: getattr(self, name) for name in self.model_fields_set - _SECRETS}
 
 
+class XConnection(BaseModel):
+    """The health of the bot's X connection (OAuth 2.0 user token); never a token."""
+
+    connected: bool = Field(
+        description="Tokens are stored, X has not refused them, and the access token is valid or refreshable"
+    )
+    needs_reauthorization: bool = Field(description="X refused the tokens: connect the account again")
+    expires_in: int | None = Field(
+        description="Seconds until the access token expires (0: expired; refreshed on next use when"
+        " refreshable); null when unknown or not connected"
+    )
+    refreshable: bool = Field(description="A refresh token is stored (scope offline.access)")
+    scopes: list[str] | None = Field(description="Scopes X granted; null when unknown (tokens given by hand)")
+    missing_scopes: list[str] = Field(
+        description="Scopes the bot's active task types (and staying connected) need but the token lacks"
+    )
+
+
 class Bot(BaseModel):
     """A stored bot as the API returns it (plain types: rows written elsewhere stay readable)."""
 
@@ -164,6 +182,7 @@ class Bot(BaseModel):
         "'refresh answer lost; the old refresh token may be spent' (never a token)",
     )
     llm_api_key_set: bool = Field(default=False, description="Whether the bot has its own LLM API key")
+    x_connection: XConnection
     created_at: datetime
     updated_at: datetime
 
@@ -177,15 +196,39 @@ class TokenStorageUnavailable(Exception):
 
 
 _SELECT = """
-SELECT b.*, EXISTS (SELECT 1 FROM bot_tokens t WHERE t.bot_id = b.id) AS has_tokens,
-       (SELECT t.refresh_note FROM bot_tokens t WHERE t.bot_id = b.id) AS token_note,
-       b.llm_api_key_enc IS NOT NULL AS llm_api_key_set
-FROM bots b
+SELECT b.*, t.bot_id IS NOT NULL AS has_tokens, t.refresh_note AS token_note,
+       t.expires_at AS token_expires_at, t.scope AS token_scope,
+       t.refresh_token_enc IS NOT NULL AS token_refreshable,
+       b.llm_api_key_enc IS NOT NULL AS llm_api_key_set,
+       ARRAY(SELECT DISTINCT d.task_type FROM bot_task_definitions d
+             WHERE d.bot_id = b.id AND d.is_active ORDER BY d.task_type) AS active_task_types
+FROM bots b LEFT JOIN bot_tokens t ON t.bot_id = b.id
 """
+
+
+def x_connection(values: dict[str, Any], now: datetime) -> XConnection:
+    """The connection health from a bot row joined with its token row (`_SELECT`)."""
+    has_tokens = bool(values.get("has_tokens"))
+    needs_reauthorization = values.get("auth_state") == "needs_reauthorization"
+    refreshable = has_tokens and bool(values.get("token_refreshable"))
+    expires_at: datetime | None = values.get("token_expires_at")
+    expires_in = max(0, int((expires_at - now).total_seconds())) if has_tokens and expires_at else None
+    live = expires_at is None or expires_at > now or refreshable
+    scope: str | None = values.get("token_scope") if has_tokens else None
+    granted = x_scopes.granted(scope)
+    return XConnection(
+        connected=has_tokens and not needs_reauthorization and live,
+        needs_reauthorization=needs_reauthorization,
+        expires_in=expires_in,
+        refreshable=refreshable,
+        scopes=sorted(granted) if granted is not None else None,
+        missing_scopes=x_scopes.missing(scope, values.get("active_task_types") or []) if has_tokens else [],
+    )
 
 
 def _bot(row: asyncpg.Record) -> Bot:
     values = dict(row)
+    values["x_connection"] = x_connection(values, datetime.now(UTC))
     plain = values.get("discord_webhook_url")  # an old row not encrypted yet: masked all the same
     values["discord_webhook_url"] = values.get("discord_webhook_url_hint") or (
         mask_webhook_url(plain) if plain else None

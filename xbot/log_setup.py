@@ -1,7 +1,8 @@
 """Process logging that never prints a secret.
 
-Secrets reach log lines through URLs: the WebSocket's `?token=` in uvicorn's access log, and a
-Discord webhook URL (its last path segment is a credential) in httpx's request log.
+Secrets reach log lines through URLs: the WebSocket's `?token=` and the OAuth callback's `?state=&code=`
+in uvicorn's access log, and a Discord webhook URL (its last path segment is a credential) in httpx's
+request log.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import sys
 
 _REDACTIONS = (
     (
-        re.compile(r"([?&](?:token|access_token|refresh_token|api_key|key)=)[^&\s\"']+", re.IGNORECASE),
+        re.compile(
+            r"([?&](?:token|access_token|refresh_token|api_key|key|state|code|code_verifier)=)[^&\s\"']+",
+            re.IGNORECASE,
+        ),
         r"\1***",
     ),
     (re.compile(r"(/webhooks/\d+/)[^/?\s\"']+"), r"\1***"),

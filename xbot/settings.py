@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     x_client_id: str | None = Field(default=None, validation_alias="X_CLIENT_ID")
     x_client_secret: SecretStr | None = Field(default=None, validation_alias="X_CLIENT_SECRET")
     x_request_timeout_seconds: float = Field(default=15.0, gt=0, validation_alias="X_REQUEST_TIMEOUT_SECONDS")
+    # Connecting an account from the dashboard (OAuth 2.0 with PKCE): where X sends the browser back
+    # (the API's `/oauth/x/callback`, registered in the X app), and X's consent page.
+    x_redirect_uri: str | None = Field(default=None, validation_alias="X_REDIRECT_URI")
+    x_authorize_url: str = Field(
+        default="https://x.com/i/oauth2/authorize", validation_alias="X_AUTHORIZE_URL"
+    )
 
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
@@ -85,7 +91,15 @@ class Settings(BaseSettings):
             raise ValueError(str(error).removeprefix("invalid setting TOKEN_ENCRYPTION_KEY: ")) from None
         return value
 
-    @field_validator("x_api_base_url", "openai_base_url")
+    @field_validator("x_redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str | None) -> str | None:
+        # Kept exactly as given: X compares it with the app's registered callback URL character by character.
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("x_api_base_url", "openai_base_url", "x_authorize_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

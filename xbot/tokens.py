@@ -111,6 +111,17 @@ _UNSAVED: dict[tuple[int, str], _NewPair] = {}
 _RUNNING: set[asyncio.Task[Any]] = set()
 
 
+def client_auth(settings: Settings, purpose: str) -> tuple[str, httpx.Auth | None]:
+    """The client id, and Basic auth for a confidential client (None: a public one)."""
+    client_id = settings.x_client_id
+    if not client_id:
+        raise NonRetryableTaskError(f"X_CLIENT_ID must be set to {purpose}")
+    secret = settings.x_client_secret
+    if secret is None or not secret.get_secret_value():
+        return client_id, None  # a public (PKCE-only) client
+    return client_id, httpx.BasicAuth(client_id, secret.get_secret_value())
+
+
 async def drain_refreshes(timeout: float | None = None) -> None:
     """Wait for refreshes still saving a pair (worker shutdown, tests)."""
     if _RUNNING:
@@ -343,14 +354,7 @@ class TokenStore:
     # --- step 2: call X ---------------------------------------------------------------------------
 
     def _client_auth(self) -> tuple[str, httpx.Auth | None]:
-        """The client id, and Basic auth for a confidential client (None: a public one)."""
-        client_id = self._settings.x_client_id
-        if not client_id:
-            raise NonRetryableTaskError("X_CLIENT_ID must be set to refresh tokens")
-        secret = self._settings.x_client_secret
-        if secret is None or not secret.get_secret_value():
-            return client_id, None  # a public (PKCE-only) client
-        return client_id, httpx.BasicAuth(client_id, secret.get_secret_value())
+        return client_auth(self._settings, "refresh tokens")
 
     async def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any] | str:
         """The new token body, or the reason X gave for refusing the refresh token for good."""

@@ -70,7 +70,7 @@ class GenerateRepliesHandler(XHandlerBase):
                 work.append((mention, refused))
         fresh = await posts.mentions_needing_reply(self.deps.pool, bot.id, bot.x_user_id, batch - len(work))
         work.extend((mention, None) for mention in fresh)
-        x = self.x_client(bot)
+        x = self.x_client(bot, ctx.task_type)
         threads = await self._threads(bot.id, x, [mention for mention, _ in work], depth)
         generated = failed = redrafted = unavailable = 0
         for mention, redraft in work:

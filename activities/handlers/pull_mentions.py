@@ -67,7 +67,7 @@ class PullMentionsHandler(XHandlerBase):
     async def run(self, ctx: TaskContext) -> dict[str, Any]:
         policy = await self._policy(ctx)
         bot = await bots.load_bot(self.deps.pool, ctx.bot_id)
-        x = self.x_client(bot)
+        x = self.x_client(bot, ctx.task_type)
         user_id = await self.bot_user_id(bot, x)
         now = datetime.now(UTC)
         hours = policy.max_age.total_seconds() / 3600

@@ -94,7 +94,7 @@ class ReplyToMentionsHandler(XHandlerBase):
     async def _post_all(
         self, ctx: TaskContext, bot: BotProfile, pending: list[PostableReply]
     ) -> dict[str, Any]:
-        x = self.x_client(bot)
+        x = self.x_client(bot, ctx.task_type)
         sent = failed = recovered = 0
         in_flight = [reply for reply in pending if reply.status == "posting"]
         already = await self._find_posted(bot, x, in_flight) if in_flight else {}

@@ -22,7 +22,7 @@ class UserFetchHandler(XHandlerBase):
         stale = await users.stale_author_ids(self.deps.pool, bot.id, max_age, max_users)
         if not stale:
             return {"users_checked": 0, "users_refreshed": 0}
-        x = self.x_client(bot)
+        x = self.x_client(bot, ctx.task_type)
         checked = refreshed = 0
         for start in range(0, len(stale), MAX_IDS_PER_LOOKUP):
             batch = stale[start : start + MAX_IDS_PER_LOOKUP]

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from activities.handlers.base import HandlerDeps, TaskContext
+from xbot import x_scopes
 from xbot.crypto import cipher_from_settings
 from xbot.errors import NonRetryableTaskError
 from xbot.repositories import bots
@@ -34,7 +35,15 @@ class XHandlerBase:
             raise NonRetryableTaskError("missing setting TOKEN_ENCRYPTION_KEY: X tokens cannot be read")
         return self._tokens
 
-    def x_client(self, bot: BotProfile) -> XClient:
+    def x_client(self, bot: BotProfile, task_type: str) -> XClient:
+        """The bot's X client for one task; a token lacking a scope the task type needs fails it for good
+        (retrying cannot add a scope: the account must be connected again with it)."""
+        lacking = x_scopes.missing_for_task(bot.token_scope, task_type)
+        if lacking:
+            raise NonRetryableTaskError(
+                f"the X token of bot {bot.id} lacks the scope {' '.join(lacking)} that {task_type} needs:"
+                " reconnect the X account from the dashboard (Reconnect) to grant it"
+            )
         return XClient(
             http=self.deps.http,
             pool=self.deps.pool,

@@ -78,6 +78,44 @@ function handleError(error) {
   notice(error.message, true);
 }
 
+// ---- X account ----------------------------------------------------------------------------------
+// What the bot's X connection looks like (GET /bots gives `x_connection`; never a token).
+function connectionState(bot) {
+  const health = bot.x_connection || {};
+  if (health.needs_reauthorization) return { label: "needs re-authorization", className: "needs_reauthorization", action: "Reconnect" };
+  if (!bot.has_tokens) return { label: "not connected", className: "stopped", action: "Connect X account" };
+  if (!health.connected) return { label: "expired", className: "needs_reauthorization", action: "Reconnect" };
+  const who = bot.x_username ? `@${bot.x_username}` : "connected";
+  return { label: who, className: "running", action: "Reconnect" };
+}
+
+function connectionDetails(bot) {
+  const health = bot.x_connection || {};
+  const parts = [];
+  if (health.expires_in !== null && health.expires_in !== undefined && bot.has_tokens) {
+    parts.push(health.expires_in > 0 ? `token expires in ${Math.round(health.expires_in / 60)} min` : "token expired");
+    if (health.refreshable) parts.push("refreshed automatically");
+  }
+  if (health.scopes) parts.push(`scopes: ${health.scopes.join(" ")}`);
+  if (health.missing_scopes && health.missing_scopes.length) parts.push(`missing: ${health.missing_scopes.join(" ")}`);
+  if (bot.token_note) parts.push(bot.token_note);
+  return parts.join(" · ");
+}
+
+async function connectAccount(botId) {
+  try {
+    const started = await api("POST", `/bots/${encodeURIComponent(botId)}/connect`);
+    location.assign(started.authorize_url); // X's consent page; X sends the browser back to the callback
+  } catch (error) {
+    handleError(error);
+  }
+}
+
+function connectButton(bot) {
+  const state = connectionState(bot);
+  return el("button", { type: "button", className: "connect", onclick: () => connectAccount(bot.id) }, state.action);
+}
+
 // ---- views ---------------------------------------------------------------------------------------
 let current = null; // the open bot page, or null
 
@@ -126,7 +164,9 @@ class BotList {
             el("td", {}, bot.plan_tier, bot.dry_run ? " · dry run" : "", bot.approval_required ? " · approval" : ""),
             el("td", {}, runningBadge(bot.isRunning)),
             el("td", {}, bot.isRunning ? timeEl(bot.nextAlarmTime) : "—"),
-            el("td", {}, el("span", { className: `badge ${bot.auth_state}` }, bot.auth_state)),
+            el("td", { className: "x-account" },
+              el("span", { className: `badge ${connectionState(bot).className}`, title: connectionDetails(bot) }, connectionState(bot).label)),
+            el("td", {}, connectButton(bot)),
           ),
         ),
       );
@@ -163,6 +203,8 @@ class BotPage {
     $("replies").replaceChildren();
     $("start-btn").onclick = () => this.control("start");
     $("stop-btn").onclick = () => this.control("stop");
+    $("connect-btn").onclick = () => connectAccount(this.botId);
+    $("x-connection").replaceChildren();
     // Drafts appear from the generate_replies task: look for new ones now and then.
     this.timer = setInterval(() => this.loadReplies(), 10000);
     this.reloadAll();
@@ -203,6 +245,14 @@ class BotPage {
       const flags = [bot.plan_tier, bot.dry_run && "dry run", bot.approval_required && "approval required",
         bot.auth_state !== "ok" && bot.auth_state, bot.x_username && `@${bot.x_username}`].filter(Boolean);
       $("bot-subtitle").textContent = flags.join(" · ");
+      const state = connectionState(bot);
+      $("x-connection").replaceChildren(
+        "X account: ",
+        el("span", { className: `badge ${state.className}`, id: "x-account-state" }, state.label),
+        " ",
+        el("span", { className: "muted" }, connectionDetails(bot)),
+      );
+      $("connect-btn").textContent = state.action;
     } catch (error) {
       handleError(error);
     }
@@ -417,6 +467,12 @@ document.addEventListener("DOMContentLoaded", () => {
     route();
   });
   window.addEventListener("hashchange", route);
+  // Back from X's consent page through /oauth/x/callback: say so once, and drop the marker.
+  const params = new URLSearchParams(location.search);
+  if (params.get("x_connect") === "connected") {
+    notice("X account connected.");
+    history.replaceState(null, "", `/${location.hash}`);
+  }
   // Relative times ("in 58s") stay current between updates.
   setInterval(() => {
     for (const node of document.querySelectorAll("time.relative")) node.textContent = formatTime(node.getAttribute("datetime"));

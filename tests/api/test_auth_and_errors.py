@@ -14,7 +14,9 @@ from api.app import create_app
 from tests.api.conftest import api_settings
 from xbot.settings import SettingsError
 
-PUBLIC = {"/healthz"}
+# The OAuth callback is reached by the browser coming back from X: its single-use `state` is the
+# credential (tests/api/test_connect.py refuses wrong, reused and expired ones).
+PUBLIC = {"/healthz", "/oauth/x/callback"}
 
 
 def _concrete(path: str) -> str:

@@ -1,7 +1,8 @@
 """The dashboard end to end in headless Chromium (Debian's package) driven by Playwright.
 
 Open the page, give the token, open a bot, start it, see its status change and a log line arrive
-over the WebSocket, and approve a reply waiting for approval.
+over the WebSocket, and approve a reply waiting for approval. Connect a bot's X account: through the
+fake X's consent page and the callback, back to the dashboard.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
-from tests.api.conftest import API_TOKEN
+from api.app import create_app
+from tests.api.conftest import API_TOKEN, serve
 from tests.api.helpers import insert_bot, insert_definition, insert_reply
+from tests.api.test_connect import connect_settings
+from tests.fakes.fake_x import FakeX
+from tests.fakes.serve import serve as serve_fake
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -85,3 +91,43 @@ async def test_dashboard_start_live_log_and_approve(
 
     await page.click("#stop-btn")
     await expect(page.locator("#bot-status")).to_have_text("Stopped")
+
+
+async def test_dashboard_connects_an_x_account_through_x_and_back(
+    pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str, bot_id: str
+) -> None:
+    """Click Connect X account: X's (fake) consent page sends the browser to the callback, which stores
+    the tokens and returns to the dashboard, where the bot shows its account connected."""
+    from playwright.async_api import async_playwright, expect
+
+    await insert_bot(pool, bot_id)
+    x = FakeX()
+    async with serve_fake(x.app()) as x_url:
+        settings = connect_settings(task_queue, x_url)
+        app = create_app(settings, pool=pool, temporal_client=dev_server_env.client)
+        async with app.router.lifespan_context(app), serve(app) as address:
+            # The callback's address is known only now: X sends the browser back to this server.
+            redirect = f"http://{address}/oauth/x/callback"
+            app.state.api.settings = settings.model_copy(update={"x_redirect_uri": redirect})
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                try:
+                    page = await (await browser.new_context()).new_page()
+                    page.set_default_timeout(30_000)
+                    await page.goto(f"http://{address}/")
+                    await page.fill("#token-input", API_TOKEN)
+                    await page.click("#token-save")
+                    row = page.locator(f'tr[data-bot-id="{bot_id}"]')
+                    await expect(row.locator(".x-account")).to_have_text("not connected")
+
+                    await row.locator("button.connect").click()  # to X, and back through the callback
+                    await page.wait_for_url(f"http://{address}/#/bots/{bot_id}")
+                    await expect(page.locator("#notice")).to_have_text("X account connected.")
+                    await expect(page.locator("#x-account-state")).to_have_text("@helperbot")
+                    await expect(page.locator("#x-connection")).to_contain_text("offline.access")
+                    await expect(page.locator("#connect-btn")).to_have_text("Reconnect")
+                finally:
+                    await browser.close()
+    assert [r.endpoint for r in x.requests if r.endpoint in ("authorize", "token")] == ["authorize", "token"]
+    assert await pool.fetchval("SELECT x_username FROM bots WHERE id = $1", bot_id) == "helperbot"
+    assert await pool.fetchval("SELECT auth_state FROM bots WHERE id = $1", bot_id) == "ok"

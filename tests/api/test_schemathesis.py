@@ -31,7 +31,14 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture
 def api_url(database_url: str, dev_server_env: object, task_queue: str) -> Iterator[str]:
     address = dev_server_env.client.service_client.config.target_host  # type: ignore[attr-defined]
-    stack_settings = api_settings(task_queue, DATABASE_URL=database_url, TEMPORAL_ADDRESS=address)
+    stack_settings = api_settings(
+        task_queue,
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=address,
+        # Connecting accounts configured, as in a deployment (X itself is never reached: no state is valid).
+        X_CLIENT_ID="fuzz-client",
+        X_REDIRECT_URI="http://127.0.0.1/oauth/x/callback",
+    )
     with threaded_stack(stack_settings) as url:
         yield url
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
@@ -30,6 +31,7 @@ import pytest
 
 from xbot import discord
 from xbot.crypto import cipher_from_settings
+from xbot.oauth_connect import finish_connect, start_connect
 from xbot.settings import load_settings
 from xbot.tokens import TokenStore, store_tokens
 from xbot.x_client import XClient
@@ -39,6 +41,7 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 X_SPEC = HERE / "x-api-v2-openapi.json"
 DISCORD_SPEC = HERE / "discord-api-openapi.json"
+TOKEN_SPEC = HERE / "x-oauth2-token-openapi.json"
 POST_ID = "1346889436626259968"
 USER_ID = "2244994945"
 
@@ -118,8 +121,15 @@ async def wait_until_listening(prism: Prism) -> None:
 
 
 @pytest.fixture(scope="module")
-def prism_servers() -> Iterator[tuple[Prism, Prism]]:
-    x_gen, discord_gen = start_prism(X_SPEC), start_prism(DISCORD_SPEC)
+def prism_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prism, Prism]]:
+    # X's API v2 document has no token endpoint: its documented form is added from our own file.
+    spec = json.loads(X_SPEC.read_text())
+    token = json.loads(TOKEN_SPEC.read_text())
+    spec["paths"].update(token["paths"])
+    spec["components"]["securitySchemes"].update(token["components"]["securitySchemes"])
+    x_spec = tmp_path_factory.mktemp("prism") / "x-api-v2-with-token.json"
+    x_spec.write_text(json.dumps(spec))
+    x_gen, discord_gen = start_prism(x_spec), start_prism(DISCORD_SPEC)
     x_prism, discord_prism = next(x_gen), next(discord_gen)
     try:
         yield x_prism, discord_prism
@@ -183,6 +193,55 @@ async def test_x_client_requests_match_the_x_api_specification(
             headers={"Authorization": "Bearer any"},
         )
         assert [v["location"] for _, v in violations.in_requests()] == [["request", "query", "max_results"]]
+
+
+@pytest.mark.parametrize("client", ["confidential", "public"])
+async def test_connect_requests_match_the_token_endpoint_and_users_me(
+    prisms: tuple[Prism, Prism], pool: asyncpg.Pool, client: str
+) -> None:
+    """The callback's code exchange (`POST /2/oauth2/token`, authorization_code with PKCE) and its
+    `GET /2/users/me`, for a confidential client (Basic auth) and a public one (client_id in the form)."""
+    secret = {"X_CLIENT_SECRET": "contract-secret"} if client == "confidential" else {}
+    settings = load_settings(
+        XBOT_ENV="test",
+        X_API_BASE_URL=prisms[0].base_url,
+        X_CLIENT_ID="contract-client",
+        X_REDIRECT_URI="https://xbot.example/oauth/x/callback",
+        X_REQUEST_TIMEOUT_SECONDS=10,
+        **secret,
+    )
+    cipher = cipher_from_settings(settings)
+    await pool.execute("INSERT INTO bots (id, name, plan_tier) VALUES ('contract', 'Contract', 'pro')")
+    started = await start_connect(pool, cipher, settings, "contract")
+    state = parse_qs(urlsplit(started.authorize_url).query)["state"][0]
+    violations = Violations()
+    sent: list[httpx.Request] = []
+
+    async def keep(request: httpx.Request) -> None:
+        sent.append(request)
+
+    async with httpx.AsyncClient(event_hooks={"request": [keep], "response": [violations.hook]}) as http:
+        result = await finish_connect(
+            pool, cipher, http, settings, state=state, code="VGNibzFWSWREZm01bjN1N0dicWJ", error=None
+        )
+        assert violations.in_requests() == []
+        assert [where for where, _ in violations.statuses] == ["POST /2/oauth2/token", "GET /2/users/me"]
+        assert violations.statuses[0][1] == 200
+        form = parse_qs(sent[0].content.decode())
+        assert form["grant_type"] == ["authorization_code"] and "code_verifier" in form
+        assert ("client_id" in form) == (client == "public")
+        assert ("authorization" in sent[0].headers) == (client == "confidential")
+        assert sent[1].headers["authorization"] == "Bearer example-access-token"
+        assert result.bot_id == "contract"
+
+        # The check can fail: a code exchange without its verifier is reported.
+        await http.post(
+            f"{prisms[0].base_url}/2/oauth2/token",
+            data={"grant_type": "authorization_code", "code": "c", "redirect_uri": "https://xbot.example/cb"},
+        )
+        refused = violations.in_requests()
+        assert refused and all(v["location"][:2] == ["request", "body"] for _, v in refused)
+        assert any("code_verifier" in v.get("message", "") for _, v in refused)
 
 
 async def test_discord_webhook_request_matches_the_discord_specification(prisms: tuple[Prism, Prism]) -> None:

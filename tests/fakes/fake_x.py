@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -98,6 +99,11 @@ class FakeX:
     daily_user: dict[tuple[str, str], RateWindow] = field(default_factory=dict)
     token_users: dict[str, str] = field(default_factory=dict)
     suspended: set[str] = field(default_factory=set)  # user ids: their posts are resource-unavailable
+    # OAuth 2.0 authorize page (PKCE): what the user answers, the scopes granted (None: those asked),
+    # and the codes issued, each with its S256 challenge; a code works once.
+    authorize_answer: Literal["approve", "deny"] = "approve"
+    granted_scope: str | None = None
+    auth_codes: dict[str, dict[str, str]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000_000_000_000))
     _token_serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -222,6 +228,7 @@ class FakeX:
         return Starlette(
             routes=[
                 Route("/2/oauth2/token", self._token, methods=["POST"]),
+                Route("/i/oauth2/authorize", self._authorize, methods=["GET"]),
                 Route("/2/users/me", self._endpoint("users_me", self._me), methods=["GET"]),
                 Route("/2/users", self._endpoint("users_lookup", self._users), methods=["GET"]),
                 Route("/2/users/{id}/mentions", self._endpoint("mentions", self._mentions), methods=["GET"]),
@@ -455,6 +462,8 @@ class FakeX:
         if fault == "hang":  # the request is lost before X acts on it: the refresh token still works
             await asyncio.sleep(self.hang_seconds)
             return JSONResponse({"error": "temporarily_unavailable"}, 503)
+        if form.get("grant_type") == "authorization_code":
+            return self._authorization_code(form)
         presented = form.get("refresh_token")
         if presented in self.spent_refresh_tokens:
             description = "Value passed for the token was invalid."
@@ -480,3 +489,52 @@ class FakeX:
             },
             background=BackgroundTask(self.token_answered.set),
         )
+
+    async def _authorize(self, request: Request) -> Response:
+        """X's consent page, answered at once: back to `redirect_uri` with a code (or access_denied)."""
+        query = dict(request.query_params)
+        self.requests.append(Recorded("authorize", "GET", request.url.path, query, None))
+        required = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge")
+        if (
+            any(not query.get(name) for name in required)
+            or query["response_type"] != "code"
+            or query["client_id"] != CLIENT_ID
+            or query.get("code_challenge_method") != "S256"
+        ):
+            return Response("Something went wrong: invalid authorization request", 400)
+        if self.authorize_answer == "deny":
+            answer = {"error": "access_denied", "state": query["state"]}
+        else:
+            code = f"code-{next(self._token_serial)}"
+            self.auth_codes[code] = {
+                "challenge": query["code_challenge"],
+                "redirect_uri": query["redirect_uri"],
+                "scope": self.granted_scope if self.granted_scope is not None else query["scope"],
+            }
+            answer = {"state": query["state"], "code": code}
+        return Response(status_code=302, headers={"location": f"{query['redirect_uri']}?{urlencode(answer)}"})
+
+    def _authorization_code(self, form: dict[str, str]) -> Response:
+        """The code (once), with the verifier whose S256 hash is the challenge and the same redirect_uri."""
+        grant = self.auth_codes.pop(form.get("code", ""), None)
+        verifier = form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if (
+            grant is None
+            or grant["challenge"] != challenge
+            or grant["redirect_uri"] != form.get("redirect_uri")
+        ):
+            description = "Value passed for the authorization code was invalid."
+            return JSONResponse({"error": "invalid_request", "error_description": description}, 400)
+        access, refresh = self.issue_tokens()
+        body: dict[str, Any] = {
+            "token_type": "bearer",
+            "expires_in": 7200,
+            "access_token": access,
+            "scope": grant["scope"],
+        }
+        if "offline.access" in grant["scope"].split():
+            body["refresh_token"] = refresh
+        else:
+            self.refresh_token = None
+        return JSONResponse(body)

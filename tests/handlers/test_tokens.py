@@ -157,7 +157,7 @@ async def test_revoked_refresh_token_needs_reauthorization_until_new_tokens(
     assert len(world.x.requests) == calls
 
     access, refresh = world.x.issue_tokens()
-    await store_tokens(world.pool, world.cipher, bot, access, refresh, None, scope="tweet.read")
+    await store_tokens(world.pool, world.cipher, bot, access, refresh, None, scope="tweet.read users.read")
     assert await world.pool.fetchval("SELECT auth_state FROM bots WHERE id = $1", bot) == "ok"
     assert await handler.run(world.ctx(bot, "pull_mentions")) == {"mentions_pulled": 0}
 

@@ -27,12 +27,14 @@ class BotProfile:
     mentions_since_id: str | None
     auth_state: str
     llm_api_key_enc: bytes | None = field(default=None, repr=False)  # Fernet, TOKEN_ENCRYPTION_KEY
+    token_scope: str | None = None  # the scopes X granted the stored token (space-separated)
 
 
 _COLUMNS = (
     "id, name, x_user_id, x_username, persona_prompt, plan_tier, dry_run, approval_required,"
     " discord_webhook_url, llm_model, llm_base_url, llm_temperature, llm_max_tokens,"
-    " mentions_since_id, auth_state, llm_api_key_enc"
+    " mentions_since_id, auth_state, llm_api_key_enc,"
+    " (SELECT t.scope FROM bot_tokens t WHERE t.bot_id = bots.id) AS token_scope"
 )
 
 
