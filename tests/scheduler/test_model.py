@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -40,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, reject, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -61,7 +62,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, PendingWorkflowTaskState
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -342,6 +343,9 @@ class SchedulerModel(RuleBasedStateMachine):
         self.bot = ""
         self.task_queue = f"tq-model-{uuid.uuid4().hex[:10]}"
         self.first_run_id = ""
+        self.status_error: str | None = None
+        self.worker_output: deque[str] = deque(maxlen=300)
+        self.drains: set[asyncio.Task[None]] = set()
         # Runs of the chain that continued as new: their histories do not change any more.
         self.closed_runs: dict[str, WorkflowHistory] = {}
 
@@ -355,6 +359,12 @@ class SchedulerModel(RuleBasedStateMachine):
             return self.shared.run(coroutine)
         except BaseException:
             self.failed = True
+            if self.handle is not None:
+                wedge = self.shared.run(self._test_server_wedge(), 60)
+                if wedge is not None:
+                    # Not the scheduler's doing: drop this example (see `_test_server_wedge`).
+                    print(f"model example dropped at {label!r}: {wedge}", flush=True)
+                    reject()
             raise
 
     @property
@@ -381,10 +391,13 @@ class SchedulerModel(RuleBasedStateMachine):
         """The status query, or None while no worker can answer it (e.g. just after a kill)."""
         try:
             return await asyncio.wait_for(status(self.workflow), 20)
-        except (TimeoutError, RPCError):
+        except (TimeoutError, RPCError) as error:
+            self.status_error = repr(error)
             return None
 
     async def _spawn_worker(self) -> asyncio.subprocess.Process:
+        """Start a model worker and wait until it polls; its output (stdout and stderr) is drained
+        into `worker_output`, so a full pipe never blocks it and a failure can show its logs."""
         address = self.client.service_client.config.target_host
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -395,17 +408,29 @@ class SchedulerModel(RuleBasedStateMachine):
             self.shared.database_url,
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         assert worker.stdout is not None
+        ready = asyncio.get_running_loop().create_future()
+        self.drains.add(asyncio.create_task(self._drain(worker, ready)))
         try:
-            line = await asyncio.wait_for(worker.stdout.readline(), 120)
+            await asyncio.wait_for(asyncio.shield(ready), 120)
         except TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
             worker.kill()
             await worker.wait()
-            raise AssertionError(f"the model worker did not start (said {line!r})")
+            raise AssertionError(
+                f"the model worker did not start: {list(self.worker_output)[-20:]}"
+            ) from None
         return worker
+
+    async def _drain(self, worker: asyncio.subprocess.Process, ready: asyncio.Future[None]) -> None:
+        assert worker.stdout is not None
+        async for raw in worker.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line == "ready" and not ready.done():
+                ready.set_result(None)
+            else:
+                self.worker_output.append(f"[{worker.pid}] {line}")
 
     async def _kill_worker(self) -> str | None:
         """SIGKILL the worker; its handler calls end now (the process is gone). Returns its
@@ -593,6 +618,52 @@ class SchedulerModel(RuleBasedStateMachine):
             if identity is not None and activity.last_worker_identity == identity
         ]
 
+    async def _test_server_wedge(self) -> str | None:
+        """The history the Java test server shows when it refused a workflow task's completion
+        (e.g. a CancelTimer for a timer that fired during the task: temporalio/sdk-java#2606) and
+        then left that task STARTED forever (temporalio/sdk-java#3088): a WORKFLOW_TASK_STARTED
+        followed by anything but its completion, failure or timeout. No real server writes that;
+        the workflow cannot go on, whatever it does."""
+        closing = (
+            EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+            EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+            EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+        )
+        with contextlib.suppress(Exception):
+            for history in await self._histories():
+                events = history.events
+                for started, following in itertools.pairwise(events):
+                    if (
+                        started.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+                        and following.event_type not in closing
+                    ):
+                        return (
+                            f"test server wedge (temporalio/sdk-java#3088): workflow task started at event "
+                            f"{started.event_id} never closed, followed by "
+                            f"{EventType.Name(following.event_type)}; worker output: "
+                            f"{list(self.worker_output)[-20:]}"
+                        )
+        return None
+
+    async def _diagnosis(self) -> str:
+        """What the server says about the workflow: pending tasks and the last events."""
+        raw = (await self.workflow.describe()).raw_description
+        activities = [
+            (activity.activity_id, activity.activity_type.name, activity.state, activity.last_worker_identity)
+            for activity in raw.pending_activities
+        ]
+        task = raw.pending_workflow_task
+        last = [
+            EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+            for event in (await self.workflow.fetch_history()).events[-8:]
+        ]
+        return (
+            f"pending activities: {activities}; pending workflow task: "
+            f"{PendingWorkflowTaskState.Name(task.state) if raw.HasField('pending_workflow_task') else None}"
+            f"; last events: {last}; last status query error: {self.status_error}"
+            f"; worker output: {list(self.worker_output)[-40:]}"
+        )
+
     async def _open_calls(self) -> int:
         count: int = await self.pool.fetchval(
             "SELECT count(*) FROM model_calls WHERE bot_id = $1 AND ended_at IS NULL", self.bot
@@ -650,7 +721,7 @@ class SchedulerModel(RuleBasedStateMachine):
         except AssertionError as error:
             raise AssertionError(
                 f"status does not show the active definitions (stored, shown, isRunning) with the bot "
-                f"{'running' if self.running else 'stopped'}: {error}"
+                f"{'running' if self.running else 'stopped'}: {error}; {await self._diagnosis()}"
             ) from None
 
     async def _check_no_overlap(self) -> None:
@@ -732,18 +803,9 @@ class SchedulerModel(RuleBasedStateMachine):
         try:
             await eventually(probe, lambda value: value == (False, [], [], 0, 0), timeout=SETTLE_TIMEOUT)
         except AssertionError as error:
-            pending = [
-                (
-                    activity.activity_id,
-                    activity.activity_type.name,
-                    activity.state,
-                    activity.last_worker_identity,
-                )
-                for activity in (await self.workflow.describe()).raw_description.pending_activities
-            ]
             raise AssertionError(
                 f"the stopped bot did not settle (isRunning, runningTasks, busy tasks, open rows, "
-                f"open handler calls): {error}; pending activities: {pending}"
+                f"open handler calls): {error}; {await self._diagnosis()}"
             ) from None
         await self._check(final=True)
         replayer = Replayer(workflows=[BotScheduler], data_converter=pydantic_data_converter)
@@ -755,6 +817,8 @@ class SchedulerModel(RuleBasedStateMachine):
             await terminate_started(self.task_queue)
         with contextlib.suppress(Exception):
             await self._kill_worker()
+        for drain in self.drains:
+            drain.cancel()
         if self.env is not None:
             with contextlib.suppress(Exception):
                 await self.env.shutdown()
