@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 UserId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,20}$")]
 Lang = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$"),
 ]
 
 MAX_LIST = 500
