@@ -68,6 +68,7 @@ class FakeLlm:
     calls: list[Call] = field(default_factory=list)
     accepted_keys: set[str] = field(default_factory=lambda: {API_KEY})
     canned: list[Canned] = field(default_factory=list)
+    numbered: bool = False  # default replies end with a serial number, so none is a duplicate
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def app(self) -> Starlette:
@@ -123,6 +124,8 @@ class FakeLlm:
             content = f"Good to hear from you again, @{name}! (#{next(self._ids)})"
         else:
             content = f"Thanks for the mention, @{name}!"
+            if self.numbered:
+                content += f" (#{next(self._ids)})"
         return self._completion(body, content, refusal, "stop")
 
     def _completion(

@@ -13,8 +13,12 @@ from xbot.reply_policy import History, ReplyPolicy, Skip
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 # Replies that count against caps: drafted and not thrown away (failed drafts and rejected ones
-# never reach X; a refused-by-filter draft is not posted either).
-_COUNTED = "('pending_approval', 'approved', 'posting', 'posted', 'dry_run')"
+# never reach X; a refused-by-filter draft is not posted either), and refused duplicates that
+# generate_replies will redraft (they may still go out).
+_COUNTED = (
+    "('pending_approval', 'approved', 'posting', 'posted', 'dry_run')"
+    " OR (r.status = 'failed' AND r.failure_kind IS NOT NULL)"
+)
 
 
 async def load_policy(db: Db, bot_id: str) -> ReplyPolicy:
@@ -56,14 +60,14 @@ async def history(
         f"""
         SELECT
           (SELECT count(*) FROM post_replies r
-            WHERE r.bot_id = $1 AND r.status IN {_COUNTED} AND r.created_at >= $2) AS today,
+            WHERE r.bot_id = $1 AND (r.status IN {_COUNTED}) AND r.created_at >= $2) AS today,
           (SELECT count(*) FROM post_replies r JOIN pulled_posts p ON p.id = r.pulled_post_id
-            WHERE r.bot_id = $1 AND r.status IN {_COUNTED} AND r.created_at >= $2
+            WHERE r.bot_id = $1 AND (r.status IN {_COUNTED}) AND r.created_at >= $2
               AND p.author_x_user_id = $3) AS author_today,
           (SELECT max(r.created_at) FROM post_replies r JOIN pulled_posts p ON p.id = r.pulled_post_id
-            WHERE r.bot_id = $1 AND r.status IN {_COUNTED} AND p.author_x_user_id = $3) AS last_to_author,
+            WHERE r.bot_id = $1 AND (r.status IN {_COUNTED}) AND p.author_x_user_id = $3) AS last_to_author,
           (SELECT count(*) FROM post_replies r JOIN pulled_posts p ON p.id = r.pulled_post_id
-            WHERE r.bot_id = $1 AND r.status IN {_COUNTED} AND p.conversation_id = $4) AS conversation,
+            WHERE r.bot_id = $1 AND (r.status IN {_COUNTED}) AND p.conversation_id = $4) AS conversation,
           EXISTS (SELECT 1 FROM bot_opted_out_authors o WHERE o.bot_id = $1 AND o.x_user_id = $3) AS opted_out
         """,
         bot_id,
@@ -150,8 +154,8 @@ async def tokens_spent(db: Db, bot_id: str, day: date) -> int:
 async def x_spend(db: Db, bot_id: str, now: datetime) -> float:
     """Estimated X spend of today's drafts that are or may be posted (each priced when drafted)."""
     value: Decimal | None = await db.fetchval(
-        f"SELECT sum(x_cost_usd) FROM post_replies WHERE bot_id = $1 AND created_at >= $2"
-        f" AND status IN {_COUNTED}",
+        f"SELECT sum(r.x_cost_usd) FROM post_replies r WHERE r.bot_id = $1 AND r.created_at >= $2"
+        f" AND (r.status IN {_COUNTED})",
         bot_id,
         day_start(now),
     )
