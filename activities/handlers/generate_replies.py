@@ -115,20 +115,15 @@ class GenerateRepliesHandler(XHandlerBase):
         generated = failed = redrafted = unavailable = filtered = 0
         for mention, redraft in work:
             thread = threads[mention.id]
-            if redraft is None:
-                if await self._skip(
-                    run, mention, thread_depth=len(thread.parents) + (thread.gap is not None)
-                ):
-                    continue
-                if run.budget_spent is None and (spent := await self._budget_spent(run)):
-                    run.budget_spent = spent
-                if run.budget_spent is not None:
-                    break  # the rest waits for tomorrow's budget
-                if policy.gate_enabled and not await self._gate(run, mention, thread, depth):
-                    continue
-            elif run.budget_spent is None and (spent := await self._budget_spent(run)):
-                run.budget_spent = spent
-                break
+            if redraft is None and await self._skip(
+                run, mention, thread_depth=len(thread.parents) + (thread.gap is not None)
+            ):
+                continue
+            run.budget_spent = await self._budget_spent(run)
+            if run.budget_spent is not None:
+                break  # the rest waits for tomorrow's budget
+            if redraft is None and policy.gate_enabled and not await self._gate(run, mention, thread, depth):
+                continue
             if thread.gap is not None:
                 unavailable += 1
                 await self._log_gap(ctx, mention, *thread.gap)
