@@ -93,3 +93,7 @@ async def test_skipped_mentions_opt_outs_spend_and_metrics(
     assert samples[("xbot_mentions_skipped_total", (("bot_id", "s"), ("reason", "backlog")))] == 1
     assert samples[("xbot_replies_rejected_by_filter_total", (("bot_id", "s"),))] == 1
     assert samples[("xbot_llm_tokens_total", (("bot_id", "s"), ("direction", "in")))] == 1000
+
+    # The operator's own text is trusted: an edit revives the draft (the bot posts without approval).
+    revived = await client.patch(f"/bots/s/replies/{filtered}", json={"text": "Thanks, see you soon."})
+    assert revived.status_code == 200 and revived.json()["status"] == "approved"
