@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from xbot.llm import MentionPrompt, build_messages, parse_gate_answer
+from xbot.llm import MentionPrompt, build_gate_messages, build_messages, parse_gate_answer
 from xbot.reply_policy import (
     History,
     MentionFacts,
@@ -303,3 +303,58 @@ def test_gate_answers(answer: str, respond: bool) -> None:
 
 def replace_policy(**changes: object) -> ReplyPolicy:
     return OPEN.model_copy(update=changes)
+
+
+@given(
+    stream=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["c1", "c2"])), max_size=60),
+    daily=caps,
+    per_author=caps,
+    per_conversation=caps,
+)
+def test_caps_hold_over_any_stream_of_mentions(
+    stream: list[tuple[str, str]], daily: int | None, per_author: int | None, per_conversation: int | None
+) -> None:
+    """Replaying decide over a stream, counting what it lets through, never exceeds a cap."""
+    policy = replace_policy(
+        max_replies_per_day=daily,
+        max_replies_per_author_per_day=per_author,
+        max_replies_per_conversation=per_conversation,
+    )
+    answered: list[tuple[str, str]] = []
+    for author, conversation in stream:
+        history = History(
+            replies_today=len(answered),
+            author_replies_today=sum(a == author for a, _ in answered),
+            conversation_replies=sum(c == conversation for _, c in answered),
+        )
+        facts = replace(FACTS, author_id=author, conversation_id=conversation)
+        if decide(policy, facts, history, NOW) is None:
+            answered.append((author, conversation))
+    assert daily is None or len(answered) <= daily
+    for who in ("a", "b", "c"):
+        assert per_author is None or sum(a == who for a, _ in answered) <= per_author
+    for where in ("c1", "c2"):
+        assert per_conversation is None or sum(c == where for _, c in answered) <= per_conversation
+
+
+@given(mention=st.text(max_size=300), name=st.text(max_size=80), bio=st.text(max_size=300))
+def test_no_untrusted_string_ever_reaches_the_instructions(mention: str, name: str, bio: str) -> None:
+    marker = "QZXJ"  # in no instruction text: wherever it shows up, untrusted text got there
+    prompt = MentionPrompt(
+        persona="You are Helper.",
+        bot_username="helperbot",
+        author_username="alice",
+        author_name=marker + name,
+        author_description=marker + bio,
+        mention_text=marker + mention,
+        thread=[],
+    )
+    for messages in (build_messages(prompt), build_gate_messages(prompt)):
+        system, user = messages
+        assert marker not in str(system["content"])
+        data = json.loads(str(user["content"]))["untrusted_data"]
+        assert data["mention"]["text"] == (marker + mention)[:2000] or data["mention"]["text"].endswith(
+            "[truncated]"
+        )
+        assert data["author"]["display_name"] == marker + name and data["author"]["bio"] == marker + bio
+        assert str(user["content"]).isascii()

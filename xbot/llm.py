@@ -5,6 +5,10 @@ API key: the bot's own (`llm_api_key`, stored encrypted) when it has one; else, 
 own `llm_base_url`, no key at all (never the global OPENAI_API_KEY, which belongs to OPENAI_BASE_URL);
 else OPENAI_API_KEY.
 
+Everything from X (mention, thread, the author's name and bio) goes to the model as one JSON document
+in the user message, never inside the system instructions, which say it is untrusted data
+(`build_messages`); `should_respond` is the reply policy's optional RESPOND/IGNORE gate.
+
 Failures split three ways (HTTP statuses as the `openai` client maps them to exception types):
 - `LlmReplyRejected`: nothing postable for this one mention (empty, refused, content filter); it is
   recorded as failed and the batch goes on.
