@@ -198,6 +198,7 @@ def test_decide_is_total_and_never_crashes(words: list[str], text: str) -> None:
         ("Great question! See https://evil.example/x", "link"),
         ("Visit www.example.org today", "link"),
         ("Go to example.com for more", "link"),
+        ("Read it at evil.museum/path now", "link"),  # a TLD only X's own link list knows
         (
             "Go to \uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d for more",
             "link",

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from twitter_text import extract_urls
 
 # A keyword, opt-out word or banned word: short, non-blank, compared case-insensitively.
 Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -251,6 +252,18 @@ def decide(policy: ReplyPolicy, mention: MentionFacts, history: History, now: da
 _URL = re.compile(
     r"(?i)\b(?:https?://|www\.)\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|co|ly|me|app|dev|xyz|info|biz|gg|link|site|ru|cn|tk)\b(?:/\S*)?"
 )
+
+
+def _link(text: str) -> str | None:
+    """The first link in the text: what X's own autolinker (twitter-text) would link, or anything
+    that looks like a URL to a reader even where X would not link it."""
+    found = extract_urls(text)
+    if found:
+        return str(found[0])
+    match = _URL.search(text)
+    return match.group(0) if match else None
+
+
 _CASHTAG = re.compile(r"(?<![\w$])\$[A-Za-z][A-Za-z0-9_.]{0,9}\b")
 
 
@@ -260,8 +273,8 @@ def check_output(
     """Why this draft may not be posted, or None. Checked on the NFKC form so full-width or
     compatibility characters do not slip a link or a handle past the filter."""
     normal = unicodedata.normalize("NFKC", text)
-    if not policy.allow_links and (found := _URL.search(normal)):
-        return f"contains a link ({found.group(0)[:60]})"
+    if not policy.allow_links and (found := _link(normal)):
+        return f"contains a link ({found[:60]})"
     if not policy.allow_mentions:
         allowed = {name.casefold() for name in (author_username, bot_username) if name}
         for handle in _HANDLE.findall(normal):
@@ -290,7 +303,7 @@ class Prices:
 
 def x_post_cost(prices: Prices, text: str) -> float:
     """X charges more for a post that carries a URL."""
-    return prices.x_post_with_url if _URL.search(unicodedata.normalize("NFKC", text)) else prices.x_post
+    return prices.x_post_with_url if _link(unicodedata.normalize("NFKC", text)) else prices.x_post
 
 
 def llm_cost(prices: Prices, tokens_in: int, tokens_out: int) -> float:
