@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from activities.handlers.base import HandlerDeps, TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import reply_policy
@@ -81,7 +83,12 @@ class GenerateRepliesHandler(XHandlerBase):
         batch = int_config(ctx, "max_replies_per_run", 20, 1, 500)
         depth = int_config(ctx, "context_depth", 3, 0, 20)
         bot = await bots.load_bot(self.deps.pool, ctx.bot_id)
-        policy = await reply_policies.load_policy(self.deps.pool, bot.id)
+        try:
+            policy = await reply_policies.load_policy(self.deps.pool, bot.id)
+        except ValidationError as error:  # stored by hand or by an older version: an operator must fix it
+            raise NonRetryableTaskError(
+                f"the bot's reply policy is invalid ({error.error_count()} errors); PUT /bots/{bot.id}/reply-policy"
+            ) from None
         options = self.generator.options_for(
             bot.llm_model,
             bot.llm_base_url,

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, error_docs
+from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
 from xbot.reply_policy import ReplyPolicy
 from xbot.repositories import reply_policies
@@ -22,10 +23,13 @@ class ReplyPolicyOut(ReplyPolicy):
     operator_bot_ids: list[str] = []  # read-only: never answered while skip_operator_bots is on
 
 
-@router.get("/bots/{botId}/reply-policy", response_model=ReplyPolicyOut, responses=error_docs(404))
+@router.get("/bots/{botId}/reply-policy", response_model=ReplyPolicyOut, responses=error_docs(404, 409))
 async def read_policy(bot_id: ExistingBotId, pool: Pool) -> ReplyPolicyOut:
     """The bot's policy (the defaults until one is saved)."""
-    policy = await reply_policies.load_policy(pool, bot_id)
+    try:
+        policy = await reply_policies.load_policy(pool, bot_id)
+    except ValidationError:  # written around the API: say so rather than fail with a 500
+        raise ApiError(409, f"bot {bot_id}'s stored reply policy is invalid; PUT a new one") from None
     others = sorted(await reply_policies.operator_bot_ids(pool, bot_id))
     return ReplyPolicyOut(**policy.model_dump(), operator_bot_ids=others)
 
@@ -134,7 +138,10 @@ async def spend(bot_id: ExistingBotId, pool: Pool, state: State) -> Spend:
     prices = state.settings
     now = datetime.now(UTC)
     today = await reply_policies.spend_today(pool, bot_id, now)
-    policy = await reply_policies.load_policy(pool, bot_id)
+    try:
+        policy = await reply_policies.load_policy(pool, bot_id)
+    except ValidationError:
+        policy = ReplyPolicy(daily_token_budget=None, daily_x_spend_usd=None)
     llm_cost = (
         today["tokens_in"] * prices.llm_price_input_per_mtok_usd
         + today["tokens_out"] * prices.llm_price_output_per_mtok_usd

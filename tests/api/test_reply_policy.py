@@ -40,6 +40,11 @@ async def test_bad_policies_get_422_and_lose_nothing(client: httpx.AsyncClient, 
         assert "error" in answer.json()
     assert (await client.get("/bots/p/reply-policy")).json()["min_followers"] == 5
     assert (await client.put("/bots/nobody/reply-policy", json={})).status_code == 404
+    # Written around the API: a clear 409, and a PUT repairs it.
+    await pool.execute("UPDATE bot_reply_policies SET policy = '{\"min_followers\": -1}' WHERE bot_id = 'p'")
+    broken = await client.get("/bots/p/reply-policy")
+    assert broken.status_code == 409 and "PUT" in broken.json()["error"]
+    assert (await client.put("/bots/p/reply-policy", json={})).status_code == 200
 
 
 async def test_skipped_mentions_opt_outs_spend_and_metrics(

@@ -7,10 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from activities.handlers.generate_replies import GenerateRepliesHandler
 from activities.handlers.pull_mentions import PullMentionsHandler
 from activities.handlers.reply_to_mentions import ReplyToMentionsHandler
 from tests.handlers.conftest import World
+from xbot.errors import NonRetryableTaskError
 from xbot.reply_policy import ReplyPolicy
 from xbot.repositories.reply_policies import save_policy
 
@@ -336,3 +339,17 @@ async def test_x_spend_budget(world: World) -> None:
     result = await generate(world, bot)
 
     assert result["replies_generated"] == 2 and "daily X spend budget spent" in result["budget_spent"]
+
+
+async def test_an_invalid_stored_policy_fails_the_task_for_good_and_drafts_nothing(world: World) -> None:
+    bot = await world.add_bot()
+    await world.pool.execute(
+        "INSERT INTO bot_reply_policies (bot_id, policy) VALUES ($1, $2)", bot, {"max_replies_per_day": -5}
+    )
+    world.x.add_user("2001", "alice")
+    world.x.mention("2001", "@helperbot hi")
+    await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions"))
+
+    with pytest.raises(NonRetryableTaskError, match="reply policy is invalid"):
+        await GenerateRepliesHandler(world.deps).run(world.ctx(bot, "generate_replies"))
+    assert world.llm.requests == [] and await replies(world, bot) == {}
