@@ -44,3 +44,9 @@ CREATE TABLE bot_llm_usage (
     calls       integer NOT NULL DEFAULT 0 CHECK (calls >= 0),
     PRIMARY KEY (bot_id, day)
 );
+
+-- What the caps count, per mention: today's drafts of a bot, and its drafts per author and per
+-- conversation (through pulled_posts).
+CREATE INDEX post_replies_bot_created ON post_replies (bot_id, created_at);
+CREATE INDEX pulled_posts_bot_author ON pulled_posts (bot_id, author_x_user_id);
+CREATE INDEX pulled_posts_bot_conversation ON pulled_posts (bot_id, conversation_id);
