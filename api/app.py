@@ -30,7 +30,19 @@ from api.auth import require_token
 from api.errors import ErrorBody, install_error_handlers
 from api.feed import Event, FeedHub, LogSource, StatusSource, log_event
 from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, RequestTimeout
-from api.routes import bots, connect, health, history, metrics, notifications, quota, replies, tasks, ws
+from api.routes import (
+    bots,
+    connect,
+    health,
+    history,
+    metrics,
+    notifications,
+    quota,
+    replies,
+    reply_policy,
+    tasks,
+    ws,
+)
 from api.state import ApiState, TemporalConnector
 from workflows.models import QUERY_STATUS, SchedulerStatus
 from xbot.bots import encrypt_plain_webhook_urls
@@ -202,7 +214,7 @@ def create_app(
     )
     app.state.api = state
     install_error_handlers(app)
-    routers = (health, bots, connect, tasks, history, replies, metrics, notifications, quota)
+    routers = (health, bots, connect, tasks, history, replies, reply_policy, metrics, notifications, quota)
     for module in routers:
         app.include_router(module.router)
     app.include_router(ws.router)

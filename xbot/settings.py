@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     openai_model: str = Field(default="gpt-4o-mini", validation_alias="OPENAI_MODEL")
+    # Reply cost estimates (USD). X pay-per-use: "Content: Create" $0.015 a request, $0.20 with a URL
+    # (docs.x.com/x-api/getting-started/pricing). LLM: per million tokens, gpt-4o-mini's list price.
+    x_price_post_usd: float = Field(default=0.015, ge=0, validation_alias="X_PRICE_POST_USD")
+    x_price_post_with_url_usd: float = Field(default=0.20, ge=0, validation_alias="X_PRICE_POST_WITH_URL_USD")
+    llm_price_input_per_mtok_usd: float = Field(
+        default=0.15, ge=0, validation_alias="LLM_PRICE_INPUT_PER_MTOK_USD"
+    )
+    llm_price_output_per_mtok_usd: float = Field(
+        default=0.60, ge=0, validation_alias="LLM_PRICE_OUTPUT_PER_MTOK_USD"
+    )
 
     token_encryption_key: SecretStr | None = Field(default=None, validation_alias="TOKEN_ENCRYPTION_KEY")
 

@@ -39,7 +39,7 @@ from xbot.x_errors import (
 
 log = logging.getLogger(__name__)
 
-TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,referenced_tweets,text"
+TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,lang,referenced_tweets,text"
 USER_FIELDS = "created_at,description,name,profile_image_url,protected,public_metrics,username,verified"
 TWEET_EXPANSIONS = "author_id,referenced_tweets.id,referenced_tweets.id.author_id"
 MAX_IDS_PER_LOOKUP = 100

@@ -7,6 +7,14 @@ lookup with the posts it can return and an error for each other (deleted, author
 protected): that mention is drafted without the rest of its thread and the reason is logged, so one
 unavailable parent never fails the task.
 
+The bot's reply policy (xbot.reply_policy) decides first, mention by mention just before drafting
+(so the caps count the drafts made earlier in the same run): a mention it refuses gets a
+`skipped_reason` and `skipped_code` and is never drafted; an opt-out word ("stop") silences the bot
+for that author for good. Then the optional should-respond gate (a small LLM call), then the daily
+budgets (LLM tokens, estimated X spend): once spent, nothing more is drafted that day and the result
+says so (`budget_spent`); the mentions wait. A draft the output filter refuses (links, other
+@handles, cashtags, banned words) is kept as `rejected_by_filter` with the reason, never posted.
+
 Replies X refused as duplicate content (see reply_to_mentions) are drafted again first, with the
 refused text and a request to vary it. A mention the LLM will not answer (empty, refused) is
 recorded as failed and the batch goes on; an LLM that cannot be reached fails the task (retryable)
@@ -16,15 +24,20 @@ touching the remaining mentions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import ValidationError
 
 from activities.handlers.base import HandlerDeps, TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
+from xbot import reply_policy
 from xbot.crypto import TokenCipherError, cipher_from_settings
 from xbot.errors import NonRetryableTaskError
-from xbot.llm import ContextPost, LlmOptions, LlmReplyRejected, MentionPrompt, ReplyGenerator
-from xbot.repositories import bots, posts, replies, users
+from xbot.llm import ContextPost, LlmOptions, LlmReplyRejected, MentionPrompt, ReplyGenerator, Usage
+from xbot.reply_policy import MentionFacts, Prices, ReplyPolicy, Skip
+from xbot.repositories import bots, posts, replies, reply_policies, users
 from xbot.repositories.bots import BotProfile
 from xbot.repositories.posts import StoredPost
 from xbot.repositories.replies import RedraftableReply
@@ -42,6 +55,21 @@ class _Thread:
     gap: tuple[str, str] | None = None  # (post id, reason) of the first parent X could not return
 
 
+@dataclass
+class _Run:
+    """One run's bot, policy and running totals."""
+
+    ctx: TaskContext
+    bot: BotProfile
+    policy: ReplyPolicy
+    options: LlmOptions
+    now: datetime
+    operator_bots: frozenset[str] = frozenset()
+    skipped: dict[str, int] = field(default_factory=dict)  # skip code -> mentions
+    usage: Usage = field(default_factory=Usage)
+    budget_spent: str | None = None
+
+
 class GenerateRepliesHandler(XHandlerBase):
     task_type = "generate_replies"
 
@@ -55,6 +83,12 @@ class GenerateRepliesHandler(XHandlerBase):
         batch = int_config(ctx, "max_replies_per_run", 20, 1, 500)
         depth = int_config(ctx, "context_depth", 3, 0, 20)
         bot = await bots.load_bot(self.deps.pool, ctx.bot_id)
+        try:
+            policy = await reply_policies.load_policy(self.deps.pool, bot.id)
+        except ValidationError as error:  # stored by hand or by an older version: an operator must fix it
+            raise NonRetryableTaskError(
+                f"the bot's reply policy is invalid ({error.error_count()} errors); PUT /bots/{bot.id}/reply-policy"
+            ) from None
         options = self.generator.options_for(
             bot.llm_model,
             bot.llm_base_url,
@@ -62,6 +96,10 @@ class GenerateRepliesHandler(XHandlerBase):
             bot.llm_max_tokens,
             api_key=self._bot_llm_key(bot),
         )
+        run = _Run(ctx, bot, policy, options, datetime.now(UTC))
+        run.operator_bots = await reply_policies.operator_bot_ids(self.deps.pool, bot.id)
+        if spent := await self._budget_spent(run):
+            return await self._stop_for_budget(run, spent)
         # Replies X refused as duplicate content first (they waited longest), then new mentions.
         work: list[tuple[StoredPost, RedraftableReply | None]] = []
         for refused in await replies.redraftable_replies(self.deps.pool, bot.id, batch):
@@ -69,26 +107,157 @@ class GenerateRepliesHandler(XHandlerBase):
             if mention is not None:
                 work.append((mention, refused))
         fresh = await posts.mentions_needing_reply(self.deps.pool, bot.id, bot.x_user_id, batch - len(work))
-        work.extend((mention, None) for mention in fresh)
+        # Cheap rules before any X lookup: a mention skipped for who wrote it needs no thread.
+        kept: list[StoredPost] = []
+        for mention in fresh:
+            if await self._skip(run, mention, thread_depth=0) is None:
+                kept.append(mention)
+        work.extend((mention, None) for mention in kept)
         x = self.x_client(bot, ctx.task_type)
-        threads = await self._threads(bot.id, x, [mention for mention, _ in work], depth)
-        generated = failed = redrafted = unavailable = 0
+        # Walk far enough up to tell whether a thread is deeper than the policy allows.
+        walk = (
+            max(depth, min(20, policy.max_thread_depth + 1)) if policy.max_thread_depth is not None else depth
+        )
+        threads = await self._threads(bot.id, x, [mention for mention, _ in work], walk)
+        generated = failed = redrafted = unavailable = filtered = 0
         for mention, redraft in work:
             thread = threads[mention.id]
+            if redraft is None and await self._skip(
+                run, mention, thread_depth=len(thread.parents) + (thread.gap is not None)
+            ):
+                continue
+            run.budget_spent = await self._budget_spent(run)
+            if run.budget_spent is not None:
+                break  # the rest waits for tomorrow's budget
+            if redraft is None and policy.gate_enabled and not await self._gate(run, mention, thread, depth):
+                continue
             if thread.gap is not None:
                 unavailable += 1
                 await self._log_gap(ctx, mention, *thread.gap)
-            if await self._draft(ctx, bot, mention, thread, options, redraft):
+            outcome = await self._draft(run, mention, _Thread(None, thread.parents[:depth]), redraft)
+            if outcome == "drafted":
                 generated += 1
                 redrafted += redraft is not None
+            elif outcome == "filtered":
+                filtered += 1
             else:
                 failed += 1
-        result = {"replies_generated": generated, "replies_failed": failed}
+        result: dict[str, Any] = {"replies_generated": generated, "replies_failed": failed}
         if redrafted:
             result["replies_redrafted"] = redrafted
         if unavailable:
             result["context_unavailable"] = unavailable
+        if filtered:
+            result["replies_rejected_by_filter"] = filtered
+        if run.skipped:
+            result["mentions_skipped"] = dict(sorted(run.skipped.items()))
+        if run.budget_spent is not None:
+            await self._stop_for_budget(run, run.budget_spent)
+            result["budget_spent"] = run.budget_spent
         return result
+
+    # --- policy -------------------------------------------------------------------------------------
+
+    async def _skip(self, run: _Run, mention: StoredPost, *, thread_depth: int) -> Skip | None:
+        """The policy's verdict on a fresh mention; a refusal is recorded on the mention."""
+        pool = self.deps.pool
+        skip: Skip | None = None
+        author = mention.author_x_user_id
+        word = reply_policy.opt_out_word(run.policy, mention.text)
+        if author is not None and word is not None:
+            await reply_policies.record_opt_out(pool, run.bot.id, author, word, mention.x_post_id)
+            skip = Skip("opted_out", f"author {author} asked the bot to stop ({word!r}); remembered")
+        else:
+            facts = await self._facts(mention, thread_depth)
+            history = await reply_policies.history(
+                pool, run.bot.id, author, mention.conversation_id, run.now, run.operator_bots
+            )
+            skip = reply_policy.decide(run.policy, facts, history, run.now)
+        if skip is not None:
+            await self._record_skip(run, mention, skip)
+        return skip
+
+    async def _record_skip(self, run: _Run, mention: StoredPost, skip: Skip) -> None:
+        await reply_policies.record_skip(self.deps.pool, mention.id, skip)
+        run.skipped[skip.code] = run.skipped.get(skip.code, 0) + 1
+        await self.log(
+            run.ctx,
+            "info",
+            f"mention {mention.x_post_id} not answered: {skip.text()}",
+            {"mention_id": mention.x_post_id, "skipped_code": skip.code},
+        )
+
+    async def _facts(self, mention: StoredPost, thread_depth: int) -> MentionFacts:
+        row = await self.deps.pool.fetchrow(
+            """
+            SELECT p.raw->>'lang' AS lang, u.followers_count, u.raw->>'created_at' AS author_created_at
+            FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+            WHERE p.id = $1
+            """,
+            mention.id,
+        )
+        created: datetime | None = None
+        if row is not None and row["author_created_at"]:
+            try:
+                created = datetime.fromisoformat(row["author_created_at"].replace("Z", "+00:00"))
+            except ValueError:
+                created = None
+        return MentionFacts(
+            author_id=mention.author_x_user_id,
+            text=mention.text,
+            lang=row["lang"] if row else None,
+            posted_at=mention.posted_at,
+            conversation_id=mention.conversation_id,
+            thread_depth=thread_depth,
+            author_followers=row["followers_count"] if row else None,
+            author_created_at=created,
+        )
+
+    async def _gate(self, run: _Run, mention: StoredPost, thread: _Thread, depth: int) -> bool:
+        """The should-respond gate; IGNORE is recorded as the mention's skipped reason."""
+        options = run.options
+        if run.policy.gate_model:
+            options = replace(options, model=run.policy.gate_model)
+        prompt = await self._prompt(run.bot, mention, _Thread(None, thread.parents[:depth]), None)
+        verdict = await self.generator.should_respond(prompt, options)
+        await self._spend(run, verdict.usage)
+        if not verdict.respond:
+            await self._record_skip(
+                run, mention, Skip("gate_ignore", f"should-respond gate: {verdict.reason}")
+            )
+        return verdict.respond
+
+    async def _budget_spent(self, run: _Run) -> str | None:
+        """Why today's budget allows no more drafts, or None."""
+        policy = run.policy
+        if policy.daily_token_budget is not None:
+            spent = await reply_policies.tokens_spent(self.deps.pool, run.bot.id, run.now.date())
+            if spent >= policy.daily_token_budget:
+                return f"daily LLM token budget spent ({spent} of {policy.daily_token_budget} tokens)"
+        if policy.daily_x_spend_usd is not None:
+            spend = await reply_policies.x_spend(self.deps.pool, run.bot.id, run.now)
+            if spend + self._prices().x_post > policy.daily_x_spend_usd + 1e-9:
+                return f"daily X spend budget spent (${spend:.3f} of ${policy.daily_x_spend_usd:.3f})"
+        return None
+
+    async def _stop_for_budget(self, run: _Run, reason: str) -> dict[str, Any]:
+        await self.log(run.ctx, "warn", f"no more replies drafted today: {reason}", {"budget_spent": reason})
+        return {"replies_generated": 0, "replies_failed": 0, "budget_spent": reason}
+
+    async def _spend(self, run: _Run, usage: Usage) -> None:
+        run.usage += usage
+        await reply_policies.add_usage(
+            self.deps.pool, run.bot.id, run.now.date(), usage.tokens_in, usage.tokens_out
+        )
+
+    def _prices(self) -> Prices:
+        settings = self.deps.settings
+        return Prices(
+            x_post=settings.x_price_post_usd,
+            x_post_with_url=settings.x_price_post_with_url_usd,
+            llm_input_per_mtok=settings.llm_price_input_per_mtok_usd,
+            llm_output_per_mtok=settings.llm_price_output_per_mtok_usd,
+        )
 
     def _bot_llm_key(self, bot: BotProfile) -> str | None:
         """The bot's own LLM key, decrypted; None when it has none."""
@@ -99,17 +268,11 @@ class GenerateRepliesHandler(XHandlerBase):
         except TokenCipherError as error:  # its message names the setting, never the key
             raise NonRetryableTaskError(f"the bot's llm_api_key cannot be read: {error}") from None
 
-    async def _draft(
-        self,
-        ctx: TaskContext,
-        bot: BotProfile,
-        mention: StoredPost,
-        thread: _Thread,
-        options: LlmOptions,
-        redraft: RedraftableReply | None,
-    ) -> bool:
+    async def _prompt(
+        self, bot: BotProfile, mention: StoredPost, thread: _Thread, redraft: RedraftableReply | None
+    ) -> MentionPrompt:
         author = await users.find_user(self.deps.pool, mention.author_x_user_id)
-        prompt = MentionPrompt(
+        return MentionPrompt(
             persona=bot.persona_prompt,
             bot_username=bot.x_username,
             author_username=author.username if author else (mention.author_x_user_id or "unknown"),
@@ -119,30 +282,67 @@ class GenerateRepliesHandler(XHandlerBase):
             thread=await self._context(thread),
             refused_reply=redraft.refused_text if redraft else None,
         )
+
+    async def _draft(
+        self, run: _Run, mention: StoredPost, thread: _Thread, redraft: RedraftableReply | None
+    ) -> str:
+        """ "drafted", "filtered" (kept as rejected_by_filter) or "failed"."""
+        bot, options = run.bot, run.options
+        prompt = await self._prompt(bot, mention, thread, redraft)
         try:
             draft = await self.generator.generate(prompt, options)
         except LlmReplyRejected as error:
+            await self._spend(run, error.usage)
+            tokens = (error.usage.tokens_in, error.usage.tokens_out)
             if redraft is not None:
                 await replies.give_up_redraft(self.deps.pool, redraft.id, f"redraft: {error}")
             else:
                 await replies.record_generation_failure(
-                    self.deps.pool, bot.id, mention.id, mention.x_post_id, str(error), options.model
+                    self.deps.pool, bot.id, mention.id, mention.x_post_id, str(error), options.model, tokens
                 )
             await self.log(
-                ctx,
+                run.ctx,
                 "warn",
                 f"no reply drafted for mention {mention.x_post_id}: {error}",
                 {"mention_id": mention.x_post_id},
             )
-            return False
+            return "failed"
+        await self._spend(run, draft.usage)
+        tokens = (draft.usage.tokens_in, draft.usage.tokens_out)
+        # The model's output is untrusted too (a prompt injection may have steered it).
+        refused = reply_policy.check_output(run.policy, draft.text, prompt.author_username, bot.x_username)
+        if refused is not None:
+            await self.log(
+                run.ctx,
+                "warn",
+                f"draft for mention {mention.x_post_id} rejected by the output filter: {refused}",
+                {"mention_id": mention.x_post_id, "filter_reason": refused},
+            )
         approved = not bot.approval_required
         if redraft is not None:
-            await replies.redraft(self.deps.pool, redraft.id, draft.text, draft.model, approved=approved)
-            return True
+            await replies.redraft(
+                self.deps.pool,
+                redraft.id,
+                draft.text,
+                draft.model,
+                approved=approved,
+                tokens=tokens,
+                filtered=refused,
+            )
+            return "filtered" if refused else "drafted"
         await replies.create_draft(
-            self.deps.pool, bot.id, mention.id, mention.x_post_id, draft.text, draft.model, approved=approved
+            self.deps.pool,
+            bot.id,
+            mention.id,
+            mention.x_post_id,
+            draft.text,
+            draft.model,
+            approved=approved,
+            tokens=tokens,
+            x_cost_usd=reply_policy.x_post_cost(self._prices(), draft.text),
+            filtered=refused,
         )
-        return True
+        return "filtered" if refused else "drafted"
 
     async def _context(self, thread: _Thread) -> list[ContextPost]:
         """The thread for the prompt, oldest first."""

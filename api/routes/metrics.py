@@ -72,7 +72,35 @@ async def _execution_families(pool: Pool) -> list[Metric]:
     enabled.add_metric([], await pool.fetchval("SELECT count(*) FROM bots WHERE scheduler_enabled"))
     total = GaugeMetricFamily("xbot_bots", "Bots")
     total.add_metric([], await pool.fetchval("SELECT count(*) FROM bots"))
-    return [executions, lateness, enabled, total]
+    return [executions, lateness, enabled, total, *await _reply_policy_families(pool)]
+
+
+async def _reply_policy_families(pool: Pool) -> list[Metric]:
+    """Mentions not answered, by reason (the policy's rule, or `backlog`), and drafts by status."""
+    skipped = CounterMetricFamily(
+        "xbot_mentions_skipped", "Mentions a bot will not answer, by reason", labels=["bot_id", "reason"]
+    )
+    for row in await pool.fetch(
+        "SELECT bot_id, coalesce(skipped_code, 'backlog') AS reason, count(*) AS n FROM pulled_posts"
+        " WHERE kind = 'mention' AND skipped_reason IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        skipped.add_metric([row["bot_id"], row["reason"]], row["n"])
+    filtered = CounterMetricFamily(
+        "xbot_replies_rejected_by_filter", "Drafts the output filter refused", labels=["bot_id"]
+    )
+    tokens = CounterMetricFamily(
+        "xbot_llm_tokens", "LLM tokens spent on replies and gate calls", labels=["bot_id", "direction"]
+    )
+    for row in await pool.fetch(
+        "SELECT bot_id, count(*) AS n FROM post_replies WHERE status = 'rejected_by_filter' GROUP BY 1 ORDER BY 1"
+    ):
+        filtered.add_metric([row["bot_id"]], row["n"])
+    for row in await pool.fetch(
+        "SELECT bot_id, sum(tokens_in) AS t_in, sum(tokens_out) AS t_out FROM bot_llm_usage GROUP BY 1 ORDER BY 1"
+    ):
+        tokens.add_metric([row["bot_id"], "in"], row["t_in"])
+        tokens.add_metric([row["bot_id"], "out"], row["t_out"])
+    return [skipped, filtered, tokens]
 
 
 async def _running_bots(state: State) -> list[Metric]:

@@ -24,7 +24,9 @@ from xbot.repositories.replies import (
 
 router = APIRouter(tags=["replies"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 
-ReplyStatus = Literal["pending_approval", "approved", "rejected", "posting", "posted", "dry_run", "failed"]
+ReplyStatus = Literal[
+    "pending_approval", "approved", "rejected", "posting", "posted", "dry_run", "failed", "rejected_by_filter"
+]
 
 
 class ReplyOut(BaseModel):
@@ -46,6 +48,9 @@ class ReplyOut(BaseModel):
     updated_at: datetime
     mention_text: str | None = Field(default=None, description="The post this reply answers")
     mention_author_username: str | None = None
+    tokens_in: int | None = Field(default=None, description="LLM prompt tokens spent on this draft")
+    tokens_out: int | None = Field(default=None, description="LLM completion tokens spent on this draft")
+    x_cost_usd: float | None = Field(default=None, description="Estimated X price of posting it")
 
 
 class ReplyPage(BaseModel):
@@ -62,6 +67,7 @@ class ReplyEdit(BaseModel):
 _SELECT = """
 SELECT r.id, r.bot_id, r.pulled_post_id, r.in_reply_to_x_post_id, r.status, r.text, r.llm_model,
        r.error_message, r.failure_kind, r.posted_x_post_id, r.posted_at, r.created_at, r.updated_at,
+       r.tokens_in, r.tokens_out, r.x_cost_usd::float8 AS x_cost_usd,
        p.text AS mention_text, u.username AS mention_author_username
 FROM post_replies r
 JOIN pulled_posts p ON p.id = r.pulled_post_id

@@ -187,6 +187,61 @@ function schedule(task) {
   return `every ${task.interval_minutes}m`;
 }
 
+// The reply policy's fields as the form shows them: [name, kind, label]. Kinds: "int" and "num"
+// (a "?" suffix: empty = no limit), "bool", "list" (comma-separated), "str?".
+const POLICY_FIELDS = [
+  ["max_replies_per_day", "int?", "Replies per day"],
+  ["max_replies_per_author_per_day", "int?", "Replies per author per day"],
+  ["author_cooldown_seconds", "int", "Cooldown per author (s)"],
+  ["max_replies_per_conversation", "int?", "Replies per conversation"],
+  ["max_thread_depth", "int?", "Max thread depth"],
+  ["max_mention_age_hours", "num?", "Max mention age (h)"],
+  ["never_answer_user_ids", "list", "Never answer (X user ids)"],
+  ["skip_operator_bots", "bool", "Never answer my other bots"],
+  ["opt_out_words", "list", "Opt-out words"],
+  ["allow_keywords", "list", "Only mentions with"],
+  ["deny_keywords", "list", "Never mentions with"],
+  ["languages", "list", "Languages (empty = any)"],
+  ["min_followers", "int", "Min followers"],
+  ["min_account_age_days", "int", "Min account age (days)"],
+  ["gate_enabled", "bool", "Should-respond gate"],
+  ["gate_model", "str?", "Gate model"],
+  ["allow_links", "bool", "Drafts may contain links"],
+  ["allow_mentions", "bool", "Drafts may @mention others"],
+  ["allow_cashtags", "bool", "Drafts may contain cashtags"],
+  ["banned_words", "list", "Banned words in drafts"],
+  ["daily_token_budget", "int?", "Daily LLM token budget"],
+  ["daily_x_spend_usd", "num?", "Daily X spend budget ($)"],
+];
+
+function policyInput(name, kind, value) {
+  const id = `policy-${name}`;
+  if (kind === "bool") {
+    const box = el("input", { type: "checkbox", id, name });
+    box.checked = Boolean(value);
+    return box;
+  }
+  const input = el("input", { type: kind.startsWith("int") || kind.startsWith("num") ? "number" : "text", id, name });
+  if (kind.startsWith("num")) input.step = "any";
+  if (kind.endsWith("?")) input.placeholder = "no limit";
+  input.value = kind === "list" ? (value || []).join(", ") : value === null || value === undefined ? "" : String(value);
+  return input;
+}
+
+function readPolicyForm() {
+  const body = {};
+  for (const [name, kind] of POLICY_FIELDS) {
+    const input = $(`policy-${name}`);
+    const raw = input.value.trim();
+    if (kind === "bool") body[name] = input.checked;
+    else if (kind === "list") body[name] = raw ? raw.split(",").map((part) => part.trim()).filter(Boolean) : [];
+    else if (raw === "" && kind.endsWith("?")) body[name] = null;
+    else if (kind.startsWith("int") || kind.startsWith("num")) body[name] = Number(raw);  // the API checks it
+    else body[name] = raw;
+  }
+  return body;
+}
+
 class BotPage {
   constructor(botId) {
     this.botId = botId;
@@ -201,6 +256,12 @@ class BotPage {
     $("tasks-body").replaceChildren();
     $("executions-body").replaceChildren();
     $("replies").replaceChildren();
+    $("policy-fields").replaceChildren();
+    $("skipped-body").replaceChildren();
+    $("policy-form").onsubmit = (event) => {
+      event.preventDefault();
+      this.savePolicy();
+    };
     $("start-btn").onclick = () => this.control("start");
     $("stop-btn").onclick = () => this.control("stop");
     $("connect-btn").onclick = () => connectAccount(this.botId);
@@ -227,6 +288,53 @@ class BotPage {
     this.loadExecutions();
     this.loadLogs();
     this.loadReplies();
+    this.loadPolicy();
+    this.loadSkipped();
+  }
+
+  async loadPolicy() {
+    try {
+      const [policy, spend] = await Promise.all([api("GET", this.path("/reply-policy")), api("GET", this.path("/spend"))]);
+      this.showPolicy(policy);
+      const budget = spend.daily_token_budget === null ? "no token budget" : `budget ${spend.daily_token_budget}`;
+      $("spend").textContent = `Today: ${spend.tokens_in + spend.tokens_out} LLM tokens (${budget}),`
+        + ` ~$${spend.llm_cost_usd.toFixed(4)} LLM, ~$${spend.x_spend_usd.toFixed(3)} X`;
+    } catch (error) {
+      handleError(error);
+    }
+  }
+
+  showPolicy(policy) {
+    $("policy-fields").replaceChildren(...POLICY_FIELDS.map(([name, kind, label]) =>
+      el("label", { className: "policy-field", for: `policy-${name}` }, el("span", {}, label), policyInput(name, kind, policy[name]))));
+    const others = policy.operator_bot_ids || [];
+    $("policy-operator-bots").textContent = others.length ? `My other bots (X ids): ${others.join(", ")}` : "";
+  }
+
+  async savePolicy() {
+    try {
+      this.showPolicy(await api("PUT", this.path("/reply-policy"), readPolicyForm()));
+      notice("Reply policy saved.");
+    } catch (error) {
+      handleError(error);  // the form keeps what was typed
+    }
+  }
+
+  async loadSkipped() {
+    try {
+      const page = await api("GET", this.path("/mentions/skipped?limit=50"));
+      $("skipped-empty").hidden = page.items.length > 0;
+      $("skipped-body").replaceChildren(...page.items.map((item) =>
+        el("tr", { "data-post-id": item.x_post_id },
+          el("td", {}, item.x_post_id),
+          el("td", {}, item.author_username ? `@${item.author_username}` : item.author_x_user_id || ""),
+          el("td", {}, item.text),
+          el("td", {}, el("span", { className: "badge small" }, item.skipped_code)),
+          el("td", { className: "muted" }, item.skipped_reason),
+        )));
+    } catch (error) {
+      handleError(error);
+    }
   }
 
   // Coalesce bursts of events into one fetch per kind.
@@ -439,6 +547,7 @@ class BotPage {
         if (event.entityType === "task_execution") this.soon("executions", this.loadExecutions);
         this.soon("tasks", this.loadStatusAndTasks);
         this.soon("replies", this.loadReplies);
+        this.soon("skipped", this.loadSkipped);
         break;
       case "log":
         // Stored rows carry their id (the same as GET /logs gives); workflow-only lines do not.

@@ -131,3 +131,48 @@ async def test_dashboard_connects_an_x_account_through_x_and_back(
     assert [r.endpoint for r in x.requests if r.endpoint in ("authorize", "token")] == ["authorize", "token"]
     assert await pool.fetchval("SELECT x_username FROM bots WHERE id = $1", bot_id) == "helperbot"
     assert await pool.fetchval("SELECT auth_state FROM bots WHERE id = $1", bot_id) == "ok"
+
+
+async def test_dashboard_shows_and_edits_the_reply_policy_and_skipped_mentions(
+    page: object, live_server: str, pool: asyncpg.Pool, bot_id: str
+) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    await insert_bot(pool, bot_id)
+    await pool.execute(
+        "INSERT INTO x_users (x_user_id, username) VALUES ('4242', 'persistent') ON CONFLICT DO NOTHING"
+    )
+    await pool.execute(
+        "INSERT INTO pulled_posts (bot_id, x_post_id, author_x_user_id, text, skipped_reason, skipped_code)"
+        " VALUES ($1, '901', '4242', '@demo again and again', 'already 5 replies to this author today', 'author_cap')",
+        bot_id,
+    )
+
+    await page.goto(f"http://{live_server}/")
+    await page.fill("#token-input", API_TOKEN)
+    await page.click("#token-save")
+    await page.locator(f'tr[data-bot-id="{bot_id}"] a').click()
+
+    skipped = page.locator('#skipped-body tr[data-post-id="901"]')
+    await expect(skipped).to_contain_text("author_cap")
+    await expect(skipped).to_contain_text("@persistent")
+    await expect(page.locator("#policy-opt_out_words")).to_have_value("stop, unsubscribe")
+    await expect(page.locator("#spend")).to_contain_text("LLM tokens")
+
+    await page.fill("#policy-max_replies_per_author_per_day", "2")
+    await page.fill("#policy-deny_keywords", "giveaway, airdrop")
+    await page.check("#policy-gate_enabled")
+    await page.click("#policy-save")
+    await expect(page.locator("#notice")).to_have_text("Reply policy saved.")
+    stored = await pool.fetchval("SELECT policy FROM bot_reply_policies WHERE bot_id = $1", bot_id)
+    assert stored["max_replies_per_author_per_day"] == 2 and stored["gate_enabled"] is True
+    assert stored["deny_keywords"] == ["giveaway", "airdrop"]
+
+    # A bad value is refused with the API's message, and what was saved stays.
+    await page.fill("#policy-languages", "english")
+    await page.click("#policy-save")
+    await expect(page.locator("#notice")).to_contain_text("languages")
+    await expect(page.locator("#policy-languages")).to_have_value("english")  # what was typed is kept
+    stored = await pool.fetchval("SELECT policy FROM bot_reply_policies WHERE bot_id = $1", bot_id)
+    assert stored["languages"] == []

@@ -2,7 +2,7 @@
 
 Replies depend on markers in the mention text, so one batch can mix outcomes:
 `[[empty]]` -> empty content, `[[refuse]]` -> a refusal, `[[long]]` -> far over 280 characters,
-`[[down]]` -> HTTP 503. Anything else gets a short reply naming the author; a prompt that says an
+`[[down]]` -> HTTP 503; the should-respond gate answers IGNORE to `[[ignore]]`, else RESPOND. Anything else gets a short reply naming the author; a prompt that says an
 earlier reply was refused as a duplicate gets a different one.
 
 Tests may also queue whole answers (`queue_error`, `queue_reply`), served before the markers, and
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,18 @@ from starlette.routing import Route
 
 API_KEY = "sk-fake-llm-key"
 DUPLICATE_HINT = "refused as a duplicate"
+GATE_HINT = "RESPOND or IGNORE"
+
+
+def _mention(user: str) -> tuple[str, str]:
+    """The mention text and its author's handle: from the JSON data the bot sends, else the last
+    line and a "Mention from @name" line (older prompt shapes)."""
+    try:
+        data = json.loads(user)["untrusted_data"]
+        return str(data["mention"]["text"]), str(data["mention"]["author"] or "friend")
+    except (ValueError, KeyError, TypeError):
+        author = re.search(r"Mention from @(\w+)", user)
+        return user.rsplit("\n", 1)[-1], author.group(1) if author else "friend"
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class FakeLlm:
     calls: list[Call] = field(default_factory=list)
     accepted_keys: set[str] = field(default_factory=lambda: {API_KEY})
     canned: list[Canned] = field(default_factory=list)
+    numbered: bool = False  # default replies end with a serial number, so none is a duplicate
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def app(self) -> Starlette:
@@ -93,12 +107,13 @@ class FakeLlm:
                 return JSONResponse({"error": canned.error}, canned.status)
             return self._completion(body, canned.content, None, canned.finish_reason)
         user = body["messages"][-1]["content"]
-        mention = user.rsplit("\n", 1)[-1]
+        mention, name = _mention(user)
         refusal = None
         if "[[down]]" in mention:
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, 503)
-        author = re.search(r"Mention from @(\w+)", user)
-        name = author.group(1) if author else "friend"
+        if GATE_HINT in body["messages"][0]["content"]:  # the should-respond gate
+            verdict = "IGNORE: looks like bait" if "[[ignore]]" in mention else "RESPOND: a fair question"
+            return self._completion(body, verdict, None, "stop")
         if "[[empty]]" in mention:
             content: str | None = "   "
         elif "[[refuse]]" in mention:
@@ -109,11 +124,16 @@ class FakeLlm:
             content = f"Good to hear from you again, @{name}! (#{next(self._ids)})"
         else:
             content = f"Thanks for the mention, @{name}!"
+            if self.numbered:
+                content += f" (#{next(self._ids)})"
         return self._completion(body, content, refusal, "stop")
 
     def _completion(
         self, body: dict[str, Any], content: str | None, refusal: str | None, finish_reason: str
     ) -> JSONResponse:
+        # Roughly 4 characters a token, like real tokenizers on English text.
+        prompt_tokens = max(1, sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4)
+        completion_tokens = max(1, len(content or refusal or "") // 4)
         return JSONResponse(
             {
                 "id": f"chatcmpl-{next(self._ids)}",
@@ -128,6 +148,10 @@ class FakeLlm:
                         "logprobs": None,
                     }
                 ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
             }
         )

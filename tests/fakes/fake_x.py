@@ -172,8 +172,11 @@ class FakeX:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _mentions_of_bot(self) -> list[dict[str, Any]]:
-        tag = f"@{self.bot_username}"
+    def _mentions_of_bot(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Posts naming the user (the bot by default; any user added with `add_user`, so several
+        bots can share one fake X)."""
+        user = self.users.get(user_id or self.bot_user_id)
+        tag = f"@{user['username'] if user else self.bot_username}"
         return [p for p in self.posts.values() if tag in p["text"]]
 
     def _window_headers(self, endpoint: str) -> tuple[dict[str, str], bool]:
@@ -350,7 +353,8 @@ class FakeX:
         return body, 200
 
     async def _mentions(self, request: Request) -> tuple[dict[str, Any], int]:
-        return self._page(self._mentions_of_bot(), dict(request.query_params), expand=True), 200
+        mentions = self._mentions_of_bot(request.path_params.get("id"))
+        return self._page(mentions, dict(request.query_params), expand=True), 200
 
     async def _user_posts(self, request: Request) -> tuple[dict[str, Any], int]:
         own = [p for p in self.posts.values() if p["author_id"] == request.path_params["id"]]
@@ -429,7 +433,10 @@ class FakeX:
                 "type": "about:blank",
                 "detail": "You attempted to reply to a Tweet that is deleted or not visible to you.",
             }, 403
-        if any(p["author_id"] == self.bot_user_id and p["text"] == text for p in self.posts.values()):
+        # The token's owner posts (`token_users`; the bot by default).
+        token = (request.headers.get("authorization") or "").removeprefix("Bearer ")
+        author = self.token_users.get(token, self.bot_user_id)
+        if any(p["author_id"] == author and p["text"] == text for p in self.posts.values()):
             if self.duplicate_style == "code187":
                 return {"errors": [{"code": 187, "message": "Status is a duplicate."}]}, 403
             return {
@@ -438,7 +445,7 @@ class FakeX:
                 "type": "about:blank",
                 "detail": "You are not allowed to create a Tweet with duplicate content.",
             }, 403
-        post_id = self.add_post(self.bot_user_id, text, in_reply_to=target)
+        post_id = self.add_post(author, text, in_reply_to=target)
         if target:
             self.posts_per_mention[target] += 1
         return {"data": {"id": post_id, "text": text, "edit_history_tweet_ids": [post_id]}}, 201

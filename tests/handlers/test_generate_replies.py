@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from activities.handlers.generate_replies import GenerateRepliesHandler
@@ -10,6 +13,16 @@ from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.llm import LlmUnavailableError
 from xbot.post_text import weighted_length
+
+
+def data(prompt: str) -> dict[str, Any]:
+    """The untrusted data of a user message (sent as JSON, never spliced into instructions)."""
+    parsed: dict[str, Any] = json.loads(prompt)["untrusted_data"]
+    return parsed
+
+
+def thread(prompt: str) -> list[tuple[str, str]]:
+    return [(post["author"], post["text"]) for post in data(prompt)["thread_oldest_first"]]
 
 
 async def pulled(world: World, bot_id: str) -> None:
@@ -120,8 +133,11 @@ async def test_thread_context_is_fetched_when_missing(world: World) -> None:
     )
     assert kind == "context"
     prompt = world.llm.prompts()[0]
-    assert prompt.index("@carol: Is it too late") < prompt.index("@bob: Depends on your climate.")
-    assert prompt.index("@bob: Depends") < prompt.index("what do you say?")
+    assert thread(prompt) == [
+        ("carol", "Is it too late to plant tomatoes?"),
+        ("bob", "Depends on your climate."),
+    ]
+    assert data(prompt)["mention"] == {"author": "alice", "text": "@helperbot what do you say?"}
     assert mention in await replies_by_mention(world, bot)
 
 
@@ -138,7 +154,7 @@ async def test_deleted_parent_ends_the_thread(world: World) -> None:
 
     assert result == {"replies_generated": 1, "replies_failed": 0, "context_unavailable": 1}
     assert len(world.x.requests_to("tweets_lookup")) == 1
-    assert "Conversation so far" not in world.llm.prompts()[0]
+    assert thread(world.llm.prompts()[0]) == []
 
 
 async def test_unavailable_parents_are_skipped_per_mention_with_the_reason(world: World) -> None:
@@ -166,10 +182,10 @@ async def test_unavailable_parents_are_skipped_per_mention_with_the_reason(world
     assert world.x.requests_to("tweet_lookup") == []
     drafts = await replies_by_mention(world, bot)
     assert {drafts[m][0] for m in (on_suspended, on_deleted, on_fine)} == {"approved"}
-    prompts = {p.rsplit("\n", 1)[-1]: p for p in world.llm.prompts()}
-    assert "Tomatoes love the sun." in prompts["> @helperbot agree?"]
-    assert "Conversation so far" not in prompts["> @helperbot what about this?"]
-    assert "Conversation so far" not in prompts["> @helperbot and this?"]
+    prompts = {data(p)["mention"]["text"]: p for p in world.llm.prompts()}
+    assert thread(prompts["@helperbot agree?"]) == [("bob", "Tomatoes love the sun.")]
+    assert thread(prompts["@helperbot what about this?"]) == []
+    assert thread(prompts["@helperbot and this?"]) == []
     logged = await world.pool.fetch(
         "SELECT content, context FROM logs WHERE bot_id = $1 AND level = 'warn' ORDER BY id", bot
     )
@@ -202,4 +218,5 @@ async def test_parents_of_a_batch_are_looked_up_together(world: World) -> None:
     assert len(world.x.requests_to("tweets_lookup")) == 1
     assert len(world.x.requests_to("tweets_lookup")[0].query["ids"].split(",")) == 4
     for number, prompt in enumerate(world.llm.prompts()):
-        assert prompt.index(f"root {number}") < prompt.index(f"parent {number}") < prompt.index("number")
+        assert [text for _, text in thread(prompt)] == [f"root {number}", f"parent {number}"]
+        assert data(prompt)["mention"]["text"] == f"@helperbot number {number}"

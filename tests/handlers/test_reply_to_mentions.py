@@ -12,7 +12,9 @@ from activities.handlers.reply_to_mentions import ReplyToMentionsHandler
 from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
 from xbot.errors import RateLimitedError
+from xbot.reply_policy import ReplyPolicy
 from xbot.repositories.replies import approve_reply
+from xbot.repositories.reply_policies import save_policy
 from xbot.x_errors import XServerError, XTimeoutError
 
 
@@ -306,6 +308,8 @@ async def test_a_post_valid_as_x_counts_it_goes_out_whole_however_many_code_poin
     text = f"Welcome, @alice! {family * 60} https://example.com/{'a' * 200}"  # 23 + 140 + 18: valid
     assert len(text) > 600
     world.llm.queue_reply(text)
+    # Links are refused by the output filter unless the reply policy allows them.
+    await save_policy(world.pool, bot, ReplyPolicy(allow_links=True))
     (mention,) = await drafted(world, bot, ("2001", "@helperbot hi"))
 
     assert (await run(world, bot))["replies_sent"] == 1

@@ -5,6 +5,8 @@ States (`post_replies.status`):
 - `approved`: may be posted.
 - `posting`: the intent is recorded (`post_intent_at`) and the X call may have gone out; the outcome
   is unknown until a later attempt finds the bot's reply among its posts, or posts it.
+- `rejected_by_filter`: the output filter (xbot.reply_policy.check_output) refused the draft; the
+  reason is in `error_message`; never posted (an edit that passes the filter revives it).
 - `posted`, `dry_run`, `rejected`: final. `failed`: generation or X refused it; an edit revives it.
   A failed reply with a `failure_kind` (X refused it as duplicate content) is redrafted by the next
   `generate_replies` run, at most `MAX_REDRAFTS` times.
@@ -87,21 +89,31 @@ async def create_draft(
     model: str,
     *,
     approved: bool,
+    tokens: tuple[int, int] | None = None,
+    x_cost_usd: float | None = None,
+    filtered: str | None = None,
 ) -> int | None:
-    """The new reply id, or None when the mention already has a reply row (an overlapping run)."""
+    """The new reply id, or None when the mention already has a reply row (an overlapping run).
+    `filtered`: why the output filter refused the text; it is kept as `rejected_by_filter`."""
+    status = "rejected_by_filter" if filtered else "approved" if approved else "pending_approval"
     reply_id: int | None = await db.fetchval(
         """
-        INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model,
+                                  error_message, tokens_in, tokens_out, x_cost_usd)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         ON CONFLICT (bot_id, pulled_post_id) DO NOTHING
         RETURNING id
         """,
         bot_id,
         pulled_post_id,
         in_reply_to,
-        "approved" if approved else "pending_approval",
+        status,
         text,
         model,
+        f"output filter: {filtered}"[:500] if filtered else None,
+        tokens[0] if tokens else None,
+        tokens[1] if tokens else None,
+        None if filtered else x_cost_usd,
     )
     return reply_id
 
@@ -113,12 +125,13 @@ async def record_generation_failure(
     in_reply_to: str,
     error: str,
     model: str | None,
+    tokens: tuple[int, int] | None = None,
 ) -> None:
     await db.execute(
         """
         INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, error_message,
-                                  llm_model)
-        VALUES ($1, $2, $3, 'failed', $4, $5)
+                                  llm_model, tokens_in, tokens_out)
+        VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7)
         ON CONFLICT (bot_id, pulled_post_id) DO NOTHING
         """,
         bot_id,
@@ -126,6 +139,8 @@ async def record_generation_failure(
         in_reply_to,
         error[:500],
         model,
+        tokens[0] if tokens else None,
+        tokens[1] if tokens else None,
     )
 
 
@@ -158,20 +173,31 @@ async def redraftable_replies(
 
 
 async def redraft(
-    db: asyncpg.Pool | asyncpg.Connection, reply_id: int, text: str, model: str, *, approved: bool
+    db: asyncpg.Pool | asyncpg.Connection,
+    reply_id: int,
+    text: str,
+    model: str,
+    *,
+    approved: bool,
+    tokens: tuple[int, int] | None = None,
+    filtered: str | None = None,
 ) -> bool:
     """A new text for a reply refused as duplicate content; False when it changed meanwhile."""
     status = await db.execute(
         """
         UPDATE post_replies
-        SET text = $2, llm_model = $3, status = $4, error_message = NULL, failure_kind = NULL,
-            post_intent_at = NULL, redraft_count = redraft_count + 1, updated_at = now()
+        SET text = $2, llm_model = $3, status = $4, error_message = $5, failure_kind = NULL,
+            post_intent_at = NULL, redraft_count = redraft_count + 1, updated_at = now(),
+            tokens_in = coalesce(tokens_in, 0) + coalesce($6, 0), tokens_out = coalesce(tokens_out, 0) + coalesce($7, 0)
         WHERE id = $1 AND status = 'failed' AND failure_kind IS NOT NULL
         """,
         reply_id,
         text,
         model,
-        "approved" if approved else "pending_approval",
+        "rejected_by_filter" if filtered else "approved" if approved else "pending_approval",
+        f"output filter: {filtered}"[:500] if filtered else None,
+        tokens[0] if tokens else None,
+        tokens[1] if tokens else None,
     )
     return str(status).endswith(" 1")
 
@@ -332,7 +358,12 @@ async def approve_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, repl
 async def reject_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int) -> Reply:
     """A draft that will never be posted; the mention gets no reply."""
     return await _change(
-        db, bot_id, reply_id, "reject", ("pending_approval", "approved", "failed"), "status = 'rejected'"
+        db,
+        bot_id,
+        reply_id,
+        "reject",
+        ("pending_approval", "approved", "failed", "rejected_by_filter"),
+        "status = 'rejected'",
     )
 
 
@@ -350,9 +381,10 @@ async def edit_reply_text(
         bot_id,
         reply_id,
         "edit",
-        ("pending_approval", "approved", "failed"),
+        ("pending_approval", "approved", "failed", "rejected_by_filter"),
+        # The operator's own text is trusted: an edit revives a draft the output filter refused.
         """text = $3, error_message = NULL, post_intent_at = NULL, failure_kind = NULL,
-           status = CASE WHEN status <> 'failed' THEN status
+           status = CASE WHEN status NOT IN ('failed', 'rejected_by_filter') THEN status
                          WHEN (SELECT approval_required FROM bots WHERE id = $1) THEN 'pending_approval'
                          ELSE 'approved' END""",
         clean,
