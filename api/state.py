@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -13,7 +13,9 @@ from temporalio.client import Client
 
 from api.errors import ServiceUnavailable
 from xbot.crypto import TokenCipher
+from xbot.scheduler_client import StatusResult
 from xbot.settings import Settings
+from xbot.singleflight import SingleFlight
 from xbot.temporal import connect_temporal
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ class ApiState:
     pool_or_none: asyncpg.Pool | None = None
     task_queue: str = ""
     feed_ping_interval: float = 25.0
+    status_flights: SingleFlight[StatusResult] = field(default_factory=SingleFlight)
 
     @property
     def pool(self) -> asyncpg.Pool:
