@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, Tempor
 from api.errors import ApiError, ServiceUnavailable
 from xbot import scheduler_client
 from xbot.bots import (
+    BOT_ID_PATTERN,
     Bot,
     BotCreate,
     BotExistsError,
@@ -48,9 +50,13 @@ def _encode_cursor(bot_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid cursor") from None
+    if not re.fullmatch(BOT_ID_PATTERN, after):
+        raise ApiError(400, "invalid cursor")
+    return after
 
 
 async def _with_state(client: Client | None, pool: asyncpg.Pool, bots: list[Bot]) -> list[BotWithState]:
