@@ -169,15 +169,21 @@ async def start(
         return await scheduler_client.start(client, pool, bot_id, state.task_queue)
     except scheduler_client.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
+    finally:
+        state.status_flights.forget(bot_id)  # a read begun before the change is not reused
 
 
 @router.post("/bots/{botId}/stop", response_model=scheduler_client.StopResult, responses=error_docs(400, 404))
-async def stop(bot_id: ExistingBotId, pool: Pool, client: Temporal) -> scheduler_client.StopResult:
+async def stop(
+    bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State
+) -> scheduler_client.StopResult:
     """Stop the scheduler; a running task is cancelled and recorded as such."""
     try:
         return await scheduler_client.stop(client, pool, bot_id)
     except scheduler_client.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
+    finally:
+        state.status_flights.forget(bot_id)
 
 
 @router.get("/bots/{botId}/status", response_model=scheduler_client.StatusResult, responses=error_docs(404))
@@ -190,5 +196,7 @@ async def status(
     (`healed`); says `schedulerReachable: false` when no worker is picking up its work."""
     hub = state.hub
     return await state.status_flights.run(
-        bot_id, lambda: scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot)
+        bot_id,
+        lambda: scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot),
+        keep=lambda answer: not answer.healed,  # "healed" is said once
     )
