@@ -135,7 +135,11 @@ async def describe(client: Client, bot_id: str) -> Stored:
         description.raw_description.HasField("pending_workflow_task")
         and pending.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED
     ):
-        scheduled = pending.original_scheduled_time or pending.scheduled_time
+        scheduled = (
+            pending.original_scheduled_time
+            if pending.HasField("original_scheduled_time")
+            else pending.scheduled_time
+        )
         stuck = datetime.now(UTC) - scheduled.ToDatetime(tzinfo=UTC)
     return Stored(
         description.status,
