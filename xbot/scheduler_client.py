@@ -237,17 +237,26 @@ async def stop(client: Client, pool: asyncpg.Pool, bot_id: str) -> StopResult:
     return StopResult(message="Scheduler stopped")
 
 
+# One round trip: the bot's column and its active definitions with their latest execution. No row:
+# the bot does not exist; one row with a null id: it has no active definition.
 _TASKS_SQL = """
-SELECT d.id, d.task_type, d.priority, d.next_planned_run_at, d.last_successful_run_at,
-       d.consecutive_failures, d.is_paused, e.status AS last_status, e.error_message AS last_error
-FROM bot_task_definitions d
+SELECT b.scheduler_enabled, d.id, d.task_type, d.priority, d.next_planned_run_at,
+       d.last_successful_run_at, d.consecutive_failures, d.is_paused,
+       e.status AS last_status, e.error_message AS last_error
+FROM bots b
+LEFT JOIN bot_task_definitions d ON d.bot_id = b.id AND d.is_active
 LEFT JOIN LATERAL (
     SELECT x.status, x.error_message FROM bot_task_executions x
     WHERE x.task_definition_id = d.id ORDER BY x.started_at DESC, x.id DESC LIMIT 1
 ) e ON true
-WHERE d.bot_id = $1 AND d.is_active
+WHERE b.id = $1
 ORDER BY d.priority DESC, d.id
 """
+
+
+class BotNotFound(Exception):
+    """The bot has no row."""
+
 
 _IN_PROGRESS: dict[str, TaskState] = {
     "started": "running",
@@ -285,10 +294,10 @@ def _stored_task(row: asyncpg.Record, now: datetime, running: bool) -> TaskStatu
 
 
 async def _stored_tasks(pool: asyncpg.Pool, bot_id: str) -> tuple[bool, list[asyncpg.Record]]:
-    async with pool.acquire() as connection:
-        enabled = bool(await connection.fetchval("SELECT scheduler_enabled FROM bots WHERE id = $1", bot_id))
-        rows = await connection.fetch(_TASKS_SQL, bot_id)
-    return enabled, rows
+    rows = await pool.fetch(_TASKS_SQL, bot_id)
+    if not rows:
+        raise BotNotFound(bot_id)
+    return bool(rows[0]["scheduler_enabled"]), [row for row in rows if row["id"] is not None]
 
 
 def should_run(stored: Stored, enabled: bool) -> bool:
@@ -322,7 +331,7 @@ async def status(
             healed = True
             message = "Scheduler was enabled but its workflow was not running: restarted"
             await write_log(pool, bot_id, "warn", message)
-            rows = await pool.fetch(_TASKS_SQL, bot_id)
+            _, rows = await _stored_tasks(pool, bot_id)
         else:
             wanted = False
             message = "Scheduler was enabled but has no tasks to schedule: disabled"

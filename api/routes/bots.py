@@ -13,8 +13,10 @@ from fastapi import APIRouter, Depends, Query, Response
 from temporalio.client import Client
 
 from api.auth import require_token
-from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, Temporal, error_docs
+from api.deps import COMMON_ERRORS, BotIdPath, ExistingBotId, NotFound, Pool, State, Temporal, error_docs
 from api.errors import ApiError, ServiceUnavailable
+from api.feed import FeedHub
+from api.state import ApiState
 from xbot import scheduler_client
 from xbot.bots import (
     BOT_ID_PATTERN,
@@ -188,13 +190,23 @@ async def stop(
 
 @router.get("/bots/{botId}/status", response_model=scheduler_client.StatusResult, responses=error_docs(404))
 async def status(
-    bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State
+    bot_id: BotIdPath, pool: Pool, client: Temporal, state: State
 ) -> scheduler_client.StatusResult:
     """The scheduler's state without asking the workflow: the running flag and next alarm it
     publishes (search attributes), per-task state from the database, or the live feed's fresh poll.
     Concurrent calls for one bot share one read. Restarts a scheduler that should run but does not
     (`healed`); says `schedulerReachable: false` when no worker is picking up its work."""
     hub = state.hub
+    try:
+        return await status_flights_run(state, bot_id, client, pool, hub)
+    except scheduler_client.BotNotFound:
+        raise NotFound(f"bot {bot_id} not found") from None
+
+
+async def status_flights_run(
+    state: ApiState, bot_id: str, client: Client, pool: asyncpg.Pool, hub: FeedHub
+) -> scheduler_client.StatusResult:
+    # The bot's existence is checked inside the shared read, so a reused answer costs no I/O.
     return await state.status_flights.run(
         bot_id,
         lambda: scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot),

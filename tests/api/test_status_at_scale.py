@@ -215,3 +215,5 @@ async def test_get_bots_is_paginated(client: httpx.AsyncClient, pool: asyncpg.Po
     assert seen == sorted(seen) and set(ids) <= set(seen) and pages >= 3
     assert (await client.get("/bots", params={"cursor": "***"})).status_code == 400
     assert (await client.get("/bots", params={"limit": 0})).status_code == 422
+    missing = await client.get(f"/bots/{prefix}-missing/status")
+    assert missing.status_code == 404 and missing.json() == {"error": f"bot {prefix}-missing not found"}
