@@ -4,7 +4,7 @@ The API runs as its own process (`xbot api`), the worker as another. Measured, s
 - `GET /bots/{botId}/status` from 50 concurrent loopback clients on one bot (closed loop), and the
   workflow's `status` query under the same load (what every status call cost before issue 12);
 - `GET /bots/{botId}/status` with 1,000 running bots and 1 client each, each polling its bot once every
-  5 s at a random phase (open loop, ~200 requests/s: a dashboard per bot);
+  10 s, evenly spread (open loop, ~100 requests/s: a dashboard per bot);
 - `GET /bots?limit=100` walked page by page over 10,000 bots (1,000+ with running workflows, the rest
   rows only: starting 10k workflows here takes minutes and says nothing more about one list call);
 - `POST /start` and `POST /stop` round trips (Workflow Updates), 10 bots at once;
@@ -39,7 +39,7 @@ NAME = "api_feed"
 DESCRIPTION = (
     "`GET /bots/{botId}/status` (a describe and a database read, coalesced per bot; no query) from 50 "
     "concurrent loopback clients on one bot, beside the workflow's `status` query under the same load; "
-    "status with 1,000 running bots polled once every 5 s each; `GET /bots?limit=100` over 10,000 bots; "
+    "status with 1,000 running bots polled once every 10 s each; `GET /bots?limit=100` over 10,000 bots; "
     "start/stop round trips (Workflow Updates); then the WebSocket feed of one bot whose task runs every "
     "second, with 1 and with 100 clients: Temporal `QueryWorkflow` calls per second (dev server "
     "counters) and event delivery delay (client arrival - the event's workflow timestamp)."
@@ -49,7 +49,7 @@ GOAL_LIST_P99_MS = 200.0
 GOAL_CONTROL_P99_MS = 500.0
 STATUS_CLIENTS = 50
 FEED_CLIENTS = 100
-FLEET_POLL_SECONDS = 5.0
+FLEET_POLL_SECONDS = 10.0
 LIST_LIMIT = 100
 LIST_CLIENTS = 4
 CONTROL_BOTS = 10
