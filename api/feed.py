@@ -165,6 +165,9 @@ class BotPoller:
         self.alarm: str | None = None
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        # The last status polled, and when (loop time): GET /status serves it while it is fresh.
+        self.latest: SchedulerStatus | None = None
+        self.latest_at = 0.0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"feed-poller-{self.bot_id}")
@@ -188,6 +191,7 @@ class BotPoller:
             except Exception as error:
                 log.debug("feed poll for %s failed: %s", self.bot_id, error)
             else:
+                self.latest, self.latest_at = status, asyncio.get_running_loop().time()
                 self.apply(status)
             await self._tail_logs()
             self.ready.set()
@@ -306,6 +310,15 @@ class FeedHub:
                 return
             del self.pollers[client.bot_id]
         await poller.stop()
+
+    def snapshot(self, bot_id: str) -> SchedulerStatus | None:
+        """The bot's status as its poller last saw it, if it has one polled within two intervals."""
+        poller = self.pollers.get(bot_id)
+        if poller is None or poller.latest is None:
+            return None
+        if asyncio.get_running_loop().time() - poller.latest_at > 2 * self.poll_interval + 0.1:
+            return None
+        return poller.latest
 
     def publish(self, bot_id: str, event: Event) -> None:
         """Send an event that did not come from the workflow (e.g. an API change while it is stopped)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -13,7 +13,9 @@ from temporalio.client import Client
 
 from api.errors import ServiceUnavailable
 from xbot.crypto import TokenCipher
+from xbot.scheduler_client import StatusResult
 from xbot.settings import Settings
+from xbot.singleflight import SingleFlight
 from xbot.temporal import connect_temporal
 
 if TYPE_CHECKING:
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEMPORAL_CONNECT_TIMEOUT_SECONDS = 5.0
+# Short enough that a change made outside the API (a CLI signal) shows well within a second.
+STATUS_FRESH_SECONDS = 0.25
 
 
 class TemporalConnector:
@@ -66,6 +70,10 @@ class ApiState:
     pool_or_none: asyncpg.Pool | None = None
     task_queue: str = ""
     feed_ping_interval: float = 25.0
+    # GET /status: one read per bot at a time, reused this long (changes made here forget it).
+    status_flights: SingleFlight[StatusResult] = field(
+        default_factory=lambda: SingleFlight(fresh_for=STATUS_FRESH_SECONDS)
+    )
 
     @property
     def pool(self) -> asyncpg.Pool:

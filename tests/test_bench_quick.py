@@ -92,7 +92,8 @@ def _check_api_feed(result: dict[str, Any]) -> None:
     if not _project_ready("api.app"):
         return
     project = result["systems"]["project"]
-    assert project["status"]["count"] > 0
+    for row in ("status", "status_query_reference", "status_fleet", "list", "start_stop"):
+        assert project[row]["count"] > 0, row
     for phase in ("feed_1_client", "feed_100_clients"):
         assert project[phase]["delivery_delay"]["count"] > 0, phase
         assert project[phase]["queries_per_second"] is not None

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_SETTLE_ATTEMPT,
         PATCH_CORE_V2,
         QUERY_STATUS,
+        QUERY_STATUS_BRIEF,
         SIGNAL_PAUSE_TASK,
         SIGNAL_RELOAD_TASKS,
         SIGNAL_RESUME_TASK,
@@ -48,10 +49,13 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_START,
         SIGNAL_STOP,
         SIGNAL_TASK_PROGRESS,
+        UPDATE_START,
+        UPDATE_STOP,
         WORKFLOW_NAME,
         AttemptRequest,
         AttemptResult,
         BotPlan,
+        ControlAnswer,
         LoadPlanInput,
         RunState,
         SchedulerCarry,
@@ -494,3 +498,37 @@ class BotScheduler:
         if self.legacy is not None:
             return SchedulerStatus.model_validate(self.legacy.status().model_dump())
         return self.state.status(workflow.now())
+
+    @workflow.query(name=QUERY_STATUS_BRIEF)
+    def status_brief(self) -> SchedulerStatus:
+        brief = self.status()
+        brief.recentEvents = []
+        return brief
+
+    # ---------------------------------------------------------------------------- updates
+
+    @workflow.update(name=UPDATE_START)
+    async def start_update(self) -> ControlAnswer:
+        """`start`, answered once the definitions are loaded (a status read right after agrees)."""
+        if self.legacy is not None:
+            was_running = self.legacy.status().isRunning
+            self.legacy.start()
+            return ControlAnswer(changed=not was_running, isRunning=True)
+        changed = self.state.start(workflow.now())
+        if changed:
+            self.wake = True
+        state = self.state
+        await workflow.wait_condition(
+            lambda: not state.running or (state.plan is not None and not state.reload_requested)
+        )
+        return ControlAnswer(changed=changed, isRunning=state.running, tasks=len(state.tasks))
+
+    @workflow.update(name=UPDATE_STOP)
+    def stop_update(self) -> ControlAnswer:
+        if self.legacy is not None:
+            was_running = self.legacy.status().isRunning
+            self.legacy.stop()
+            return ControlAnswer(changed=was_running, isRunning=False)
+        was_running = self.state.running
+        self.stop()
+        return ControlAnswer(changed=was_running, isRunning=False, tasks=len(self.state.tasks))

@@ -19,6 +19,11 @@ SIGNAL_RUN_TASK = "run_task"
 SIGNAL_PAUSE_TASK = "pause_task"
 SIGNAL_RESUME_TASK = "resume_task"
 QUERY_STATUS = "status"
+# `status` without the recentEvents buffer: the API's fallback when it needs the workflow's own word.
+QUERY_STATUS_BRIEF = "status_brief"
+# Workflow Updates: start and stop that answer with what the workflow did (the signals stay for CLI users).
+UPDATE_START = "start_scheduler"
+UPDATE_STOP = "stop_scheduler"
 WORKFLOW_NAME = "BotScheduler"
 
 TaskState = Literal["scheduled", "due", "running", "retrying", "paused", "rate_limited", "waiting_lock"]
@@ -63,6 +68,14 @@ class SchedulerStatus(BaseModel):
     tasks: list[TaskStatus]
     recentEvents: list[SchedulerEvent]
     lastEventSeq: int = 0
+
+
+class ControlAnswer(BaseModel):
+    """The workflow's answer to a start or stop update."""
+
+    changed: bool = Field(description="False: it was already running (start) or already stopped (stop)")
+    isRunning: bool
+    tasks: int = 0
 
 
 # ---------------------------------------------------------------------------------------------

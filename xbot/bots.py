@@ -290,8 +290,12 @@ async def bot_exists(pool: asyncpg.Pool, bot_id: str) -> bool:
     return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM bots WHERE id = $1)", bot_id))
 
 
-async def list_bots(pool: asyncpg.Pool) -> list[Bot]:
-    return [_bot(row) for row in await pool.fetch(_SELECT + " ORDER BY b.id")]
+async def list_bots(pool: asyncpg.Pool, limit: int | None = None, after: str | None = None) -> list[Bot]:
+    """Bots in id order: all of them, or a page of `limit` after the id `after` (keyset paging)."""
+    rows = await pool.fetch(
+        _SELECT + " WHERE ($1::text IS NULL OR b.id > $1) ORDER BY b.id LIMIT $2", after, limit
+    )
+    return [_bot(row) for row in rows]
 
 
 def _require_cipher(cipher: TokenCipher | None) -> TokenCipher:

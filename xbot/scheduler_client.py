@@ -1,28 +1,40 @@
 """Starting, stopping, querying and signalling a bot's BotScheduler workflow, with the seed's semantics.
 
-`bots.scheduler_enabled` records what the operator asked for; start and stop keep it in sync, and
-`status` heals a bot that should run but whose workflow is gone (the seed's self-healing).
-Signals are asynchronous, so start and stop wait (bounded) until the `status` query reflects them:
-a status read right after start or stop then agrees with it.
+Start and stop are Workflow Updates (start is update-with-start): the call returns the workflow's own
+answer once it has acted, so there is no polling. The `start`/`stop` signals stay for CLI users.
+
+One owner of the desired state: the workflow's running flag, published as the `SchedulerRunning`
+search attribute (no extra activity, no extra history event). `bots.scheduler_enabled` mirrors it: the
+API writes it on start/stop and reconciles it whenever a read sees the attribute disagree (e.g. after
+a CLI `stop` signal), and `status` heals a bot whose last run says it should run but whose workflow is
+gone. Status is served without a query: DescribeWorkflowExecution (search attributes, read from the
+execution's mutable state by the history service, so never stale and never queued behind the
+workflow) plus the task rows in PostgreSQL, or the live feed's snapshot when one is fresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import datetime, timedelta
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, Field
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
 )
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.models import (
@@ -31,23 +43,33 @@ from workflows.models import (
     SIGNAL_RELOAD_TASKS,
     SIGNAL_RESUME_TASK,
     SIGNAL_RUN_TASK,
-    SIGNAL_START,
     SIGNAL_STOP,
+    UPDATE_START,
+    UPDATE_STOP,
     WORKFLOW_NAME,
+    ControlAnswer,
+    SchedulerCarry,
     SchedulerInput,
     SchedulerStatus,
     TaskIdArg,
+    TaskState,
     TaskStatus,
 )
-from xbot.bots import set_scheduler_enabled
+from xbot.bots import BOT_ID_PATTERN, set_scheduler_enabled
 from xbot.repositories.logs import write_log
 from xbot.task_definitions import count_schedulable
+from xbot.temporal import NEXT_DUE_AT, SCHEDULER_RUNNING
 
 log = logging.getLogger(__name__)
 
 QUERY_TIMEOUT = timedelta(seconds=5)
-REFLECT_TIMEOUT_SECONDS = 5.0
+DESCRIBE_TIMEOUT = timedelta(seconds=5)
+# An update waits for a worker; past this the API answers 503 rather than hang.
+CONTROL_TIMEOUT_SECONDS = 10.0
 STOP_DRAIN_TIMEOUT_SECONDS = 15.0
+# A workflow task scheduled this long ago and not picked up: no worker is serving the bot.
+UNREACHABLE_AFTER = timedelta(seconds=3)
+MAX_REASON = 300
 
 
 class SchedulerConflict(Exception):
@@ -55,7 +77,7 @@ class SchedulerConflict(Exception):
 
 
 class WorkerUnavailable(Exception):
-    """The workflow exists but no worker answered its `status` query in time."""
+    """The workflow exists but no worker answered (a query or an update) in time."""
 
 
 class StartResult(BaseModel):
@@ -77,31 +99,68 @@ class StatusResult(BaseModel):
     workflowStatus: str | None = Field(description="Temporal execution status; null when never started")
     schedulerEnabled: bool
     healed: bool = Field(default=False, description="The workflow should have run but did not: restarted")
+    schedulerReachable: bool = Field(
+        default=True,
+        description="False: the workflow has work no worker picked up; the answer is what is stored",
+    )
     message: str | None = None
+
+
+@dataclass
+class Stored:
+    """What Temporal keeps about the bot's latest run, read without asking the workflow."""
+
+    execution: WorkflowExecutionStatus | None
+    running: bool | None  # the SchedulerRunning search attribute; None when never published
+    next_due_at: datetime | None
+    stuck_for: timedelta | None  # how long a workflow task has waited for a worker
 
 
 def _handle(client: Client, bot_id: str) -> WorkflowHandle[Any, Any]:
     return client.get_workflow_handle(bot_id)
 
 
-async def workflow_status(client: Client, bot_id: str) -> WorkflowExecutionStatus | None:
-    """The latest run's execution status, or None when the bot's workflow never started."""
+async def describe(client: Client, bot_id: str) -> Stored:
+    """One DescribeWorkflowExecution: execution status, published flags, a workflow task waiting."""
     try:
-        description = await _handle(client, bot_id).describe(rpc_timeout=QUERY_TIMEOUT)
+        description = await _handle(client, bot_id).describe(rpc_timeout=DESCRIBE_TIMEOUT)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            return None
+            return Stored(None, None, None, None)
         raise
-    return description.status
+    attributes = description.typed_search_attributes
+    stuck: timedelta | None = None
+    pending = description.raw_description.pending_workflow_task
+    if (
+        description.raw_description.HasField("pending_workflow_task")
+        and pending.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED
+    ):
+        scheduled = (
+            pending.original_scheduled_time
+            if pending.HasField("original_scheduled_time")
+            else pending.scheduled_time
+        )
+        stuck = datetime.now(UTC) - scheduled.ToDatetime(tzinfo=UTC)
+    return Stored(
+        description.status,
+        attributes.get(SCHEDULER_RUNNING),
+        attributes.get(NEXT_DUE_AT),
+        stuck,
+    )
+
+
+async def workflow_status(client: Client, bot_id: str) -> WorkflowExecutionStatus | None:
+    """The latest run's execution status, or None when the bot's workflow never started."""
+    return (await describe(client, bot_id)).execution
 
 
 async def query_status(
-    client: Client, bot_id: str, timeout: timedelta = QUERY_TIMEOUT
+    client: Client, bot_id: str, timeout: timedelta = QUERY_TIMEOUT, query: str = QUERY_STATUS
 ) -> SchedulerStatus | None:
-    """The workflow's `status` query; None when the bot's workflow never started."""
+    """The workflow's `status` query (the CLI's view, and a fallback); None when never started."""
     try:
         result: SchedulerStatus = await _handle(client, bot_id).query(
-            QUERY_STATUS, result_type=SchedulerStatus, rpc_timeout=timeout
+            query, result_type=SchedulerStatus, rpc_timeout=timeout
         )
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
@@ -114,99 +173,244 @@ async def query_status(
     return result
 
 
-async def _is_running(client: Client, bot_id: str) -> tuple[bool, SchedulerStatus | None]:
-    if await workflow_status(client, bot_id) != WorkflowExecutionStatus.RUNNING:
-        return False, None
-    status = await query_status(client, bot_id)
-    return bool(status and status.isRunning), status
+def _running(stored: Stored) -> bool:
+    return stored.execution == WorkflowExecutionStatus.RUNNING and bool(stored.running)
 
 
-async def _wait_until(
-    client: Client, bot_id: str, predicate: Callable[[SchedulerStatus], bool], timeout: float
-) -> SchedulerStatus | None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    status: SchedulerStatus | None = None
-    while True:
-        try:
-            status = await query_status(client, bot_id)
-        except (RPCError, WorkerUnavailable, WorkflowQueryRejectedError) as error:
-            log.debug("status query while waiting failed: %s", error)
-        if (status is not None and predicate(status)) or asyncio.get_running_loop().time() >= deadline:
-            return status
-        await asyncio.sleep(0.05)
+async def _control(call: Awaitable[ControlAnswer], bot_id: str) -> ControlAnswer:
+    try:
+        return await asyncio.wait_for(call, CONTROL_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise WorkerUnavailable(f"no worker answered the scheduler of {bot_id}") from None
 
 
-def _started(status: SchedulerStatus) -> bool:
-    # Running, and the task definitions loaded (the workflow loads them right after `start`).
-    return status.isRunning and bool(status.tasks)
-
-
-async def _signal_with_start(client: Client, bot_id: str, task_queue: str) -> None:
-    await client.start_workflow(
+async def _update_with_start(client: Client, bot_id: str, task_queue: str) -> ControlAnswer:
+    """The `start_scheduler` update, starting the workflow first when there is none."""
+    operation: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         WORKFLOW_NAME,
-        SchedulerInput(bot_id=bot_id),
+        # A new workflow starts stopped, so the update (not the start) is what turns it on.
+        SchedulerInput(bot_id=bot_id, carry=SchedulerCarry(running=False)),
         id=bot_id,
         task_queue=task_queue,
-        start_signal=SIGNAL_START,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
+    answer: ControlAnswer = await _control(
+        client.execute_update_with_start_workflow(
+            UPDATE_START, start_workflow_operation=operation, result_type=ControlAnswer
+        ),
+        bot_id,
+    )
+    return answer
 
 
 async def start(client: Client, pool: asyncpg.Pool, bot_id: str, task_queue: str) -> StartResult:
-    running, _ = await _is_running(client, bot_id)
-    if running:
-        await set_scheduler_enabled(pool, bot_id, True)
-        raise SchedulerConflict("Scheduler is already running")
     if await count_schedulable(pool, bot_id) == 0:
+        if _running(await describe(client, bot_id)):
+            await set_scheduler_enabled(pool, bot_id, True)
+            raise SchedulerConflict("Scheduler is already running")
         return StartResult(message="No tasks to schedule", isRunning=False)
-    await _signal_with_start(client, bot_id, task_queue)
-    await set_scheduler_enabled(pool, bot_id, True)
+    answer = await _update_with_start(client, bot_id, task_queue)
+    await set_scheduler_enabled(pool, bot_id, answer.isRunning)
+    if not answer.changed:
+        raise SchedulerConflict("Scheduler is already running")
     await write_log(pool, bot_id, "info", "Scheduler started")
-    await _wait_until(client, bot_id, _started, REFLECT_TIMEOUT_SECONDS)
-    return StartResult(message="Scheduler started", isRunning=True)
+    return StartResult(message="Scheduler started", isRunning=answer.isRunning)
 
 
 async def stop(client: Client, pool: asyncpg.Pool, bot_id: str) -> StopResult:
-    running, _ = await _is_running(client, bot_id)
     # Whatever the workflow says, the operator no longer wants it running: status must not heal it.
     await set_scheduler_enabled(pool, bot_id, False)
-    if not running:
+    try:
+        answer: ControlAnswer = await _control(
+            _handle(client, bot_id).execute_update(UPDATE_STOP, result_type=ControlAnswer), bot_id
+        )
+    except RPCError as error:
+        # Never started, or its last run is closed: nothing runs.
+        if error.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            raise SchedulerConflict("Scheduler is not running") from None
+        raise
+    except WorkflowUpdateFailedError as error:
+        raise WorkerUnavailable(f"the stop update of {bot_id} failed: {error}") from None
+    if not answer.changed:
         raise SchedulerConflict("Scheduler is not running")
-    await _handle(client, bot_id).signal(SIGNAL_STOP)
     await write_log(pool, bot_id, "info", "Scheduler stopped")
-    await _wait_until(client, bot_id, lambda status: not status.isRunning, REFLECT_TIMEOUT_SECONDS)
     return StopResult(message="Scheduler stopped")
 
 
-async def status(client: Client, pool: asyncpg.Pool, bot_id: str, task_queue: str) -> StatusResult:
-    enabled = bool(await pool.fetchval("SELECT scheduler_enabled FROM bots WHERE id = $1", bot_id))
-    execution = await workflow_status(client, bot_id)
+# One round trip: the bot's column and its active definitions with their latest execution. No row:
+# the bot does not exist; one row with a null id: it has no active definition.
+_TASKS_SQL = """
+SELECT b.scheduler_enabled, d.id, d.task_type, d.priority, d.next_planned_run_at,
+       d.last_successful_run_at, d.consecutive_failures, d.is_paused,
+       e.status AS last_status, e.error_message AS last_error
+FROM bots b
+LEFT JOIN bot_task_definitions d ON d.bot_id = b.id AND d.is_active
+LEFT JOIN LATERAL (
+    SELECT x.status, x.error_message FROM bot_task_executions x
+    WHERE x.task_definition_id = d.id ORDER BY x.started_at DESC, x.id DESC LIMIT 1
+) e ON true
+WHERE b.id = $1
+ORDER BY d.priority DESC, d.id
+"""
+
+
+class BotNotFound(Exception):
+    """The bot has no row."""
+
+
+_IN_PROGRESS: dict[str, TaskState] = {
+    "started": "running",
+    "waiting_lock": "waiting_lock",
+    "retrying": "retrying",
+}
+
+
+def _stored_task(row: asyncpg.Record, now: datetime, running: bool) -> TaskStatus:
+    state: TaskState
+    reason: str | None = None
+    last = row["last_status"]
+    if running and last in _IN_PROGRESS:
+        state = _IN_PROGRESS[last]
+        reason = row["last_error"] if last == "retrying" else None
+    elif row["is_paused"]:
+        state = "paused"
+    elif row["next_planned_run_at"] is not None and row["next_planned_run_at"] <= now:
+        state = "due"
+    else:
+        state = "scheduled"
+        reason = None
+    if state in ("due", "paused") and last == "failed":
+        reason = row["last_error"]
+    return TaskStatus(
+        id=row["id"],
+        taskType=row["task_type"],
+        priority=row["priority"],
+        nextDueAt=row["next_planned_run_at"],
+        lastSuccessAt=row["last_successful_run_at"],
+        consecutiveFailures=row["consecutive_failures"],
+        state=state,
+        stateReason=reason[:MAX_REASON] if reason else None,
+    )
+
+
+async def _stored_tasks(pool: asyncpg.Pool, bot_id: str) -> tuple[bool, list[asyncpg.Record]]:
+    rows = await pool.fetch(_TASKS_SQL, bot_id)
+    if not rows:
+        raise BotNotFound(bot_id)
+    return bool(rows[0]["scheduler_enabled"]), [row for row in rows if row["id"] is not None]
+
+
+def should_run(stored: Stored, enabled: bool) -> bool:
+    """The desired state: the workflow's own last word when it published one, else the column."""
+    return stored.running if stored.running is not None else enabled
+
+
+# The live feed's latest `status` poll of the bot, when it has one young enough to trust.
+Snapshot = Callable[[str], SchedulerStatus | None]
+
+
+async def status(
+    client: Client,
+    pool: asyncpg.Pool,
+    bot_id: str,
+    task_queue: str,
+    snapshot: Snapshot | None = None,
+) -> StatusResult:
+    stored, (enabled, rows) = await asyncio.gather(describe(client, bot_id), _stored_tasks(pool, bot_id))
+    wanted = should_run(stored, enabled)
     healed = False
     message: str | None = None
-    if enabled and execution != WorkflowExecutionStatus.RUNNING:
-        if await count_schedulable(pool, bot_id) > 0:
-            log.warning("bot %s should be running but its workflow is %s: restarting it", bot_id, execution)
-            await _signal_with_start(client, bot_id, task_queue)
-            await _wait_until(client, bot_id, _started, REFLECT_TIMEOUT_SECONDS)
-            execution = WorkflowExecutionStatus.RUNNING
+    if wanted and stored.execution != WorkflowExecutionStatus.RUNNING:
+        if rows:
+            log.warning(
+                "bot %s should be running but its workflow is %s: restarting it", bot_id, stored.execution
+            )
+            await _update_with_start(client, bot_id, task_queue)
+            stored = await describe(client, bot_id)
+            stored.running = True  # the update answered once running: the attribute may lag a task
             healed = True
             message = "Scheduler was enabled but its workflow was not running: restarted"
             await write_log(pool, bot_id, "warn", message)
+            _, rows = await _stored_tasks(pool, bot_id)
         else:
-            await set_scheduler_enabled(pool, bot_id, False)
-            enabled = False
+            wanted = False
             message = "Scheduler was enabled but has no tasks to schedule: disabled"
-    current = await query_status(client, bot_id) if execution is not None else None
+    if wanted != enabled:
+        # The workflow was started or stopped some other way (CLI signal, Web UI): mirror it.
+        await set_scheduler_enabled(pool, bot_id, wanted)
+    running = _running(stored)
+    reachable = stored.stuck_for is None or stored.stuck_for < UNREACHABLE_AFTER
+    if not reachable and message is None:
+        seconds = stored.stuck_for.total_seconds() if stored.stuck_for else 0.0
+        message = f"Scheduler unreachable: no worker has picked up its work for {seconds:.0f} s; showing what is stored"
+    live = snapshot(bot_id) if snapshot is not None and reachable else None
+    # A poll older than a start or stop that the attribute already shows is not used.
+    if live is not None and stored.execution is not None and live.isRunning == running:
+        return StatusResult(
+            botId=bot_id,
+            isRunning=live.isRunning,
+            nextAlarmTime=live.nextAlarmTime,
+            runningTasks=live.runningTasks,
+            tasks=live.tasks,
+            lastEventSeq=live.lastEventSeq,
+            workflowStatus=stored.execution.name,
+            schedulerEnabled=wanted,
+            healed=healed,
+            message=message,
+        )
+    now = datetime.now(UTC)
+    tasks = [_stored_task(row, now, running) for row in rows]
     return StatusResult(
         botId=bot_id,
-        isRunning=bool(current and current.isRunning and execution == WorkflowExecutionStatus.RUNNING),
-        nextAlarmTime=current.nextAlarmTime if current else None,
-        runningTasks=current.runningTasks if current else [],
-        tasks=current.tasks if current else [],
-        lastEventSeq=current.lastEventSeq if current else 0,
-        workflowStatus=execution.name if execution is not None else None,
-        schedulerEnabled=enabled,
+        isRunning=running,
+        nextAlarmTime=stored.next_due_at if running else None,
+        runningTasks=sorted(task.id for task in tasks if task.state in ("running", "waiting_lock")),
+        tasks=tasks,
+        workflowStatus=stored.execution.name if stored.execution is not None else None,
+        schedulerEnabled=wanted,
         healed=healed,
+        schedulerReachable=reachable,
         message=message,
+    )
+
+
+LIST_TIMEOUT = timedelta(seconds=5)
+
+
+@dataclass
+class Listed:
+    running: bool | None  # the SchedulerRunning attribute; None when not published
+    next_due_at: datetime | None
+
+
+async def list_running(client: Client, bot_ids: list[str]) -> dict[str, Listed]:
+    """The running workflows among `bot_ids`, from one ListWorkflowExecutions call (visibility).
+
+    A bot missing from the answer has no running workflow. Ids are matched as WorkflowId (always
+    indexed, set before the workflow's first task) and only ids of the API's own pattern are sent.
+    """
+    safe = [bot_id for bot_id in bot_ids if re.fullmatch(BOT_ID_PATTERN, bot_id)]
+    if not safe:
+        return {}
+    ids = ", ".join(f"'{bot_id}'" for bot_id in safe)
+    query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND WorkflowId IN ({ids})"
+    found: dict[str, Listed] = {}
+    async for execution in client.list_workflows(query, page_size=len(safe), rpc_timeout=LIST_TIMEOUT):
+        attributes = execution.typed_search_attributes
+        found[execution.id] = Listed(attributes.get(SCHEDULER_RUNNING), attributes.get(NEXT_DUE_AT))
+    return found
+
+
+async def mirror_enabled(pool: asyncpg.Pool, wanted: dict[str, bool]) -> None:
+    """Set `bots.scheduler_enabled` to what the workflows say, in one statement."""
+    if not wanted:
+        return
+    await pool.execute(
+        "UPDATE bots b SET scheduler_enabled = v.enabled, updated_at = now()"
+        " FROM unnest($1::text[], $2::bool[]) AS v(id, enabled)"
+        " WHERE b.id = v.id AND b.scheduler_enabled IS DISTINCT FROM v.enabled",
+        list(wanted),
+        list(wanted.values()),
     )
 
 
@@ -234,10 +438,24 @@ async def resume_task(client: Client, bot_id: str, task_id: int) -> bool:
 
 
 async def run_task(client: Client, bot_id: str, task_id: int) -> None:
-    running, _ = await _is_running(client, bot_id)
-    if not running:
+    if not _running(await describe(client, bot_id)):
         raise SchedulerConflict("Scheduler is not running")
     await _handle(client, bot_id).signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task_id))
+
+
+async def _wait_until(
+    client: Client, bot_id: str, predicate: Callable[[SchedulerStatus], bool], timeout: float
+) -> SchedulerStatus | None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    status: SchedulerStatus | None = None
+    while True:
+        try:
+            status = await query_status(client, bot_id)
+        except (RPCError, WorkerUnavailable, WorkflowQueryRejectedError) as error:
+            log.debug("status query while waiting failed: %s", error)
+        if (status is not None and predicate(status)) or asyncio.get_running_loop().time() >= deadline:
+            return status
+        await asyncio.sleep(0.05)
 
 
 async def shut_down_for_delete(client: Client, bot_id: str) -> None:
@@ -246,6 +464,7 @@ async def shut_down_for_delete(client: Client, bot_id: str) -> None:
         return
     handle = _handle(client, bot_id)
     await handle.signal(SIGNAL_STOP)
+    # Waits for the cancelled task to be recorded, which no update answer covers.
     await _wait_until(
         client,
         bot_id,

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import logging
-from datetime import datetime, timedelta
+import re
+from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
-from temporalio.client import Client, WorkflowQueryRejectedError
-from temporalio.common import QueryRejectCondition
-from temporalio.service import RPCError, RPCStatusCode
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Response
+from temporalio.client import Client
 
 from api.auth import require_token
-from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, Temporal, error_docs
+from api.deps import COMMON_ERRORS, BotIdPath, ExistingBotId, NotFound, Pool, State, Temporal, error_docs
 from api.errors import ApiError, ServiceUnavailable
-from workflows.models import QUERY_STATUS, SchedulerStatus
+from api.feed import FeedHub
+from api.state import ApiState
 from xbot import scheduler_client
 from xbot.bots import (
+    BOT_ID_PATTERN,
     Bot,
     BotCreate,
     BotExistsError,
@@ -34,8 +37,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["bots"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 
-LIST_QUERY_TIMEOUT = timedelta(seconds=2)
-LIST_QUERY_CONCURRENCY = 10
+LIST_DEFAULT_LIMIT = 100
+LIST_MAX_LIMIT = 1000
 
 
 class BotWithState(Bot):
@@ -43,32 +46,47 @@ class BotWithState(Bot):
     nextAlarmTime: datetime | None = None
 
 
-async def _live_state(client: Client | None, bot: Bot, gate: asyncio.Semaphore) -> BotWithState:
-    """The bot with its scheduler's running state; null fields when Temporal cannot tell right now."""
-    result = BotWithState(**bot.model_dump())
-    if client is None:
-        return result
-    async with gate:
-        try:
-            status: SchedulerStatus = await client.get_workflow_handle(bot.id).query(
-                QUERY_STATUS,
-                result_type=SchedulerStatus,
-                reject_condition=QueryRejectCondition.NOT_OPEN,
-                rpc_timeout=LIST_QUERY_TIMEOUT,
-            )
-        except WorkflowQueryRejectedError:
-            result.isRunning = False  # the workflow is closed
-            return result
-        except RPCError as error:
-            # Never started: not running. Anything else (no worker, Temporal slow): unknown.
-            result.isRunning = False if error.status == RPCStatusCode.NOT_FOUND else None
-            return result
-        except Exception as error:
-            log.warning("status of %s unavailable: %s", bot.id, error)
-            return result
-    result.isRunning = status.isRunning
-    result.nextAlarmTime = status.nextAlarmTime
-    return result
+def _encode_cursor(bot_id: str) -> str:
+    return base64.urlsafe_b64encode(bot_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid cursor") from None
+    if not re.fullmatch(BOT_ID_PATTERN, after):
+        raise ApiError(400, "invalid cursor")
+    return after
+
+
+async def _with_state(client: Client | None, pool: asyncpg.Pool, bots: list[Bot]) -> list[BotWithState]:
+    """The bots with their scheduler's running state from one visibility list call.
+
+    Null fields when Temporal cannot tell right now. `scheduler_enabled` follows what the workflows
+    published (a bot started or stopped by a CLI signal shows as such, and the column is mirrored).
+    """
+    results = [BotWithState(**bot.model_dump()) for bot in bots]
+    if client is None or not bots:
+        return results
+    try:
+        running = await scheduler_client.list_running(client, [bot.id for bot in bots])
+    except Exception as error:
+        log.warning("scheduler states unavailable: %s", error)
+        return results
+    wanted: dict[str, bool] = {}
+    for result in results:
+        listed = running.get(result.id)
+        if listed is None:
+            result.isRunning = False  # no running workflow (never started, or closed)
+            continue
+        result.isRunning = listed.running
+        result.nextAlarmTime = listed.next_due_at if listed.running else None
+        if listed.running is not None and listed.running != result.scheduler_enabled:
+            wanted[result.id] = result.scheduler_enabled = listed.running
+    await scheduler_client.mirror_enabled(pool, wanted)
+    return results
 
 
 async def _optional_client(state: State) -> Client | None:
@@ -91,13 +109,26 @@ async def create(body: BotCreate, pool: Pool, state: State) -> Bot:
         raise ServiceUnavailable(str(error)) from None
 
 
-@router.get("/bots", response_model=list[BotWithState])
-async def list_all(pool: Pool, state: State) -> list[BotWithState]:
-    """Every bot, with its scheduler's running state and next alarm."""
-    bots = await list_bots(pool)
-    client = await _optional_client(state)
-    gate = asyncio.Semaphore(LIST_QUERY_CONCURRENCY)
-    return list(await asyncio.gather(*(_live_state(client, bot, gate) for bot in bots)))
+@router.get("/bots", response_model=list[BotWithState], responses=error_docs(400))
+async def list_all(
+    pool: Pool,
+    state: State,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> list[BotWithState]:
+    """A page of bots in id order, with their scheduler's running state and next alarm (one
+    Temporal list call per page). When more follow, the `X-Next-Cursor` header holds the `cursor`
+    of the next page (also given as a `Link: <...>; rel="next"` header)."""
+    after = _decode_cursor(cursor) if cursor else None
+    bots = await list_bots(pool, limit=limit + 1, after=after)
+    more = len(bots) > limit
+    bots = bots[:limit]
+    if more:
+        next_cursor = _encode_cursor(bots[-1].id)
+        response.headers["X-Next-Cursor"] = next_cursor
+        response.headers["Link"] = f'</bots?limit={limit}&cursor={next_cursor}>; rel="next"'
+    return await _with_state(await _optional_client(state), pool, bots)
 
 
 @router.get("/bots/{botId}", response_model=BotWithState, responses=error_docs(404))
@@ -105,7 +136,7 @@ async def read(bot_id: ExistingBotId, pool: Pool, state: State) -> BotWithState:
     bot = await get_bot(pool, bot_id)
     if bot is None:
         raise NotFound(f"bot {bot_id} not found")
-    return await _live_state(await _optional_client(state), bot, asyncio.Semaphore(1))
+    return (await _with_state(await _optional_client(state), pool, [bot]))[0]
 
 
 @router.patch("/bots/{botId}", response_model=Bot, responses=error_docs(400, 404))
@@ -140,20 +171,44 @@ async def start(
         return await scheduler_client.start(client, pool, bot_id, state.task_queue)
     except scheduler_client.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
+    finally:
+        state.status_flights.forget(bot_id)  # a read begun before the change is not reused
 
 
 @router.post("/bots/{botId}/stop", response_model=scheduler_client.StopResult, responses=error_docs(400, 404))
-async def stop(bot_id: ExistingBotId, pool: Pool, client: Temporal) -> scheduler_client.StopResult:
+async def stop(
+    bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State
+) -> scheduler_client.StopResult:
     """Stop the scheduler; a running task is cancelled and recorded as such."""
     try:
         return await scheduler_client.stop(client, pool, bot_id)
     except scheduler_client.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
+    finally:
+        state.status_flights.forget(bot_id)
 
 
 @router.get("/bots/{botId}/status", response_model=scheduler_client.StatusResult, responses=error_docs(404))
 async def status(
-    bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State
+    bot_id: BotIdPath, pool: Pool, client: Temporal, state: State
 ) -> scheduler_client.StatusResult:
-    """The workflow's `status` query; restarts a scheduler that should run but does not (`healed`)."""
-    return await scheduler_client.status(client, pool, bot_id, state.task_queue)
+    """The scheduler's state without asking the workflow: the running flag and next alarm it
+    publishes (search attributes), per-task state from the database, or the live feed's fresh poll.
+    Concurrent calls for one bot share one read. Restarts a scheduler that should run but does not
+    (`healed`); says `schedulerReachable: false` when no worker is picking up its work."""
+    hub = state.hub
+    try:
+        return await status_flights_run(state, bot_id, client, pool, hub)
+    except scheduler_client.BotNotFound:
+        raise NotFound(f"bot {bot_id} not found") from None
+
+
+async def status_flights_run(
+    state: ApiState, bot_id: str, client: Client, pool: asyncpg.Pool, hub: FeedHub
+) -> scheduler_client.StatusResult:
+    # The bot's existence is checked inside the shared read, so a reused answer costs no I/O.
+    return await state.status_flights.run(
+        bot_id,
+        lambda: scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot),
+        keep=lambda answer: not answer.healed,  # "healed" is said once
+    )

@@ -42,6 +42,7 @@ class RunRequested(BaseModel):
 async def _tell_workflow(state: State, bot_id: str, signal: Callable[[Client], Awaitable[bool]]) -> bool:
     """Best effort: the change is saved, and a (re)started workflow loads it from the database.
     True when a workflow received the signal."""
+    state.status_flights.forget(bot_id)
     try:
         return await signal(await state.temporal.get())
     except Exception as error:
@@ -131,7 +132,9 @@ async def delete(bot_id: ExistingBotId, task_id: TaskIdPath, pool: Pool, state: 
     response_model=RunRequested,
     responses=error_docs(400, 404),
 )
-async def run_now(bot_id: ExistingBotId, task_id: TaskIdPath, pool: Pool, client: Temporal) -> RunRequested:
+async def run_now(
+    bot_id: ExistingBotId, task_id: TaskIdPath, pool: Pool, client: Temporal, state: State
+) -> RunRequested:
     """Run the definition now (its dependencies first when stale); the scheduler must be running."""
     if await get_task_definition(pool, bot_id, task_id) is None:
         raise NotFound(f"task definition {task_id} not found")
@@ -139,6 +142,8 @@ async def run_now(bot_id: ExistingBotId, task_id: TaskIdPath, pool: Pool, client
         await scheduler_client.run_task(client, bot_id, task_id)
     except scheduler_client.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
+    finally:
+        state.status_flights.forget(bot_id)
     return RunRequested(message="Task run requested", taskId=task_id)
 
 

@@ -1,9 +1,15 @@
-"""API and feed: `GET /bots/{botId}/status` under 50 concurrent clients, and the WebSocket feed.
+"""API and feed: status, list and control at scale, and the WebSocket feed.
 
-The API runs as its own process (`xbot api`), the worker as another. Status latency is measured by
-50 concurrent loopback clients for 30 s. The feed is measured with 1 and then 100 WebSocket clients
-on one bot whose task runs every second: Temporal `QueryWorkflow` calls per second (from the dev
-server's own Prometheus counters) and event delivery delay (arrival - the event's workflow time).
+The API runs as its own process (`xbot api`), the worker as another. Measured, side by side:
+- `GET /bots/{botId}/status` from 50 concurrent loopback clients on one bot (closed loop), and the
+  workflow's `status` query under the same load (what every status call cost before issue 12);
+- `GET /bots/{botId}/status` with 1,000 running bots and 1 client each, each polling its bot once every
+  10 s, evenly spread (open loop, ~100 requests/s: a dashboard per bot);
+- `GET /bots?limit=100` walked page by page over 10,000 bots (1,000+ with running workflows, the rest
+  rows only: starting 10k workflows here takes minutes and says nothing more about one list call);
+- `POST /start` and `POST /stop` round trips (Workflow Updates), 10 bots at once;
+- the feed with 1 and then 100 WebSocket clients on one bot whose task runs every second: Temporal
+  `QueryWorkflow` calls per second (the dev server's Prometheus counters) and event delivery delay.
 """
 
 from __future__ import annotations
@@ -31,25 +37,41 @@ from xbot.db import create_pool
 
 NAME = "api_feed"
 DESCRIPTION = (
-    "`GET /bots/{botId}/status` (a database read, a describe and a `status` query per call) from 50 "
-    "concurrent loopback clients over 10 bots; then the WebSocket feed of one bot whose task runs every "
+    "`GET /bots/{botId}/status` (a describe and a database read, coalesced per bot; no query) from 50 "
+    "concurrent loopback clients on one bot, beside the workflow's `status` query under the same load; "
+    "status with 1,000 running bots polled once every 10 s each; `GET /bots?limit=100` over 10,000 bots; "
+    "start/stop round trips (Workflow Updates); then the WebSocket feed of one bot whose task runs every "
     "second, with 1 and with 100 clients: Temporal `QueryWorkflow` calls per second (dev server "
     "counters) and event delivery delay (client arrival - the event's workflow timestamp)."
 )
 GOAL_STATUS_P99_MS = 50.0
+GOAL_LIST_P99_MS = 200.0
+GOAL_CONTROL_P99_MS = 500.0
 STATUS_CLIENTS = 50
 FEED_CLIENTS = 100
-STATUS_BOTS = 10
+FLEET_POLL_SECONDS = 10.0
+LIST_LIMIT = 100
+LIST_CLIENTS = 4
+CONTROL_BOTS = 10
+FAR_SECONDS = 30 * 86400
+
+
+def sizes(quick: bool) -> dict[str, int]:
+    """Bots with running workflows for the fleet row, bot rows for the list row, start/stop cycles."""
+    if quick:
+        return {"fleet_bots": 100, "list_bots": 1000, "control_cycles": 2}
+    return {"fleet_bots": 1000, "list_bots": 10_000, "control_cycles": 5}
 
 
 def durations(quick: bool) -> tuple[float, float]:
-    """(status load seconds, seconds per feed phase)."""
+    """(seconds per status load, seconds per feed phase)."""
     return (2.0, 3.0) if quick else (30.0, 20.0)
 
 
 def estimate_seconds(quick: bool) -> float:
     status_seconds, feed_seconds = durations(quick)
-    return 25 + status_seconds + 2 * feed_seconds
+    fleet_start = sizes(quick)["fleet_bots"] / 15  # start calls and first plan loads
+    return 40 + fleet_start + 3 * status_seconds + FLEET_POLL_SECONDS + 2 * feed_seconds
 
 
 async def _start_api(
@@ -111,6 +133,132 @@ async def _status_load(url: str, token: str, bot_ids: list[str], seconds: float)
     return figures
 
 
+async def _query_load(env: BenchEnv, bot_id: str, seconds: float) -> dict[str, Any]:
+    """The workflow's `status` query from 50 concurrent callers: the old per-call cost, for reference."""
+    from workflows.models import QUERY_STATUS, SchedulerStatus
+
+    handle = (await env.project_client()).get_workflow_handle(bot_id)
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def caller() -> None:
+        nonlocal errors
+        while time.monotonic() < deadline:
+            began = time.perf_counter()
+            try:
+                await handle.query(QUERY_STATUS, result_type=SchedulerStatus)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - began)
+
+    await asyncio.gather(*(caller() for _ in range(STATUS_CLIENTS)))
+    figures: dict[str, Any] = latency_summary_ms(latencies)
+    figures["requests_per_second"] = round(len(latencies) / seconds, 1)
+    figures["errors"] = errors
+    return figures
+
+
+async def _fleet_load(url: str, token: str, bot_ids: list[str], seconds: float) -> dict[str, Any]:
+    """One client per bot, each polling its bot's status once every FLEET_POLL_SECONDS (open loop)."""
+    latencies: list[float] = []
+    errors = 0
+    began_at = time.monotonic()
+    deadline = began_at + seconds
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as http:
+
+        async def client(index: int) -> None:
+            nonlocal errors
+            tick = began_at + FLEET_POLL_SECONDS * index / len(bot_ids)  # spread evenly
+            while tick < deadline:
+                await asyncio.sleep(max(0.0, tick - time.monotonic()))
+                began = time.perf_counter()
+                try:
+                    ok = (await http.get(f"/bots/{bot_ids[index]}/status")).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - began)
+                else:
+                    errors += 1
+                tick += FLEET_POLL_SECONDS
+
+        await asyncio.gather(*(client(index) for index in range(len(bot_ids))))
+    figures: dict[str, Any] = latency_summary_ms(latencies)
+    figures["requests_per_second"] = round(len(latencies) / seconds, 1)
+    figures["errors"] = errors
+    return figures
+
+
+async def _list_load(url: str, token: str) -> dict[str, Any]:
+    """LIST_CLIENTS clients each walking every page of `GET /bots?limit=100` by its cursor."""
+    latencies: list[float] = []
+    errors = 0
+    pages = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+
+        async def walker() -> None:
+            nonlocal errors, pages
+            cursor: str | None = None
+            while True:
+                params: dict[str, Any] = {"limit": LIST_LIMIT} | ({"cursor": cursor} if cursor else {})
+                began = time.perf_counter()
+                response = await http.get("/bots", params=params)
+                if response.status_code != 200:
+                    errors += 1
+                    return
+                latencies.append(time.perf_counter() - began)
+                pages += 1
+                cursor = response.headers.get("X-Next-Cursor")
+                if cursor is None:
+                    return
+
+        await asyncio.gather(*(walker() for _ in range(LIST_CLIENTS)))
+    figures: dict[str, Any] = latency_summary_ms(latencies)
+    figures["pages"] = pages
+    figures["errors"] = errors
+    return figures
+
+
+async def _control_load(url: str, token: str, bot_ids: list[str], cycles: int) -> dict[str, Any]:
+    """Each bot started and stopped `cycles` times, all bots at once; every POST's round trip."""
+    starts: list[float] = []
+    stops: list[float] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+
+        async def cycle(bot_id: str) -> None:
+            nonlocal errors
+            for _ in range(cycles):
+                for action, into in (("start", starts), ("stop", stops)):
+                    began = time.perf_counter()
+                    response = await http.post(f"/bots/{bot_id}/{action}")
+                    if response.status_code == 200:
+                        into.append(time.perf_counter() - began)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(cycle(bot_id) for bot_id in bot_ids))
+    figures: dict[str, Any] = latency_summary_ms(starts + stops)
+    figures["start"] = latency_summary_ms(starts)
+    figures["stop"] = latency_summary_ms(stops)
+    figures["errors"] = errors
+    return figures
+
+
+async def _insert_rows_only(pool: Any, count: int) -> None:
+    """Bot rows without tasks or workflows (the list row's bulk)."""
+    await pool.execute(
+        "INSERT INTO bots (id, name) SELECT 'row-' || lpad(n::text, 6, '0'), 'row' FROM generate_series(1, $1) n",
+        count,
+    )
+
+
 async def _feed_clients(url: str, token: str, bot_id: str, clients: int, seconds: float) -> list[float]:
     """Delays of every workflow event received by every client during `seconds`."""
     from websockets.asyncio.client import connect
@@ -150,6 +298,27 @@ async def _query_rate(env: BenchEnv, feed: Any, seconds: float) -> tuple[float, 
     return round((after - before) / seconds, 2), delays
 
 
+def _row(what: str, figures: dict[str, Any], per_second: Any) -> list[Any]:
+    return [
+        what,
+        figures["count"],
+        figures["p50_ms"],
+        figures["p95_ms"],
+        figures["p99_ms"],
+        figures["max_ms"],
+        per_second,
+    ]
+
+
+def _goal(name: str, target_ms: float, figures: dict[str, Any]) -> Any:
+    return goal(
+        name,
+        f"< {target_ms:.0f} ms",
+        figures["p99_ms"],
+        figures["count"] > 0 and figures["p99_ms"] < target_ms,
+    )
+
+
 async def run(ctx: RunContext, result: Result) -> None:
     result["description"] = DESCRIPTION
     missing = missing_module("api.app", *PROJECT_MODULES)
@@ -157,9 +326,17 @@ async def run(ctx: RunContext, result: Result) -> None:
         result["notes"].append(f"not available yet ({missing} is missing); not run")
         return
     status_seconds, feed_seconds = durations(ctx.quick)
+    size = sizes(ctx.quick)
     result["config"] = {
         "status_clients": STATUS_CLIENTS,
         "status_seconds": status_seconds,
+        "fleet_bots": size["fleet_bots"],
+        "fleet_poll_seconds": FLEET_POLL_SECONDS,
+        "list_bots": size["list_bots"],
+        "list_limit": LIST_LIMIT,
+        "list_clients": LIST_CLIENTS,
+        "control_bots": CONTROL_BOTS,
+        "control_cycles": size["control_cycles"],
         "feed_clients": FEED_CLIENTS,
         "feed_seconds": feed_seconds,
     }
@@ -174,24 +351,52 @@ async def run(ctx: RunContext, result: Result) -> None:
             worker = await env.start_project_worker(task_queue, database_url)
             api, url = await _start_api(env, task_queue, database_url, token)
             soon = time.time() + 3
-            status_bots = [BotPlan(f"status-{index:02d}", soon + index) for index in range(STATUS_BOTS)]
+            status_bot = BotPlan("status-00", soon)
             feed_bot = BotPlan("feed-00", soon)
-            await insert_project_bots(pool, status_bots, 10, "noop", {})
+            await insert_project_bots(pool, [status_bot], 10, "noop", {})
             await insert_project_bots(pool, [feed_bot], 1, "noop", {})
-            await start_project_bots(env, task_queue, [plan.bot_id for plan in [*status_bots, feed_bot]])
+            await start_project_bots(env, task_queue, [status_bot.bot_id, feed_bot.bot_id])
             await asyncio.sleep(2 if ctx.quick else 4)  # first rounds done
 
             ctx.progress.set_phase(f"{NAME}: {STATUS_CLIENTS} clients on GET /status", status_seconds)
             processes = {"api": api, "worker": worker, "temporal": env.temporal}
             cpu_before = {name: process.cpu_seconds() for name, process in processes.items() if process}
             bench_before = _own_cpu()
-            status = await _status_load(url, token, [plan.bot_id for plan in status_bots], status_seconds)
+            status = await _status_load(url, token, [status_bot.bot_id], status_seconds)
             # Which process the 50 clients saturate: CPU seconds per second of load, per process.
             status["cpu_cores_used"] = {
                 name: round((process.cpu_seconds() - cpu_before[name]) / status_seconds, 2)
                 for name, process in processes.items()
                 if process
             } | {"load generator": round((_own_cpu() - bench_before) / status_seconds, 2)}
+            ctx.progress.set_phase(f"{NAME}: {STATUS_CLIENTS} callers of the status query", status_seconds)
+            query = await _query_load(env, status_bot.bot_id, status_seconds)
+
+            fleet_count = size["fleet_bots"]
+            ctx.progress.set_phase(f"{NAME}: starting {fleet_count} bots", fleet_count / 15)
+            far = time.time() + FAR_SECONDS
+            fleet = [BotPlan(f"fleet-{index:05d}", far) for index in range(fleet_count)]
+            await insert_project_bots(pool, fleet, 3600, "noop", {})
+            began = time.monotonic()
+            await start_project_bots(env, task_queue, [plan.bot_id for plan in fleet])
+            fleet_start_seconds = round(time.monotonic() - began, 1)
+            await asyncio.sleep(3 if ctx.quick else 10)  # first plan loads done
+            ctx.progress.set_phase(f"{NAME}: {fleet_count} bots, 1 status client each", status_seconds)
+            fleet_status = await _fleet_load(url, token, [plan.bot_id for plan in fleet], status_seconds)
+
+            rows_only = size["list_bots"] - fleet_count - 2
+            ctx.progress.set_phase(f"{NAME}: GET /bots over {size['list_bots']} bots", 10)
+            await _insert_rows_only(pool, rows_only)
+            listing = await _list_load(url, token)
+
+            ctx.progress.set_phase(f"{NAME}: start/stop round trips", 10)
+            control_bots = [BotPlan(f"control-{index:02d}", far) for index in range(CONTROL_BOTS)]
+            await insert_project_bots(pool, control_bots, 3600, "noop", {})
+            await pool.execute("UPDATE bots SET scheduler_enabled = false WHERE id LIKE 'control-%'")
+            control = await _control_load(
+                url, token, [plan.bot_id for plan in control_bots], size["control_cycles"]
+            )
+
             ctx.progress.set_phase(f"{NAME}: feed with 1 client", feed_seconds)
             one_rate, one_delays = await _query_rate(
                 env, _feed_clients(url, token, feed_bot.bot_id, 1, feed_seconds), feed_seconds
@@ -209,6 +414,10 @@ async def run(ctx: RunContext, result: Result) -> None:
     result["systems"] = {
         "project": {
             "status": status,
+            "status_query_reference": query,
+            "status_fleet": fleet_status | {"bots": fleet_count, "start_calls_seconds": fleet_start_seconds},
+            "list": listing | {"bots": size["list_bots"]},
+            "start_stop": control,
             "feed_1_client": {"queries_per_second": one_rate, "delivery_delay": one},
             f"feed_{FEED_CLIENTS}_clients": {"queries_per_second": many_rate, "delivery_delay": many},
         }
@@ -216,44 +425,37 @@ async def run(ctx: RunContext, result: Result) -> None:
     result["table"] = {
         "columns": ["what", "count", "p50 ms", "p95 ms", "p99 ms", "max ms", "per second"],
         "rows": [
-            [
-                f"GET /status, {STATUS_CLIENTS} clients",
-                status["count"],
-                status["p50_ms"],
-                status["p95_ms"],
-                status["p99_ms"],
-                status["max_ms"],
-                status["requests_per_second"],
-            ],
-            [
-                "feed, 1 client: event delay / queries",
-                one["count"],
-                one["p50_ms"],
-                one["p95_ms"],
-                one["p99_ms"],
-                one["max_ms"],
-                one_rate,
-            ],
-            [
-                f"feed, {FEED_CLIENTS} clients: event delay / queries",
-                many["count"],
-                many["p50_ms"],
-                many["p95_ms"],
-                many["p99_ms"],
-                many["max_ms"],
-                many_rate,
-            ],
+            _row(f"GET /status, {STATUS_CLIENTS} clients, 1 bot", status, status["requests_per_second"]),
+            _row(
+                f"(reference) `status` query, {STATUS_CLIENTS} callers, 1 bot",
+                query,
+                query["requests_per_second"],
+            ),
+            _row(
+                f"GET /status, {fleet_count} running bots, 1 client each (every {FLEET_POLL_SECONDS:.0f} s)",
+                fleet_status,
+                fleet_status["requests_per_second"],
+            ),
+            _row(
+                f"GET /bots?limit={LIST_LIMIT}, {size['list_bots']} bots, {LIST_CLIENTS} clients",
+                listing,
+                None,
+            ),
+            _row(f"POST /start + /stop, {CONTROL_BOTS} bots at once", control, None),
+            _row("feed, 1 client: event delay / queries", one, one_rate),
+            _row(f"feed, {FEED_CLIENTS} clients: event delay / queries", many, many_rate),
         ],
     }
     query_ratio = ratio(many_rate, one_rate)
-    result["ratios"] = {f"Temporal queries/s, {FEED_CLIENTS} clients / 1 client": query_ratio}
+    result["ratios"] = {
+        f"Temporal queries/s, {FEED_CLIENTS} clients / 1 client": query_ratio,
+        "status query p99 / GET /status p99 (1 bot, 50 clients)": ratio(query["p99_ms"], status["p99_ms"]),
+    }
     result["goals"] += [
-        goal(
-            "GET /status p99",
-            f"< {GOAL_STATUS_P99_MS:.0f} ms",
-            status["p99_ms"],
-            status["count"] > 0 and status["p99_ms"] < GOAL_STATUS_P99_MS,
-        ),
+        _goal("GET /status p99 (50 clients, 1 bot)", GOAL_STATUS_P99_MS, status),
+        _goal(f"GET /status p99 ({fleet_count} bots, 1 client each)", GOAL_STATUS_P99_MS, fleet_status),
+        _goal(f"GET /bots?limit={LIST_LIMIT} p99 ({size['list_bots']} bots)", GOAL_LIST_P99_MS, listing),
+        _goal("POST /start, /stop p99", GOAL_CONTROL_P99_MS, control),
         goal(
             "Temporal queries independent of feed clients",
             "100 clients / 1 client <= 1.1",
@@ -262,11 +464,21 @@ async def run(ctx: RunContext, result: Result) -> None:
         ),
     ]
     result["notes"].append(
-        "CPU cores busy during the status load: "
+        "CPU cores busy during the 50-client status load: "
         + ", ".join(f"{name} {cores}" for name, cores in status["cpu_cores_used"].items())
     )
-    if status["errors"]:
-        result["notes"].append(f"GET /status: {status['errors']} failed requests")
+    for what, figures in (
+        ("GET /status", status),
+        ("GET /status (fleet)", fleet_status),
+        ("GET /bots", listing),
+        ("start/stop", control),
+    ):
+        if figures["errors"]:
+            result["notes"].append(f"{what}: {figures['errors']} failed requests")
+    result["notes"].append(
+        f"GET /bots: {fleet_count + 2} of the {size['list_bots']} bots have running workflows, the rest "
+        "are rows only; each page's state is one ListWorkflowExecutions call whatever the mix"
+    )
     result["notes"].append(
         "the load generator (httpx, websockets) runs in the benchmark process on the same 2 cores as "
         "the API, the worker and Temporal, so it takes CPU from what it measures"
