@@ -38,6 +38,8 @@ PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
+    # X sends the browser back here; the single-use `state` is the credential (issue 14).
+    ("GET", "/oauth/x/callback"),
     ("GET", "/redoc"),
     ("OPTIONS", "/codec/decode"),
     ("OPTIONS", "/codec/encode"),
