@@ -253,3 +253,38 @@ class TestSkippedBetween:
         assert policy.skipped_between(schedule, nominal, following, 10) == [
             datetime(2026, 1, 1, 0, minute, tzinfo=UTC) for minute in (15, 30, 45)
         ]
+
+
+class TestAgeing:
+    def test_a_task_overdue_by_a_whole_period_goes_before_higher_priorities(self) -> None:
+        now = T0 + timedelta(seconds=4.5)
+        frequent = Candidate(1, 40, T0 + timedelta(seconds=4), timedelta(seconds=4))
+        starving = Candidate(4, 10, T0, timedelta(seconds=4))
+        assert [c.task_id for c in policy.dispatch_order([frequent, starving], now)] == [4, 1]
+
+    def test_below_a_period_priority_still_decides(self) -> None:
+        now = T0 + timedelta(seconds=3)
+        high = Candidate(1, 40, T0 + timedelta(seconds=2), timedelta(seconds=4))
+        low = Candidate(4, 10, T0, timedelta(seconds=4))
+        assert [c.task_id for c in policy.dispatch_order([high, low], now)] == [1, 4]
+
+    @given(
+        durations=st.lists(st.integers(min_value=1, max_value=5), min_size=2, max_size=5),
+        interval=st.integers(min_value=1, max_value=6),
+    )
+    def test_no_exclusive_task_waits_more_than_a_round(self, durations: list[int], interval: int) -> None:
+        """Simulate one bot whose exclusive tasks (all on one interval, distinct priorities) take
+        `durations` seconds each: every task runs within a bounded number of starts."""
+        period = timedelta(seconds=interval)
+        due = dict.fromkeys(range(len(durations)), T0)
+        now, ran = T0, {task: 0 for task in due}
+        for _ in range(20 * len(durations)):
+            ready = [Candidate(t, 100 - t, at, period) for t, at in due.items() if at <= now]
+            if not ready:
+                now = min(due.values())
+                continue
+            chosen = policy.dispatch_order(ready, now)[0].task_id
+            ran[chosen] += 1
+            due[chosen] = policy.advance(Schedule(interval=period), due[chosen], now)
+            now += timedelta(seconds=durations[chosen])
+        assert all(count >= 3 for count in ran.values()), ran

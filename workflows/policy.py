@@ -160,22 +160,42 @@ def wake_time(fire_at: datetime, early: timedelta) -> datetime:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A task that may start now."""
+    """A task that may start now; `period` is the time between its occurrences."""
 
     task_id: int
     priority: int
     fire_at: datetime
+    period: timedelta | None = None
+
+    def starving(self, now: datetime) -> bool:
+        """Overdue by a whole period: higher-priority tasks have kept it waiting a full round."""
+        return self.period is not None and now - self.fire_at >= self.period
+
+
+def period_of(schedule: Schedule, at: datetime) -> timedelta:
+    """The time from the occurrence at `at` to the next one."""
+    if schedule.interval is not None:
+        return schedule.interval
+    return next_occurrence(schedule, at) - at
 
 
 def dispatch_order(candidates: Iterable[Candidate], now: datetime) -> list[Candidate]:
-    """Tasks due by `now` before those only inside the early-wake horizon; within each, higher
-    priority first, then the earlier due time, then the lower id (stable).
+    """Tasks due by `now` before those only inside the early-wake horizon; among the due ones,
+    those overdue by a whole period of their own first (oldest first), then by priority (higher
+    first), then the earlier due time, then the lower id (stable).
 
     A task started early holds the bot while it waits for its instant, so letting a merely
     upcoming high-priority task outrank an overdue one would starve the overdue one whenever the
-    high-priority task recurs faster than the horizon.
+    high-priority task recurs faster than the horizon. Likewise, when a bot's exclusive tasks
+    together take longer than the shortest interval, the highest-priority ones are always due
+    again first: ageing a task that has waited a full period ahead of them keeps every task running.
     """
-    return sorted(candidates, key=lambda c: (c.fire_at > now, -c.priority, c.fire_at, c.task_id))
+
+    def key(c: Candidate) -> tuple[bool, bool, int, datetime, int]:
+        starving = c.fire_at <= now and c.starving(now)
+        return (c.fire_at > now, not starving, 0 if starving else -c.priority, c.fire_at, c.task_id)
+
+    return sorted(candidates, key=key)
 
 
 def is_fresh(schedule: Schedule, last_success_at: datetime | None, reference: datetime) -> bool:

@@ -197,7 +197,16 @@ class SchedulerState(SchedulerView):
                             (dep_id, reference, max(priority, self.task(dep_id).priority), "dependency")
                         )
         order = policy.dispatch_order(
-            (Candidate(task_id, priority, instant) for task_id, (priority, _, instant) in ready.items()), now
+            (
+                Candidate(
+                    task_id,
+                    priority,
+                    instant,
+                    policy.period_of(policy.schedule_of(self.task(task_id)), instant),
+                )
+                for task_id, (priority, _, instant) in ready.items()
+            ),
+            now,
         )
         plan.starts = [Start(self.task(c.task_id), ready[c.task_id][1]) for c in order]
         return plan
