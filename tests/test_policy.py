@@ -256,34 +256,45 @@ class TestSkippedBetween:
 
 
 class TestAgeing:
-    def test_a_task_overdue_by_a_whole_period_goes_before_higher_priorities(self) -> None:
+    def test_a_task_passed_over_for_a_whole_period_goes_before_higher_priorities(self) -> None:
         now = T0 + timedelta(seconds=4.5)
         frequent = Candidate(1, 40, T0 + timedelta(seconds=4), timedelta(seconds=4))
-        starving = Candidate(4, 10, T0, timedelta(seconds=4))
+        starving = Candidate(4, 10, T0, timedelta(seconds=4), passed_over_since=T0)
         assert [c.task_id for c in policy.dispatch_order([frequent, starving], now)] == [4, 1]
 
     def test_below_a_period_priority_still_decides(self) -> None:
         now = T0 + timedelta(seconds=3)
         high = Candidate(1, 40, T0 + timedelta(seconds=2), timedelta(seconds=4))
-        low = Candidate(4, 10, T0, timedelta(seconds=4))
+        low = Candidate(4, 10, T0, timedelta(seconds=4), passed_over_since=T0)
         assert [c.task_id for c in policy.dispatch_order([high, low], now)] == [1, 4]
+
+    def test_a_task_merely_due_long_ago_is_not_starving(self) -> None:
+        now = T0 + timedelta(hours=1)
+        high = Candidate(1, 40, now, timedelta(minutes=1))
+        old = Candidate(4, 0, T0, timedelta(minutes=1))
+        assert [c.task_id for c in policy.dispatch_order([high, old], now)] == [1, 4]
 
     @given(
         durations=st.lists(st.integers(min_value=1, max_value=5), min_size=2, max_size=5),
         interval=st.integers(min_value=1, max_value=6),
     )
-    def test_no_exclusive_task_waits_more_than_a_round(self, durations: list[int], interval: int) -> None:
+    def test_no_exclusive_task_waits_forever(self, durations: list[int], interval: int) -> None:
         """Simulate one bot whose exclusive tasks (all on one interval, distinct priorities) take
-        `durations` seconds each: every task runs within a bounded number of starts."""
+        `durations` seconds each: every task keeps running (without ageing the lowest starves)."""
         period = timedelta(seconds=interval)
         due = dict.fromkeys(range(len(durations)), T0)
-        now, ran = T0, {task: 0 for task in due}
+        passed_over: dict[int, datetime | None] = dict.fromkeys(due)
+        now, ran = T0, dict.fromkeys(due, 0)
         for _ in range(20 * len(durations)):
-            ready = [Candidate(t, 100 - t, at, period) for t, at in due.items() if at <= now]
+            ready = [Candidate(t, 100 - t, at, period, passed_over[t]) for t, at in due.items() if at <= now]
             if not ready:
                 now = min(due.values())
                 continue
             chosen = policy.dispatch_order(ready, now)[0].task_id
+            for candidate in ready:
+                if candidate.task_id != chosen and passed_over[candidate.task_id] is None:
+                    passed_over[candidate.task_id] = now
+            passed_over[chosen] = None
             ran[chosen] += 1
             due[chosen] = policy.advance(Schedule(interval=period), due[chosen], now)
             now += timedelta(seconds=durations[chosen])

@@ -209,6 +209,7 @@ class BotScheduler:
             if not start.task.allow_overlap:
                 if exclusive_busy:
                     state.reasons[start.task.id] = "waiting for the bot's running task to finish"
+                    state.passed_over(start.task.id, now)
                     continue
                 exclusive_busy = True
             run = state.new_run(start.task, start.trigger, now, workflow.random())

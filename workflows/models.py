@@ -292,6 +292,8 @@ class TaskRuntime(BaseModel):
     last_failure_at: datetime | None = None
     last_error: str | None = None
     schedule_version: int = 0
+    # First time it was ready but left waiting for another exclusive task (see policy ageing).
+    passed_over_since: datetime | None = None
 
 
 class SchedulerOptions(BaseModel):

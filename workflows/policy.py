@@ -160,16 +160,19 @@ def wake_time(fire_at: datetime, early: timedelta) -> datetime:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A task that may start now; `period` is the time between its occurrences."""
+    """A task that may start now; `period` is the time between its occurrences and
+    `passed_over_since` when it was first ready but left waiting for another task."""
 
     task_id: int
     priority: int
     fire_at: datetime
     period: timedelta | None = None
+    passed_over_since: datetime | None = None
 
     def starving(self, now: datetime) -> bool:
-        """Overdue by a whole period: higher-priority tasks have kept it waiting a full round."""
-        return self.period is not None and now - self.fire_at >= self.period
+        """Kept waiting by other tasks for a whole period of its own."""
+        since = self.passed_over_since
+        return since is not None and self.period is not None and now - since >= self.period
 
 
 def period_of(schedule: Schedule, at: datetime) -> timedelta:
@@ -181,19 +184,21 @@ def period_of(schedule: Schedule, at: datetime) -> timedelta:
 
 def dispatch_order(candidates: Iterable[Candidate], now: datetime) -> list[Candidate]:
     """Tasks due by `now` before those only inside the early-wake horizon; among the due ones,
-    those overdue by a whole period of their own first (oldest first), then by priority (higher
-    first), then the earlier due time, then the lower id (stable).
+    those kept waiting by other tasks for a whole period of their own first (longest waiting
+    first), then by priority (higher first), then the earlier due time, then the lower id.
 
     A task started early holds the bot while it waits for its instant, so letting a merely
     upcoming high-priority task outrank an overdue one would starve the overdue one whenever the
     high-priority task recurs faster than the horizon. Likewise, when a bot's exclusive tasks
     together take longer than the shortest interval, the highest-priority ones are always due
-    again first: ageing a task that has waited a full period ahead of them keeps every task running.
+    again first: ageing a task passed over for a full period ahead of them keeps every task running.
+    (A task merely due long ago, say after a stop, is not starving: priority decides.)
     """
 
-    def key(c: Candidate) -> tuple[bool, bool, int, datetime, int]:
+    def key(c: Candidate) -> tuple[bool, bool, int, datetime, datetime, int]:
         starving = c.fire_at <= now and c.starving(now)
-        return (c.fire_at > now, not starving, 0 if starving else -c.priority, c.fire_at, c.task_id)
+        oldest = c.passed_over_since if starving and c.passed_over_since else c.fire_at
+        return (c.fire_at > now, not starving, 0 if starving else -c.priority, oldest, c.fire_at, c.task_id)
 
     return sorted(candidates, key=key)
 

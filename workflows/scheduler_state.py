@@ -203,6 +203,7 @@ class SchedulerState(SchedulerView):
                     priority,
                     instant,
                     policy.period_of(policy.schedule_of(self.task(task_id)), instant),
+                    self.tasks[task_id].passed_over_since,
                 )
                 for task_id, (priority, _, instant) in ready.items()
             ),
@@ -238,6 +239,7 @@ class SchedulerState(SchedulerView):
             rt.not_before = None
             rt.not_before_reason = None
         rt.requested_at = None
+        rt.passed_over_since = None
         self.run_seq += 1
         run = RunState(
             key=f"{self.bot_id}/{self.chain_id}/{self.run_seq}",
@@ -307,6 +309,12 @@ class SchedulerState(SchedulerView):
             )
         self.end_run(run)
         return True
+
+    def passed_over(self, task_id: int, now: datetime) -> None:
+        """A ready task left waiting for another exclusive one (for ageing)."""
+        rt = self.tasks.get(task_id)
+        if rt is not None and rt.passed_over_since is None:
+            rt.passed_over_since = now
 
     def end_run(self, run: RunState) -> None:
         if self.runs.get(run.task.id) is run:
