@@ -105,7 +105,7 @@ async def seed(pool: asyncpg.Pool) -> dict[str, str]:
         BOT,
         post,
     )
-    return {"botId": BOT, "taskId": str(task), "replyId": str(reply)}
+    return {"botId": BOT, "taskId": str(task), "replyId": str(reply), "xUserId": "12345"}
 
 
 def concrete(template: str, ids: dict[str, str]) -> str:
