@@ -31,7 +31,7 @@ BOOKKEEPING_ALLOWANCE = timedelta(minutes=1)
 # An attempt lost to a dead worker starts again at once; if attempts keep vanishing (a handler
 # that kills its worker), the next ones wait a little longer, and this many in a row count as
 # one failure of the run.
-LOSSES_PER_FAILURE = 3
+LOSSES_PER_FAILURE = 5
 MAX_LOSS_DELAY = timedelta(seconds=30)
 
 

@@ -143,7 +143,9 @@ async def test_a_revoked_refresh_token_parks_one_bot_and_spares_the_others(
     # Its X tasks failed at once (no retries), saying why.
     failed = await chaos_pool.fetch(
         "SELECT task_type, attempt_number, status, error_message FROM bot_task_executions"
-        " WHERE bot_id = $1 AND started_at BETWEEN to_timestamp($2) AND to_timestamp($3) AND status <> 'completed'",
+        " WHERE bot_id = $1 AND started_at BETWEEN to_timestamp($2) AND to_timestamp($3)"
+        # Occurrences a busy machine's scheduler reached too late have `skipped` rows of their own.
+        " AND status <> 'completed' AND NOT (status = 'skipped' AND error_message LIKE 'not run: missed:%')",
         victim_bot,
         revoked_at,
         restored_at,
