@@ -38,6 +38,9 @@ from xbot.x_errors import (
 )
 
 log = logging.getLogger(__name__)
+# Connection failures after which a read is sent once more (not timeouts: X may be slow, not gone).
+BROKEN_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ConnectError)
+BROKEN_CONNECTION_SENDS = 2
 
 TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,lang,referenced_tweets,text"
 USER_FIELDS = "created_at,description,name,profile_image_url,protected,public_metrics,username,verified"
@@ -225,27 +228,39 @@ class XClient:
         params: dict[str, Any] | None,
         json: dict[str, Any] | None,
     ) -> httpx.Response:
-        reservation = await self._reserve(key)
-        probe = _SendProbe()
-        try:
-            response = await self._http.request(
-                method,
-                self._base_url + path,
-                params=params,
-                json=json,
-                headers={"Authorization": f"Bearer {token.value}"},
-                timeout=self._timeout,
-                extensions={"trace": probe.trace},
-            )
-        except BaseException as error:
-            await self._close_unanswered(reservation, counted=probe.may_have_reached_x(error))
-            if isinstance(error, httpx.TimeoutException):
-                raise XTimeoutError(key, f"no answer within {self._timeout:g}s") from None
-            if isinstance(error, httpx.HTTPError):
-                raise XServerError(key, f"request failed ({type(error).__name__})") from None
-            raise
-        await self._track(key, reservation, response)
-        return response
+        for attempt in range(1, BROKEN_CONNECTION_SENDS + 1):
+            reservation = await self._reserve(key)
+            probe = _SendProbe()
+            try:
+                response = await self._http.request(
+                    method,
+                    self._base_url + path,
+                    params=params,
+                    json=json,
+                    headers={"Authorization": f"Bearer {token.value}"},
+                    timeout=self._timeout,
+                    extensions={"trace": probe.trace},
+                )
+            except BaseException as error:
+                await self._close_unanswered(reservation, counted=probe.may_have_reached_x(error))
+                # A keep-alive connection X had just closed breaks under the next request. A read
+                # changes nothing at X, so it is sent once more; a write is left to the caller's
+                # exactly-once recovery.
+                if (
+                    method == "GET"
+                    and isinstance(error, BROKEN_CONNECTION)
+                    and attempt < BROKEN_CONNECTION_SENDS
+                ):
+                    log.info("X %s: connection broke (%s); sending the read again", key, type(error).__name__)
+                    continue
+                if isinstance(error, httpx.TimeoutException):
+                    raise XTimeoutError(key, f"no answer within {self._timeout:g}s") from None
+                if isinstance(error, httpx.HTTPError):
+                    raise XServerError(key, f"request failed ({type(error).__name__})") from None
+                raise
+            await self._track(key, reservation, response)
+            return response
+        raise AssertionError("unreachable: the last send returns or raises")
 
     async def _close_unanswered(self, reservation: quota.Reservation, *, counted: bool) -> None:
         """No answer: count the request if X may have seen it, else give the slot back. Shielded, so a

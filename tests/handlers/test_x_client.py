@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -229,3 +232,94 @@ async def test_a_401_retry_reserves_again_and_leaves_no_slot_in_flight(world: Wo
         world.x.rate["mentions"].remaining,
         world.x.rate["mentions"].reset_at.replace(microsecond=0),
     )
+
+
+class BreakingProxy:
+    """A loopback TCP proxy in front of the fake X that cuts the first `breaks` connections as soon
+    as a request arrives, without answering: a keep-alive connection the server had just closed."""
+
+    def __init__(self, target: str, breaks: int) -> None:
+        parsed = urlsplit(target)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.breaks = breaks
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.breaks > 0:
+            self.breaks -= 1
+            await reader.read(1)  # the request began
+            writer.transport.abort()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await source.read(65536):
+                    sink.write(chunk)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+async def client_through(world: World, bot_id: str, base_url: str) -> XClient:
+    bot = await load_bot(world.pool, bot_id)
+    settings = world.settings.model_copy(update={"x_api_base_url": base_url})
+    return XClient(
+        http=world.http,
+        pool=world.pool,
+        settings=settings,
+        tokens=TokenStore(world.pool, world.cipher, world.http, settings),
+        bot_id=bot.id,
+        plan_tier=bot.plan_tier,
+    )
+
+
+@pytest.mark.parametrize("breaks", [1, 2])
+async def test_a_read_on_a_broken_connection_is_sent_once_more(world: World, breaks: int) -> None:
+    bot = await world.add_bot()
+    author = "2000"
+    world.x.add_user(author, "someone")
+    mention = world.x.mention(author, "hello @helperbot")
+    proxy = BreakingProxy(world.settings.x_api_base_url, breaks)
+    async with proxy as base_url:
+        x = await client_through(world, bot, base_url)
+        if breaks == 1:
+            page = await x.mentions(world.x.bot_user_id)
+            assert [post["id"] for post in page.posts] == [mention]
+        else:  # broken twice: not a stale connection but X unreachable; the attempt fails retryably
+            with pytest.raises(XServerError) as raised:
+                await x.mentions(world.x.bot_user_id)
+            assert isinstance(raised.value, XTransientError)
+    assert proxy.connections == 2
+    # No quota slot is left taken by the broken sends.
+    reserved = await world.pool.fetchval(
+        "SELECT coalesce(sum(reserved), 0) FROM rate_limit_tracking WHERE bot_id = $1", bot
+    )
+    assert reserved == 0
+
+
+async def test_a_write_on_a_broken_connection_is_not_sent_again(world: World) -> None:
+    bot = await world.add_bot()
+    author = "2000"
+    world.x.add_user(author, "someone")
+    mention = world.x.mention(author, "hello @helperbot")
+    proxy = BreakingProxy(world.settings.x_api_base_url, breaks=1)
+    async with proxy as base_url:
+        x = await client_through(world, bot, base_url)
+        with pytest.raises(XServerError):
+            await x.create_post("hi there", in_reply_to=mention)
+    # The exactly-once recovery decides what happens next, not a blind resend.
+    assert proxy.connections == 1
+    assert world.x.replies_by_bot(mention) == []
