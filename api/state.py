@@ -60,6 +60,15 @@ class TemporalConnector:
         return self._client
 
 
+@dataclass(frozen=True)
+class RenderedStatus:
+    """A status answer and its JSON, rendered once however many callers share it: a reused answer
+    costs no validation or serialization."""
+
+    answer: StatusResult
+    body: bytes
+
+
 @dataclass
 class ApiState:
     settings: Settings
@@ -71,7 +80,7 @@ class ApiState:
     task_queue: str = ""
     feed_ping_interval: float = 25.0
     # GET /status: one read per bot at a time, reused this long (changes made here forget it).
-    status_flights: SingleFlight[StatusResult] = field(
+    status_flights: SingleFlight[RenderedStatus] = field(
         default_factory=lambda: SingleFlight(fresh_for=STATUS_FRESH_SECONDS)
     )
 

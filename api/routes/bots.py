@@ -16,7 +16,7 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, BotIdPath, ExistingBotId, NotFound, Pool, State, Temporal, error_docs
 from api.errors import ApiError, ServiceUnavailable
 from api.feed import FeedHub
-from api.state import ApiState
+from api.state import ApiState, RenderedStatus
 from xbot import scheduler_client
 from xbot.bots import (
     BOT_ID_PATTERN,
@@ -189,26 +189,29 @@ async def stop(
 
 
 @router.get("/bots/{botId}/status", response_model=scheduler_client.StatusResult, responses=error_docs(404))
-async def status(
-    bot_id: BotIdPath, pool: Pool, client: Temporal, state: State
-) -> scheduler_client.StatusResult:
+async def status(bot_id: BotIdPath, pool: Pool, client: Temporal, state: State) -> Response:
     """The scheduler's state without asking the workflow: the running flag and next alarm it
     publishes (search attributes), per-task state from the database, or the live feed's fresh poll.
     Concurrent calls for one bot share one read. Restarts a scheduler that should run but does not
     (`healed`); says `schedulerReachable: false` when no worker is picking up its work."""
     hub = state.hub
     try:
-        return await status_flights_run(state, bot_id, client, pool, hub)
+        rendered = await status_flights_run(state, bot_id, client, pool, hub)
     except scheduler_client.BotNotFound:
         raise NotFound(f"bot {bot_id} not found") from None
+    return Response(rendered.body, media_type="application/json")
 
 
 async def status_flights_run(
     state: ApiState, bot_id: str, client: Client, pool: asyncpg.Pool, hub: FeedHub
-) -> scheduler_client.StatusResult:
+) -> RenderedStatus:
     # The bot's existence is checked inside the shared read, so a reused answer costs no I/O.
+    async def read() -> RenderedStatus:
+        answer = await scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot)
+        return RenderedStatus(answer, answer.model_dump_json().encode())
+
     return await state.status_flights.run(
         bot_id,
-        lambda: scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot),
-        keep=lambda answer: not answer.healed,  # "healed" is said once
+        read,
+        keep=lambda rendered: not rendered.answer.healed,  # "healed" is said once
     )
