@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from workflows import policy
-from xbot import url_policy
+from xbot import llm_choice, url_policy
 from xbot.masking import mask_config, restore_masked
 from xbot.rate_limits import ENDPOINTS
 
@@ -137,6 +137,7 @@ class TaskDefinitionFields(BaseModel):
             raise ValueError("max_retry_delay_minutes must be at least retry_delay_minutes")
         if self.task_type == "webhook":
             _check_webhook_config(self.config)
+        llm_choice.check_shape(self.config)  # llm_config_id, prompt_id, vision_config (seed names)
         return self
 
 
@@ -302,6 +303,13 @@ async def _check_dependencies(
         raise TaskDefinitionError(f"dependencies: cycle {names}")
 
 
+async def _check_llm_choice(connection: asyncpg.Connection, config: dict[str, Any]) -> None:
+    try:
+        await llm_choice.check_references(connection, config)
+    except ValueError as error:
+        raise TaskDefinitionError(str(error)) from None
+
+
 async def _lock_bot(connection: asyncpg.Connection, bot_id: str) -> bool:
     """Serializes changes to one bot's definitions; False when the bot does not exist."""
     return await connection.fetchval("SELECT true FROM bots WHERE id = $1 FOR UPDATE", bot_id) is not None
@@ -332,6 +340,7 @@ async def create_task_definition(
         if not await _lock_bot(connection, bot_id):
             raise BotNotFound(bot_id)
         await _check_dependencies(connection, bot_id, None, values["dependencies"])
+        await _check_llm_choice(connection, values["config"])
         columns = ", ".join(["bot_id", *values])
         placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 2))
         row = await connection.fetchrow(
@@ -363,6 +372,8 @@ async def update_task_definition(
         values = merged.model_dump(include=set(changes))
         if "dependencies" in values:
             await _check_dependencies(connection, bot_id, task_id, values["dependencies"])
+        if "config" in values:
+            await _check_llm_choice(connection, values["config"])
         if values:
             assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=3))
             row = await connection.fetchrow(
