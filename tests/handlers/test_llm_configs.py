@@ -306,6 +306,6 @@ async def test_a_configuration_deleted_since_fails_the_task_clearly(world: World
     with pytest.raises(NonRetryableTaskError, match="LLM configuration 999 no longer exists"):
         await pull_and_generate(world, bot, llm_config_id=999)
     with pytest.raises(
-        NonRetryableTaskError, match="config.prompt_id: Input should be greater than or equal to 1"
+        NonRetryableTaskError, match=r"config\.prompt_id: Input should be greater than or equal to 1"
     ):
         await pull_and_generate(world, bot, prompt_id=0)
