@@ -199,7 +199,7 @@ async def delete_config(pool: asyncpg.Pool, config_id: int) -> bool:
                OR config->'vision_config'->>'vision_llm_config_id' = $1::text
             ORDER BY bot_id, id
             """,
-            config_id,
+            str(config_id),
         )
         if users:
             names = ", ".join(f"{row['bot_id']}/{row['id']}" for row in users[:10])

@@ -158,7 +158,7 @@ async def delete_template(pool: asyncpg.Pool, template_id: int) -> bool:
                OR config->'vision_config'->>'vision_prompt_id' = $1::text
             ORDER BY bot_id, id
             """,
-            template_id,
+            str(template_id),
         )
         if users:
             names = ", ".join(f"{row['bot_id']}/{row['id']}" for row in users[:10])
