@@ -10,7 +10,7 @@ its secret-looking headers and query parameters are masked in what the API retur
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from workflows import policy
 from xbot import llm_choice, url_policy
 from xbot.masking import mask_config, restore_masked
 from xbot.rate_limits import ENDPOINTS
+from xbot.task_dependencies import dependency_problem
 
 MAX_DEPENDENCIES = 50
 
@@ -254,53 +255,12 @@ def _validate_merged(values: Mapping[str, Any], stored_task_type: str | None = N
         raise TaskDefinitionError(f"{where}: {message}" if where else message) from None
 
 
-def find_cycle(graph: Mapping[int, Iterable[int]]) -> list[int] | None:
-    """A dependency cycle in `graph` (id -> ids it depends on) as a path, or None."""
-    visiting: set[int] = set()
-    done: set[int] = set()
-    path: list[int] = []
-
-    def visit(node: int) -> list[int] | None:
-        if node in done:
-            return None
-        if node in visiting:
-            return [*path[path.index(node) :], node]
-        visiting.add(node)
-        path.append(node)
-        for neighbour in graph.get(node, ()):
-            found = visit(neighbour)
-            if found:
-                return found
-        path.pop()
-        visiting.discard(node)
-        done.add(node)
-        return None
-
-    for start in graph:
-        found = visit(start)
-        if found:
-            return found
-    return None
-
-
 async def _check_dependencies(
     connection: asyncpg.Connection, bot_id: str, task_id: int | None, dependencies: list[int]
 ) -> None:
-    rows = await connection.fetch(
-        "SELECT id, dependencies FROM bot_task_definitions WHERE bot_id = $1", bot_id
-    )
-    graph: dict[int, list[int]] = {row["id"]: list(row["dependencies"]) for row in rows}
-    missing = [item for item in dependencies if item not in graph]
-    if missing:
-        raise TaskDefinitionError(
-            f"dependencies: {', '.join(map(str, missing))} not a task definition of bot {bot_id}"
-        )
-    node = task_id if task_id is not None else 0  # 0 stands for the definition being created
-    graph[node] = dependencies
-    cycle = find_cycle(graph)
-    if cycle:
-        names = " -> ".join("new" if item == 0 else str(item) for item in cycle)
-        raise TaskDefinitionError(f"dependencies: cycle {names}")
+    problem = await dependency_problem(connection, bot_id, task_id, dependencies)
+    if problem is not None:
+        raise TaskDefinitionError(problem)
 
 
 async def _check_llm_choice(connection: asyncpg.Connection, config: dict[str, Any]) -> None:
