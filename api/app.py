@@ -35,6 +35,7 @@ from api.routes import (
     connect,
     health,
     history,
+    llm,
     metrics,
     notifications,
     quota,
@@ -214,7 +215,19 @@ def create_app(
     )
     app.state.api = state
     install_error_handlers(app)
-    routers = (health, bots, connect, tasks, history, replies, reply_policy, metrics, notifications, quota)
+    routers = (
+        health,
+        bots,
+        connect,
+        tasks,
+        history,
+        replies,
+        reply_policy,
+        llm,
+        metrics,
+        notifications,
+        quota,
+    )
     for module in routers:
         app.include_router(module.router)
     app.include_router(ws.router)

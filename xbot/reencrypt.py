@@ -37,6 +37,7 @@ class EncryptedColumns:
 ENCRYPTED: tuple[EncryptedColumns, ...] = (
     EncryptedColumns("bot_tokens", "bot_id", ("access_token_enc", "refresh_token_enc")),
     EncryptedColumns("bots", "id", ("llm_api_key_enc", "discord_webhook_url_enc")),
+    EncryptedColumns("llm_configs", "id", ("api_key_enc",)),
     # PKCE code verifiers of authorizations under way (10 minutes each).
     EncryptedColumns("oauth_connect_requests", "state_hash", ("code_verifier_enc",)),
 )

@@ -10,7 +10,7 @@ its secret-looking headers and query parameters are masked in what the API retur
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,9 +27,10 @@ from pydantic import (
 )
 
 from workflows import policy
-from xbot import url_policy
+from xbot import llm_choice, url_policy
 from xbot.masking import mask_config, restore_masked
 from xbot.rate_limits import ENDPOINTS
+from xbot.task_dependencies import dependency_problem
 
 MAX_DEPENDENCIES = 50
 
@@ -137,6 +138,7 @@ class TaskDefinitionFields(BaseModel):
             raise ValueError("max_retry_delay_minutes must be at least retry_delay_minutes")
         if self.task_type == "webhook":
             _check_webhook_config(self.config)
+        llm_choice.check_shape(self.config)  # llm_config_id, prompt_id, vision_config (seed names)
         return self
 
 
@@ -253,53 +255,19 @@ def _validate_merged(values: Mapping[str, Any], stored_task_type: str | None = N
         raise TaskDefinitionError(f"{where}: {message}" if where else message) from None
 
 
-def find_cycle(graph: Mapping[int, Iterable[int]]) -> list[int] | None:
-    """A dependency cycle in `graph` (id -> ids it depends on) as a path, or None."""
-    visiting: set[int] = set()
-    done: set[int] = set()
-    path: list[int] = []
-
-    def visit(node: int) -> list[int] | None:
-        if node in done:
-            return None
-        if node in visiting:
-            return [*path[path.index(node) :], node]
-        visiting.add(node)
-        path.append(node)
-        for neighbour in graph.get(node, ()):
-            found = visit(neighbour)
-            if found:
-                return found
-        path.pop()
-        visiting.discard(node)
-        done.add(node)
-        return None
-
-    for start in graph:
-        found = visit(start)
-        if found:
-            return found
-    return None
-
-
 async def _check_dependencies(
     connection: asyncpg.Connection, bot_id: str, task_id: int | None, dependencies: list[int]
 ) -> None:
-    rows = await connection.fetch(
-        "SELECT id, dependencies FROM bot_task_definitions WHERE bot_id = $1", bot_id
-    )
-    graph: dict[int, list[int]] = {row["id"]: list(row["dependencies"]) for row in rows}
-    missing = [item for item in dependencies if item not in graph]
-    if missing:
-        raise TaskDefinitionError(
-            f"dependencies: {', '.join(map(str, missing))} not a task definition of bot {bot_id}"
-        )
-    node = task_id if task_id is not None else 0  # 0 stands for the definition being created
-    graph[node] = dependencies
-    cycle = find_cycle(graph)
-    if cycle:
-        names = " -> ".join("new" if item == 0 else str(item) for item in cycle)
-        raise TaskDefinitionError(f"dependencies: cycle {names}")
+    problem = await dependency_problem(connection, bot_id, task_id, dependencies)
+    if problem is not None:
+        raise TaskDefinitionError(problem)
+
+
+async def _check_llm_choice(connection: asyncpg.Connection, config: dict[str, Any]) -> None:
+    try:
+        await llm_choice.check_references(connection, config)
+    except ValueError as error:
+        raise TaskDefinitionError(str(error)) from None
 
 
 async def _lock_bot(connection: asyncpg.Connection, bot_id: str) -> bool:
@@ -332,6 +300,7 @@ async def create_task_definition(
         if not await _lock_bot(connection, bot_id):
             raise BotNotFound(bot_id)
         await _check_dependencies(connection, bot_id, None, values["dependencies"])
+        await _check_llm_choice(connection, values["config"])
         columns = ", ".join(["bot_id", *values])
         placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 2))
         row = await connection.fetchrow(
@@ -363,6 +332,8 @@ async def update_task_definition(
         values = merged.model_dump(include=set(changes))
         if "dependencies" in values:
             await _check_dependencies(connection, bot_id, task_id, values["dependencies"])
+        if "config" in values:
+            await _check_llm_choice(connection, values["config"])
         if values:
             assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=3))
             row = await connection.fetchrow(

@@ -42,9 +42,14 @@ log = logging.getLogger(__name__)
 BROKEN_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ConnectError)
 BROKEN_CONNECTION_SENDS = 2
 
-TWEET_FIELDS = "author_id,conversation_id,created_at,in_reply_to_user_id,lang,referenced_tweets,text"
+TWEET_FIELDS = (
+    "attachments,author_id,conversation_id,created_at,in_reply_to_user_id,lang,referenced_tweets,text"
+)
 USER_FIELDS = "created_at,description,name,profile_image_url,protected,public_metrics,username,verified"
 TWEET_EXPANSIONS = "author_id,referenced_tweets.id,referenced_tweets.id.author_id"
+# Mentions also bring their images (`includes.media`), for the vision model and their alt text.
+MENTION_EXPANSIONS = TWEET_EXPANSIONS + ",attachments.media_keys"
+MEDIA_FIELDS = "type,url,preview_image_url,alt_text"
 MAX_IDS_PER_LOOKUP = 100
 
 
@@ -57,6 +62,7 @@ class Page:
     included_posts: list[dict[str, Any]] = field(default_factory=list)
     next_token: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    media: list[dict[str, Any]] = field(default_factory=list)  # `includes.media`, by media_key
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -108,7 +114,8 @@ class XClient:
         params: dict[str, str | int] = {
             "max_results": _clamp(max_results, 5, 100),
             "tweet.fields": TWEET_FIELDS,
-            "expansions": TWEET_EXPANSIONS,
+            "expansions": MENTION_EXPANSIONS,
+            "media.fields": MEDIA_FIELDS,
             "user.fields": USER_FIELDS,
         }
         if since_id:
@@ -402,6 +409,7 @@ def _page(body: dict[str, Any], key: str) -> Page:
         included_posts=_list(includes.get("tweets")),
         next_token=next_token if isinstance(next_token, str) and next_token else None,
         errors=_list(body.get("errors")),
+        media=_list(includes.get("media")),
     )
 
 

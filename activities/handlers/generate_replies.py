@@ -15,6 +15,10 @@ budgets (LLM tokens, estimated X spend): once spent, nothing more is drafted tha
 says so (`budget_spent`); the mentions wait. A draft the output filter refuses (links, other
 @handles, cashtags, banned words) is kept as `rejected_by_filter` with the reason, never posted.
 
+The model and prompt come from the definition's `config.llm_config_id` and `config.prompt_id` (else
+the bot's settings, else the global ones), and with `config.vision_config` a mention's images are
+described first (see reply_models); each draft records the template, version and model that wrote it.
+
 Replies X refused as duplicate content (see reply_to_mentions) are drafted again first, with the
 refused text and a request to vary it. A mention the LLM will not answer (empty, refused) is
 recorded as failed and the batch goes on; an LLM that cannot be reached fails the task (retryable)
@@ -30,29 +34,27 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from activities.handlers import reply_models, reply_threads
 from activities.handlers.base import HandlerDeps, TaskContext
+from activities.handlers.reply_models import RunModels
+from activities.handlers.reply_threads import Thread
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import reply_policy
-from xbot.crypto import TokenCipherError, cipher_from_settings
 from xbot.errors import NonRetryableTaskError
-from xbot.llm import ContextPost, LlmOptions, LlmReplyRejected, MentionPrompt, ReplyGenerator, Usage
+from xbot.llm import (
+    LlmConfigurationError,
+    LlmReplyRejected,
+    LlmUnavailableError,
+    MentionPrompt,
+    ReplyGenerator,
+    Usage,
+)
 from xbot.reply_policy import MentionFacts, Prices, ReplyPolicy, Skip
 from xbot.repositories import bots, posts, replies, reply_policies, users
 from xbot.repositories.bots import BotProfile
 from xbot.repositories.posts import StoredPost
 from xbot.repositories.replies import RedraftableReply
 from xbot.tokens import TokenStore
-from xbot.x_client import MAX_IDS_PER_LOOKUP, XClient, missing_posts
-from xbot.x_errors import XForbiddenError, XNotFoundError
-
-
-@dataclass
-class _Thread:
-    """The posts above one mention, nearest first, and why the walk up stopped early, if it did."""
-
-    next_id: str | None
-    parents: list[StoredPost] = field(default_factory=list)
-    gap: tuple[str, str] | None = None  # (post id, reason) of the first parent X could not return
 
 
 @dataclass
@@ -62,12 +64,13 @@ class _Run:
     ctx: TaskContext
     bot: BotProfile
     policy: ReplyPolicy
-    options: LlmOptions
+    models: RunModels
     now: datetime
     operator_bots: frozenset[str] = frozenset()
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> mentions
     usage: Usage = field(default_factory=Usage)
     budget_spent: str | None = None
+    images: dict[str, int] = field(default_factory=dict)  # "described" / "not_described" -> mentions
 
 
 class GenerateRepliesHandler(XHandlerBase):
@@ -89,14 +92,10 @@ class GenerateRepliesHandler(XHandlerBase):
             raise NonRetryableTaskError(
                 f"the bot's reply policy is invalid ({error.error_count()} errors); PUT /bots/{bot.id}/reply-policy"
             ) from None
-        options = self.generator.options_for(
-            bot.llm_model,
-            bot.llm_base_url,
-            bot.llm_temperature,
-            bot.llm_max_tokens,
-            api_key=self._bot_llm_key(bot),
+        models = await reply_models.resolve(
+            self.deps.pool, self.deps.settings, self.generator, bot, ctx.config
         )
-        run = _Run(ctx, bot, policy, options, datetime.now(UTC))
+        run = _Run(ctx, bot, policy, models, datetime.now(UTC))
         run.operator_bots = await reply_policies.operator_bot_ids(self.deps.pool, bot.id)
         if spent := await self._budget_spent(run):
             return await self._stop_for_budget(run, spent)
@@ -118,7 +117,7 @@ class GenerateRepliesHandler(XHandlerBase):
         walk = (
             max(depth, min(20, policy.max_thread_depth + 1)) if policy.max_thread_depth is not None else depth
         )
-        threads = await self._threads(bot.id, x, [mention for mention, _ in work], walk)
+        threads = await reply_threads.walk(self.deps.pool, bot.id, x, [mention for mention, _ in work], walk)
         generated = failed = redrafted = unavailable = filtered = 0
         for mention, redraft in work:
             thread = threads[mention.id]
@@ -134,7 +133,7 @@ class GenerateRepliesHandler(XHandlerBase):
             if thread.gap is not None:
                 unavailable += 1
                 await self._log_gap(ctx, mention, *thread.gap)
-            outcome = await self._draft(run, mention, _Thread(None, thread.parents[:depth]), redraft)
+            outcome = await self._draft(run, mention, Thread(None, thread.parents[:depth]), redraft)
             if outcome == "drafted":
                 generated += 1
                 redrafted += redraft is not None
@@ -151,6 +150,7 @@ class GenerateRepliesHandler(XHandlerBase):
             result["replies_rejected_by_filter"] = filtered
         if run.skipped:
             result["mentions_skipped"] = dict(sorted(run.skipped.items()))
+        result.update({f"images_{outcome}": count for outcome, count in sorted(run.images.items())})
         if run.budget_spent is not None:
             await self._stop_for_budget(run, run.budget_spent)
             result["budget_spent"] = run.budget_spent
@@ -213,12 +213,12 @@ class GenerateRepliesHandler(XHandlerBase):
             author_created_at=created,
         )
 
-    async def _gate(self, run: _Run, mention: StoredPost, thread: _Thread, depth: int) -> bool:
+    async def _gate(self, run: _Run, mention: StoredPost, thread: Thread, depth: int) -> bool:
         """The should-respond gate; IGNORE is recorded as the mention's skipped reason."""
-        options = run.options
+        options = run.models.options
         if run.policy.gate_model:
             options = replace(options, model=run.policy.gate_model)
-        prompt = await self._prompt(run.bot, mention, _Thread(None, thread.parents[:depth]), None)
+        prompt = await self._prompt(run.bot, mention, Thread(None, thread.parents[:depth]), None)
         verdict = await self.generator.should_respond(prompt, options)
         await self._spend(run, verdict.usage)
         if not verdict.respond:
@@ -259,17 +259,14 @@ class GenerateRepliesHandler(XHandlerBase):
             llm_output_per_mtok=settings.llm_price_output_per_mtok_usd,
         )
 
-    def _bot_llm_key(self, bot: BotProfile) -> str | None:
-        """The bot's own LLM key, decrypted; None when it has none."""
-        if bot.llm_api_key_enc is None:
-            return None
-        try:
-            return cipher_from_settings(self.deps.settings).decrypt(bot.llm_api_key_enc)
-        except TokenCipherError as error:  # its message names the setting, never the key
-            raise NonRetryableTaskError(f"the bot's llm_api_key cannot be read: {error}") from None
-
     async def _prompt(
-        self, bot: BotProfile, mention: StoredPost, thread: _Thread, redraft: RedraftableReply | None
+        self,
+        bot: BotProfile,
+        mention: StoredPost,
+        thread: Thread,
+        redraft: RedraftableReply | None,
+        template: str | None = None,
+        images: list[str] | None = None,
     ) -> MentionPrompt:
         author = await users.find_user(self.deps.pool, mention.author_x_user_id)
         return MentionPrompt(
@@ -279,16 +276,54 @@ class GenerateRepliesHandler(XHandlerBase):
             author_name=author.name if author else None,
             author_description=author.description if author else None,
             mention_text=mention.text,
-            thread=await self._context(thread),
+            thread=await reply_threads.context(self.deps.pool, thread),
             refused_reply=redraft.refused_text if redraft else None,
+            image_descriptions=images or [],
+            template=template,
         )
 
+    async def _images(self, run: _Run, mention: StoredPost) -> list[str]:
+        """Alt texts, and the vision model's description (stored once: a retry reuses it or its
+        failure). A failure is recorded with the post and logged; the reply is written from the text."""
+        alts = reply_models.alt_texts(mention.media)
+        vision = run.models.vision
+        urls = reply_models.image_urls(mention.media)
+        if vision is None or not urls or mention.vision_error is not None:
+            return alts
+        if mention.image_description is not None:
+            return [*alts, f"description: {mention.image_description}"]
+        allowed = self.deps.settings.allow_private_urls
+        urls, refused = await reply_models.allowed_urls(urls, allow_private=allowed)
+        template = vision.template.system_text if vision.template else None
+        prompt = await self._prompt(run.bot, mention, Thread(None), None, template, alts)
+        try:
+            if not urls:
+                raise LlmReplyRejected(f"image URLs refused by the outbound URL policy: {'; '.join(refused)}")
+            described = await self.generator.describe(prompt, urls, vision.options)
+        except (LlmReplyRejected, LlmUnavailableError, LlmConfigurationError) as error:
+            if isinstance(error, LlmReplyRejected):
+                await self._spend(run, error.usage)
+            reason = f"images not described: {error}"
+            await posts.record_description(self.deps.pool, mention.id, None, None, reason)
+            run.images["not_described"] = run.images.get("not_described", 0) + 1
+            await self.log(
+                run.ctx, "warn", f"mention {mention.x_post_id}: {reason}; replying from its text",
+                {"mention_id": mention.x_post_id, "vision_error": reason[:300]},
+            )  # fmt: skip
+            return alts
+        await self._spend(run, described.usage)
+        await posts.record_description(self.deps.pool, mention.id, described.text, described.model, None)
+        run.images["described"] = run.images.get("described", 0) + 1
+        return [*alts, f"description: {described.text}"]
+
     async def _draft(
-        self, run: _Run, mention: StoredPost, thread: _Thread, redraft: RedraftableReply | None
+        self, run: _Run, mention: StoredPost, thread: Thread, redraft: RedraftableReply | None
     ) -> str:
         """ "drafted", "filtered" (kept as rejected_by_filter) or "failed"."""
-        bot, options = run.bot, run.options
-        prompt = await self._prompt(bot, mention, thread, redraft)
+        bot, options, provenance = run.bot, run.models.options, run.models.provenance
+        template = run.models.template.system_text if run.models.template else None
+        images = await self._images(run, mention)
+        prompt = await self._prompt(bot, mention, thread, redraft, template, images)
         try:
             draft = await self.generator.generate(prompt, options)
         except LlmReplyRejected as error:
@@ -298,7 +333,14 @@ class GenerateRepliesHandler(XHandlerBase):
                 await replies.give_up_redraft(self.deps.pool, redraft.id, f"redraft: {error}")
             else:
                 await replies.record_generation_failure(
-                    self.deps.pool, bot.id, mention.id, mention.x_post_id, str(error), options.model, tokens
+                    self.deps.pool,
+                    bot.id,
+                    mention.id,
+                    mention.x_post_id,
+                    str(error),
+                    options.model,
+                    tokens,
+                    provenance,
                 )
             await self.log(
                 run.ctx,
@@ -328,6 +370,7 @@ class GenerateRepliesHandler(XHandlerBase):
                 approved=approved,
                 tokens=tokens,
                 filtered=refused,
+                provenance=provenance,
             )
             return "filtered" if refused else "drafted"
         await replies.create_draft(
@@ -341,63 +384,9 @@ class GenerateRepliesHandler(XHandlerBase):
             tokens=tokens,
             x_cost_usd=reply_policy.x_post_cost(self._prices(), draft.text),
             filtered=refused,
+            provenance=provenance,
         )
         return "filtered" if refused else "drafted"
-
-    async def _context(self, thread: _Thread) -> list[ContextPost]:
-        """The thread for the prompt, oldest first."""
-        chain: list[ContextPost] = []
-        for parent in reversed(thread.parents):
-            author = await users.find_user(self.deps.pool, parent.author_x_user_id)
-            chain.append(ContextPost(author.username if author else "unknown", parent.text))
-        return chain
-
-    async def _threads(
-        self, bot_id: str, x: XClient, mentions: list[StoredPost], depth: int
-    ) -> dict[int, _Thread]:
-        """Up to `depth` parents of every mention, one level at a time: each level is one database
-        read and, for the parents not stored yet, one X lookup per 100 (whose expansions often bring
-        the next level along)."""
-        threads = {mention.id: _Thread(mention.in_reply_to_post_id) for mention in mentions}
-        unavailable: dict[str, str] = {}  # post id -> why X did not return it
-        for _level in range(depth):
-            wanted = sorted({t.next_id for t in threads.values() if t.next_id})
-            if not wanted:
-                break
-            found = await posts.find_posts(self.deps.pool, bot_id, wanted)
-            missing = [post_id for post_id in wanted if post_id not in found and post_id not in unavailable]
-            if missing:
-                unavailable.update(await self._look_up(bot_id, x, missing))
-                found.update(await posts.find_posts(self.deps.pool, bot_id, missing))
-            for thread in threads.values():
-                if thread.next_id is None:
-                    continue
-                parent = found.get(thread.next_id)
-                if parent is None:
-                    thread.gap = (thread.next_id, unavailable.get(thread.next_id, "not returned by X"))
-                    thread.next_id = None
-                else:
-                    thread.parents.append(parent)
-                    thread.next_id = parent.in_reply_to_post_id
-        return threads
-
-    async def _look_up(self, bot_id: str, x: XClient, post_ids: list[str]) -> dict[str, str]:
-        """Store the posts X returns (and their authors and referenced posts) as context; returns
-        {post id: reason} for the ones it cannot return."""
-        reasons: dict[str, str] = {}
-        for start in range(0, len(post_ids), MAX_IDS_PER_LOOKUP):
-            chunk = post_ids[start : start + MAX_IDS_PER_LOOKUP]
-            try:
-                page = await x.get_posts(chunk)
-            except (XNotFoundError, XForbiddenError) as error:  # refused as a whole: no context
-                reasons.update(dict.fromkeys(chunk, str(error)))
-                continue
-            async with self.deps.pool.acquire() as conn, conn.transaction():
-                await users.upsert_users(conn, page.users, full_profile=False)
-                await posts.store_posts(conn, bot_id, page.posts, "context")
-                await posts.store_posts(conn, bot_id, page.included_posts, "context")
-            reasons.update(missing_posts(page, chunk))
-        return reasons
 
     async def _log_gap(self, ctx: TaskContext, mention: StoredPost, parent_id: str, reason: str) -> None:
         await self.log(

@@ -227,7 +227,8 @@ class _Sweeper:
             if fresh:
                 await users.upsert_users(conn, page.users, full_profile=False)
                 # Mentions first: a post both in `data` and in the expansions must count as a new mention.
-                self.tally.pulled += await posts.store_posts(conn, self.bot.id, fresh, "mention")
+                media = posts.media_by_key(page.media)
+                self.tally.pulled += await posts.store_posts(conn, self.bot.id, fresh, "mention", media=media)
                 await posts.store_posts(conn, self.bot.id, page.included_posts, "context")
             if stale:
                 self.tally.skipped += await posts.store_posts(

@@ -51,6 +51,18 @@ class ReplyOut(BaseModel):
     tokens_in: int | None = Field(default=None, description="LLM prompt tokens spent on this draft")
     tokens_out: int | None = Field(default=None, description="LLM completion tokens spent on this draft")
     x_cost_usd: float | None = Field(default=None, description="Estimated X price of posting it")
+    prompt_template_id: int | None = Field(
+        default=None, description="The stored prompt template that wrote it"
+    )
+    prompt_template_name: str | None = Field(default=None, description="Its name now (null once deleted)")
+    prompt_version: int | None = Field(default=None, description="The template's version when it wrote it")
+    llm_config_id: int | None = Field(default=None, description="The stored LLM configuration used, if any")
+    image_description: str | None = Field(
+        default=None, description="What the vision model saw in the mention's images"
+    )
+    vision_error: str | None = Field(
+        default=None, description="Why the mention's images could not be described (replied from its text)"
+    )
 
 
 class ReplyPage(BaseModel):
@@ -68,10 +80,13 @@ _SELECT = """
 SELECT r.id, r.bot_id, r.pulled_post_id, r.in_reply_to_x_post_id, r.status, r.text, r.llm_model,
        r.error_message, r.failure_kind, r.posted_x_post_id, r.posted_at, r.created_at, r.updated_at,
        r.tokens_in, r.tokens_out, r.x_cost_usd::float8 AS x_cost_usd,
+       r.prompt_template_id, t.name AS prompt_template_name, r.prompt_version, r.llm_config_id,
+       p.image_description, p.vision_error,
        p.text AS mention_text, u.username AS mention_author_username
 FROM post_replies r
 JOIN pulled_posts p ON p.id = r.pulled_post_id
 LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+LEFT JOIN prompt_templates t ON t.id = r.prompt_template_id
 """
 
 

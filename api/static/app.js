@@ -153,6 +153,7 @@ class BotList {
   }
 
   async load() {
+    this.loadModels();
     try {
       const bots = await api("GET", "/bots");
       $("bots-empty").hidden = bots.length > 0;
@@ -174,6 +175,51 @@ class BotList {
       handleError(error);
     }
   }
+}
+
+BotList.prototype.loadModels = async function loadModels() {
+  try {
+    const [configs, prompts] = await Promise.all([api("GET", "/llm-configs"), api("GET", "/prompts")]);
+    $("llm-configs-empty").hidden = configs.length > 0;
+    $("llm-configs-body").replaceChildren(
+      ...configs.map((config) =>
+        el("tr", { "data-llm-config-id": config.id },
+          el("td", {}, config.id),
+          el("td", {}, config.name),
+          el("td", {}, config.model),
+          el("td", {}, config.base_url || "OPENAI_BASE_URL"),
+          el("td", {}, config.temperature ?? "—"),
+          el("td", {}, config.max_tokens ?? "—"),
+          el("td", {}, config.has_api_key ? "stored" : "none"),
+        ),
+      ),
+    );
+    $("prompts-empty").hidden = prompts.length > 0;
+    $("prompts-body").replaceChildren(
+      ...prompts.map((prompt) =>
+        el("tr", { "data-prompt-id": prompt.id },
+          el("td", {}, prompt.id),
+          el("td", {}, prompt.name),
+          el("td", {}, `v${prompt.version}`),
+          el("td", {}, prompt.placeholders.map((name) => `{${name}}`).join(" ")),
+          el("td", { className: "template-text" }, prompt.system_text),
+        ),
+      ),
+    );
+  } catch (error) {
+    handleError(error);
+  }
+};
+
+// Which template (name, version) and model wrote a draft, and what the vision model saw.
+function provenance(reply) {
+  const parts = [`draft #${reply.id}`];
+  if (reply.prompt_template_id) {
+    const name = reply.prompt_template_name || `template #${reply.prompt_template_id}`;
+    parts.push(`${name} v${reply.prompt_version}`);
+  } else parts.push("persona prompt");
+  if (reply.llm_model) parts.push(reply.llm_model + (reply.llm_config_id ? ` (config #${reply.llm_config_id})` : ""));
+  return parts.join(" · ");
 }
 
 function runningBadge(isRunning) {
@@ -499,9 +545,11 @@ class BotPage {
     const author = reply.mention_author_username ? `@${reply.mention_author_username}: ` : "";
     return el("div", { className: "reply", "data-reply-id": reply.id },
       el("blockquote", {}, author, reply.mention_text || ""),
+      reply.image_description ? el("p", { className: "muted image-description" }, `Images: ${reply.image_description}`) : null,
+      reply.vision_error ? el("p", { className: "muted vision-error" }, reply.vision_error) : null,
       text,
       el("div", { className: "row" },
-        el("span", { className: "muted" }, `draft #${reply.id}`),
+        el("span", { className: "muted provenance" }, provenance(reply)),
         el("button", { type: "button", className: "save", onclick: () => act("PATCH", "", { text: text.value }) }, "Save text"),
         el("button", { type: "button", className: "reject", onclick: () => act("POST", "/reject") }, "Reject"),
         el("button", { type: "button", className: "approve primary", onclick: async () => {

@@ -176,3 +176,49 @@ async def test_dashboard_shows_and_edits_the_reply_policy_and_skipped_mentions(
     await expect(page.locator("#policy-languages")).to_have_value("english")  # what was typed is kept
     stored = await pool.fetchval("SELECT policy FROM bot_reply_policies WHERE bot_id = $1", bot_id)
     assert stored["languages"] == []
+
+
+async def test_dashboard_lists_llm_configurations_templates_and_each_drafts_provenance(
+    page: object, live_server: str, pool: asyncpg.Pool, bot_id: str
+) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    await insert_bot(pool, bot_id, approval_required=True)
+    config_id = await pool.fetchval(
+        "INSERT INTO llm_configs (name, model, api_key_enc) VALUES ($1, 'gpt-dash', '\\x00'::bytea) RETURNING id",
+        f"dash-{bot_id}",
+    )
+    template_id = await pool.fetchval(
+        "INSERT INTO prompt_templates (name, system_text, version) VALUES ($1, 'Be {persona}', 4) RETURNING id",
+        f"kind-{bot_id}",
+    )
+    reply_id = await insert_reply(pool, bot_id, "777", mention="@demo what is this?", text="A cat!")
+    await pool.execute(
+        "UPDATE post_replies SET prompt_template_id = $2, prompt_version = 3, llm_model = 'gpt-dash',"
+        " llm_config_id = $3 WHERE id = $1",
+        reply_id,
+        template_id,
+        config_id,
+    )
+    await pool.execute(
+        "UPDATE pulled_posts SET image_description = 'A cat on a sofa.' WHERE bot_id = $1 AND x_post_id = '777'",
+        bot_id,
+    )
+
+    await page.goto(f"http://{live_server}/")
+    await page.fill("#token-input", API_TOKEN)
+    await page.click("#token-save")
+    config_row = page.locator(f'#llm-configs-body tr[data-llm-config-id="{config_id}"]')
+    await expect(config_row).to_contain_text("gpt-dash")
+    await expect(config_row).to_contain_text("stored")
+    template_row = page.locator(f'#prompts-body tr[data-prompt-id="{template_id}"]')
+    await expect(template_row).to_contain_text("v4")
+    await expect(template_row).to_contain_text("{persona}")
+
+    await page.locator(f'tr[data-bot-id="{bot_id}"] a').click()
+    card = page.locator(f'[data-reply-id="{reply_id}"]')
+    await expect(card.locator(".provenance")).to_have_text(
+        f"draft #{reply_id} · kind-{bot_id} v3 · gpt-dash (config #{config_id})"
+    )
+    await expect(card.locator(".image-description")).to_have_text("Images: A cat on a sofa.")

@@ -76,10 +76,12 @@ class Violations:
 
     seen: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     statuses: list[tuple[str, int]] = field(default_factory=list)
+    queries: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)
 
     async def hook(self, response: httpx.Response) -> None:
         where = f"{response.request.method} {response.request.url.path}"
         self.statuses.append((where, response.status_code))
+        self.queries.append((where, parse_qs(response.request.url.query.decode())))
         for violation in json.loads(response.headers.get("sl-violations", "[]")):
             self.seen.append((where, violation))
 
@@ -185,6 +187,10 @@ async def test_x_client_requests_match_the_x_api_specification(
         assert violations.in_requests() == []
         rejected = [(where, status) for where, status in violations.statuses if 400 <= status < 500]
         assert rejected == []
+        # Mentions come with their media (for vision and alt texts), and the spec accepts the names.
+        mentions = [query for where, query in violations.queries if where.endswith("/mentions")]
+        assert mentions and all("attachments.media_keys" in q["expansions"][0].split(",") for q in mentions)
+        assert all(q["media.fields"] == ["type,url,preview_image_url,alt_text"] for q in mentions)
 
         # The check can fail: a request the spec forbids is reported.
         await http.get(

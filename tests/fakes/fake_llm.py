@@ -5,6 +5,10 @@ Replies depend on markers in the mention text, so one batch can mix outcomes:
 `[[down]]` -> HTTP 503; the should-respond gate answers IGNORE to `[[ignore]]`, else RESPOND. Anything else gets a short reply naming the author; a prompt that says an
 earlier reply was refused as a duplicate gets a different one.
 
+A request whose user message is a list of content parts is a vision request (`vision_calls`): it is
+answered with a description naming the images' file names, or, like OpenAI, with a 400
+`invalid_image_url` when an image URL contains `broken` (the model could not download it).
+
 Tests may also queue whole answers (`queue_error`, `queue_reply`), served before the markers, and
 require a key other than `API_KEY` (`accepted_keys`, empty = no key needed). Every request is
 recorded with the headers and parameters the client sent (`calls`).
@@ -41,6 +45,13 @@ def _mention(user: str) -> tuple[str, str]:
         return user.rsplit("\n", 1)[-1], author.group(1) if author else "friend"
 
 
+def _parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The content parts of a request's user message; empty for a plain text message."""
+    messages = body.get("messages")
+    content = messages[-1].get("content") if isinstance(messages, list) and messages else None
+    return [part for part in content if isinstance(part, dict)] if isinstance(content, list) else []
+
+
 @dataclass(frozen=True)
 class Call:
     """One request as the server saw it."""
@@ -75,8 +86,19 @@ class FakeLlm:
         return Starlette(routes=[Route("/v1/chat/completions", self._complete, methods=["POST"])])
 
     def prompts(self) -> list[str]:
-        """The user message of every request, in order."""
-        return [r["messages"][-1]["content"] for r in self.requests]
+        """The user message of every text request, in order."""
+        return [r["messages"][-1]["content"] for r in self.requests if not _parts(r)]
+
+    def vision_calls(self) -> list[Call]:
+        return [call for call in self.calls if _parts(call.body)]
+
+    def reply_calls(self) -> list[Call]:
+        """Draft requests (not the gate, not vision)."""
+        return [
+            call
+            for call in self.calls
+            if not _parts(call.body) and GATE_HINT not in str(call.body["messages"][0]["content"])
+        ]
 
     def queue_error(
         self, status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None
@@ -106,6 +128,8 @@ class FakeLlm:
             if canned.error is not None:
                 return JSONResponse({"error": canned.error}, canned.status)
             return self._completion(body, canned.content, None, canned.finish_reason)
+        if parts := _parts(body):
+            return self._describe(body, parts)
         user = body["messages"][-1]["content"]
         mention, name = _mention(user)
         refusal = None
@@ -127,6 +151,22 @@ class FakeLlm:
             if self.numbered:
                 content += f" (#{next(self._ids)})"
         return self._completion(body, content, refusal, "stop")
+
+    def _describe(self, body: dict[str, Any], parts: list[dict[str, Any]]) -> JSONResponse:
+        urls = [str(part["image_url"]["url"]) for part in parts if part.get("type") == "image_url"]
+        if not urls:
+            return JSONResponse({"error": {"message": "no image in the request", "code": None}}, 400)
+        for url in urls:
+            if "broken" in url:
+                error = {
+                    "message": f"Failed to download image from {url}.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_image_url",
+                }
+                return JSONResponse({"error": error}, 400)
+        names = ", ".join(url.rsplit("/", 1)[-1] for url in urls)
+        return self._completion(body, f"A photo of a cat on a sofa ({names}).", None, "stop")
 
     def _completion(
         self, body: dict[str, Any], content: str | None, refusal: str | None, finish_reason: str

@@ -77,6 +77,7 @@ class FakeX:
     bot_username: str = "helperbot"
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     posts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    media: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_key -> X's media object
     access_tokens: set[str] = field(default_factory=set)
     refresh_token: str | None = None
     refresh_calls: int = 0
@@ -116,8 +117,15 @@ class FakeX:
         self.users[user_id] = {"id": user_id, "username": username, "name": name or username, **extra}
 
     def add_post(
-        self, author_id: str, text: str, *, in_reply_to: str | None = None, at: datetime | None = None
+        self,
+        author_id: str,
+        text: str,
+        *,
+        in_reply_to: str | None = None,
+        at: datetime | None = None,
+        media: list[dict[str, Any]] | None = None,
     ) -> str:
+        """`media`: X media objects (type, url or preview_image_url, alt_text); keys are made up."""
         post_id = str(next(self._ids))
         post: dict[str, Any] = {
             "id": post_id,
@@ -126,6 +134,12 @@ class FakeX:
             "created_at": (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
             "edit_history_tweet_ids": [post_id],
         }
+        if media:
+            keys = [f"3_{post_id}{index}" for index in range(len(media))]
+            self.media.update(
+                {key: {"media_key": key, **item} for key, item in zip(keys, media, strict=True)}
+            )
+            post["attachments"] = {"media_keys": keys}
         if in_reply_to:
             post["referenced_tweets"] = [{"type": "replied_to", "id": in_reply_to}]
             post["conversation_id"] = self.posts.get(in_reply_to, {}).get("conversation_id", in_reply_to)
@@ -141,9 +155,11 @@ class FakeX:
         *,
         in_reply_to: str | None = None,
         at: datetime | None = None,
+        media: list[dict[str, Any]] | None = None,
     ) -> str:
         """A new post by `author_id` mentioning the bot (posted `at`, default now)."""
-        return self.add_post(author_id, text or f"@{self.bot_username} hello", in_reply_to=in_reply_to, at=at)
+        text = text or f"@{self.bot_username} hello"
+        return self.add_post(author_id, text, in_reply_to=in_reply_to, at=at, media=media)
 
     def issue_tokens(self) -> tuple[str, str]:
         serial = next(self._token_serial)
@@ -313,10 +329,10 @@ class FakeX:
             if more:
                 body["meta"]["next_token"] = f"next{page[-1]['id']}"
             if expand:
-                body["includes"] = self._includes(page)
+                body["includes"] = self._includes(page, query)
         return body
 
-    def _includes(self, page: list[dict[str, Any]]) -> dict[str, Any]:
+    def _includes(self, page: list[dict[str, Any]], query: dict[str, str] | None = None) -> dict[str, Any]:
         referenced = [
             self.posts[ref["id"]]
             for p in page
@@ -327,6 +343,18 @@ class FakeX:
         includes: dict[str, Any] = {"users": [self.users[a] for a in sorted(author_ids) if a in self.users]}
         if referenced:
             includes["tweets"] = referenced
+        query = query or {}
+        if "attachments.media_keys" in query.get("expansions", "").split(","):
+            # Like X: media_key and type always, the other fields only when asked for.
+            fields = {"media_key", "type", *query.get("media.fields", "").split(",")}
+            keys = [key for p in page for key in p.get("attachments", {}).get("media_keys", [])]
+            media = [
+                {name: value for name, value in self.media[key].items() if name in fields}
+                for key in keys
+                if key in self.media
+            ]
+            if media:
+                includes["media"] = media
         return includes
 
     async def _me(self, request: Request) -> tuple[dict[str, Any], int]:

@@ -75,3 +75,71 @@ async def test_mentions_are_answered_once_and_announced(
     assert bot.encode() in raw and b"reply_to_mentions" in raw  # payloads are readable here
     for secret in ("secretvalue", "question from", "Thanks for the mention", "You are Helper"):
         assert secret.encode() not in raw
+
+
+async def test_stored_configurations_and_vision_keep_keys_out_of_the_history(
+    world: World, dev_server_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A definition choosing a stored configuration, template and vision: the workflow carries only
+    their ids; keys, the template's text and the image description stay out of its history."""
+    from tests.fakes.fake_llm import API_KEY
+    from xbot.repositories import llm_configs, prompt_templates
+    from xbot.repositories.llm_configs import LlmConfigCreate
+    from xbot.repositories.prompt_templates import PromptTemplateCreate
+
+    keys = {"sk-e2e-reply-config-key", "sk-e2e-vision-config-key"}
+    world.llm.accepted_keys = {API_KEY, *keys}
+    base = world.settings.openai_base_url
+    reply_config = await llm_configs.create_config(
+        world.pool,
+        LlmConfigCreate(
+            name="e2e-reply", model="e2e-model", base_url=base, api_key="sk-e2e-reply-config-key"
+        ),
+        world.cipher,
+    )
+    vision_config = await llm_configs.create_config(
+        world.pool,
+        LlmConfigCreate(
+            name="e2e-eyes", model="e2e-vision", base_url=base, api_key="sk-e2e-vision-config-key"
+        ),
+        world.cipher,
+    )
+    template = await prompt_templates.create_template(
+        world.pool, PromptTemplateCreate(name="e2e", system_text="Template text: {persona}")
+    )
+    client = dev_server_env.client
+    bot = await world.add_bot(unique_bot_id())
+    world.x.add_user("2001", "alice")
+    world.x.mention(
+        "2001",
+        "@helperbot look at this",
+        media=[{"type": "photo", "url": "https://pbs.twimg.com/media/a.jpg"}],
+    )
+    pull = await add_task(world.pool, bot, "pull_mentions", priority=2)
+    config = {
+        "llm_config_id": reply_config.id,
+        "prompt_id": template.id,
+        "vision_config": {"vision_llm_config_id": vision_config.id},
+    }
+    draft = await add_task(
+        world.pool, bot, "generate_replies", priority=1, dependencies=[pull], config=config
+    )
+
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, world.pool, world.settings, task_queue, http),
+    ):
+        handle = await start_scheduler(client, bot, task_queue)
+        try:
+            await eventually(lambda: completed_results(world.pool, draft), bool)
+        finally:
+            await handle.terminate("test finished")
+
+    assert await completed_results(world.pool, draft) == [
+        {"replies_generated": 1, "replies_failed": 0, "images_described": 1}
+    ]
+    assert {call.model for call in world.llm.calls} == {"e2e-model", "e2e-vision"}
+    raw = b"".join(event.SerializeToString() for event in (await handle.fetch_history()).events)
+    assert b"generate_replies" in raw
+    for secret in (*keys, "Template text", "A photo of a cat", "look at this"):
+        assert secret.encode() not in raw

@@ -5,6 +5,7 @@ Post ids are decimal strings of up to 19 digits; they are compared as numbers (`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,11 +26,32 @@ class StoredPost:
     kind: str
     text: str
     posted_at: datetime | None
+    media: list[dict[str, Any]] | None = None  # see `attached_media`
+    image_description: str | None = None  # the vision model's, stored once
+    vision_error: str | None = None  # why the images could not be described
 
 
 _POST_COLUMNS = (
-    "id, bot_id, x_post_id, author_x_user_id, conversation_id, in_reply_to_post_id, kind, text, posted_at"
+    "id, bot_id, x_post_id, author_x_user_id, conversation_id, in_reply_to_post_id, kind, text, posted_at,"
+    " media, image_description, vision_error"
 )
+MEDIA_KEYS = ("media_key", "type", "url", "preview_image_url", "alt_text")
+
+
+def attached_media(post: dict[str, Any], media: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The post's media (`attachments.media_keys` found in the page's `includes.media`), with only
+    the fields kept; None when it has none."""
+    attachments = post.get("attachments")
+    keys = attachments.get("media_keys") if isinstance(attachments, dict) else None
+    if not isinstance(keys, list):
+        return None
+    found = [media[key] for key in keys if isinstance(key, str) and key in media]
+    kept = [{name: item[name] for name in MEDIA_KEYS if isinstance(item.get(name), str)} for item in found]
+    return kept or None
+
+
+def media_by_key(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {item["media_key"]: item for item in items if isinstance(item.get("media_key"), str)}
 
 
 def replied_to_id(post: dict[str, Any]) -> str | None:
@@ -72,18 +94,21 @@ async def store_posts(
     posts: list[dict[str, Any]],
     kind: PostKind,
     skipped_reason: str | None = None,
+    media: Mapping[str, dict[str, Any]] | None = None,
 ) -> int:
     """Insert posts not stored yet; returns how many were new. A context post that turns out to be
     a mention becomes a mention; nothing is ever downgraded. Mentions stored with a
-    `skipped_reason` (the backlog policy's) are kept for the record and never answered."""
+    `skipped_reason` (the backlog policy's) are kept for the record and never answered. `media`:
+    the page's `includes.media` by key; each post keeps its own (`attached_media`)."""
     inserted = 0
     for post in posts:
         was_new = await conn.fetchval(
             """
             INSERT INTO pulled_posts (bot_id, x_post_id, author_x_user_id, conversation_id,
-                                      in_reply_to_post_id, kind, text, posted_at, raw, skipped_reason)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-            ON CONFLICT (bot_id, x_post_id) DO UPDATE SET kind = 'mention', skipped_reason = EXCLUDED.skipped_reason
+                                      in_reply_to_post_id, kind, text, posted_at, raw, skipped_reason, media)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (bot_id, x_post_id) DO UPDATE SET kind = 'mention', skipped_reason = EXCLUDED.skipped_reason,
+                media = coalesce(EXCLUDED.media, pulled_posts.media)
             WHERE EXCLUDED.kind = 'mention' AND pulled_posts.kind <> 'mention'
             RETURNING (xmax = 0)
             """,
@@ -97,6 +122,7 @@ async def store_posts(
             _created_at(post),
             post,
             skipped_reason,
+            attached_media(post, media or {}),
         )
         inserted += bool(was_new)
     return inserted
@@ -166,3 +192,22 @@ async def mentions_needing_reply(
         limit,
     )
     return [StoredPost(**dict(row)) for row in rows]
+
+
+async def record_description(
+    db: asyncpg.Pool | asyncpg.Connection,
+    post_id: int,
+    description: str | None,
+    model: str | None,
+    error: str | None,
+) -> None:
+    """What the vision model said about the post's images, or why it could not: stored once, so a
+    retried task does not pay for it again."""
+    await db.execute(
+        "UPDATE pulled_posts SET image_description = $2, image_description_model = $3, vision_error = $4,"
+        " described_at = now() WHERE id = $1",
+        post_id,
+        description,
+        model,
+        error[:500] if error else None,
+    )

@@ -50,6 +50,18 @@ class ReplyTextError(ReplyError, ValueError):
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What wrote a draft, besides the model: the stored template (id, version) and configuration."""
+
+    prompt_template_id: int | None = None
+    prompt_version: int | None = None
+    llm_config_id: int | None = None
+
+    def values(self) -> tuple[int | None, int | None, int | None]:
+        return self.prompt_template_id, self.prompt_version, self.llm_config_id
+
+
+@dataclass(frozen=True)
 class Reply:
     id: int
     bot_id: str
@@ -92,6 +104,7 @@ async def create_draft(
     tokens: tuple[int, int] | None = None,
     x_cost_usd: float | None = None,
     filtered: str | None = None,
+    provenance: Provenance = Provenance(),
 ) -> int | None:
     """The new reply id, or None when the mention already has a reply row (an overlapping run).
     `filtered`: why the output filter refused the text; it is kept as `rejected_by_filter`."""
@@ -99,8 +112,9 @@ async def create_draft(
     reply_id: int | None = await db.fetchval(
         """
         INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model,
-                                  error_message, tokens_in, tokens_out, x_cost_usd)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                  error_message, tokens_in, tokens_out, x_cost_usd,
+                                  prompt_template_id, prompt_version, llm_config_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         ON CONFLICT (bot_id, pulled_post_id) DO NOTHING
         RETURNING id
         """,
@@ -114,6 +128,7 @@ async def create_draft(
         tokens[0] if tokens else None,
         tokens[1] if tokens else None,
         None if filtered else x_cost_usd,
+        *provenance.values(),
     )
     return reply_id
 
@@ -126,12 +141,14 @@ async def record_generation_failure(
     error: str,
     model: str | None,
     tokens: tuple[int, int] | None = None,
+    provenance: Provenance = Provenance(),
 ) -> None:
     await db.execute(
         """
         INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, error_message,
-                                  llm_model, tokens_in, tokens_out)
-        VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7)
+                                  llm_model, tokens_in, tokens_out, prompt_template_id, prompt_version,
+                                  llm_config_id)
+        VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, $8, $9, $10)
         ON CONFLICT (bot_id, pulled_post_id) DO NOTHING
         """,
         bot_id,
@@ -141,6 +158,7 @@ async def record_generation_failure(
         model,
         tokens[0] if tokens else None,
         tokens[1] if tokens else None,
+        *provenance.values(),
     )
 
 
@@ -181,12 +199,14 @@ async def redraft(
     approved: bool,
     tokens: tuple[int, int] | None = None,
     filtered: str | None = None,
+    provenance: Provenance = Provenance(),
 ) -> bool:
     """A new text for a reply refused as duplicate content; False when it changed meanwhile."""
     status = await db.execute(
         """
         UPDATE post_replies
         SET text = $2, llm_model = $3, status = $4, error_message = $5, failure_kind = NULL,
+            prompt_template_id = $8, prompt_version = $9, llm_config_id = $10,
             post_intent_at = NULL, redraft_count = redraft_count + 1, updated_at = now(),
             tokens_in = coalesce(tokens_in, 0) + coalesce($6, 0), tokens_out = coalesce(tokens_out, 0) + coalesce($7, 0)
         WHERE id = $1 AND status = 'failed' AND failure_kind IS NOT NULL
@@ -198,6 +218,7 @@ async def redraft(
         f"output filter: {filtered}"[:500] if filtered else None,
         tokens[0] if tokens else None,
         tokens[1] if tokens else None,
+        *provenance.values(),
     )
     return str(status).endswith(" 1")
 
