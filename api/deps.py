@@ -15,11 +15,13 @@ from xbot.bots import BOT_ID_PATTERN, bot_exists
 MAX_BIGINT = 2**63 - 1
 
 
-def get_state(request: Request) -> ApiState:
+# Dependencies are coroutines even when they do no I/O: FastAPI runs a plain `def` dependency in a
+# worker thread, a thread hop on every request.
+async def get_state(request: Request) -> ApiState:
     return api_state(request)
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     return api_state(request).pool
 
 

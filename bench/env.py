@@ -37,7 +37,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from bench import profile
 from bench.profile import Profiler, summarize
 from xbot.migrate import migrate
-from xbot.temporal import dev_server_search_attribute_args, ensure_search_attributes
+from xbot.temporal import dev_server_args, ensure_search_attributes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
@@ -279,7 +279,7 @@ class BenchEnv:
             str(free_port()),
             "--log-level",
             "error",
-            *dev_server_search_attribute_args(),
+            *dev_server_args(),
         ]
         self.temporal = spawn("temporal", argv, base_child_env(), self.workdir / "temporal.log")
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from xbot.db import create_pool
 from xbot.migrate import migrate
-from xbot.temporal import SEARCH_ATTRIBUTES
+from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 
 # Keys used by tests only; never real credentials.
 TEST_TOKEN_KEY = "yqQv5mKqzD0nq1t2o5mX9s6m3PZbqZ0B1Qy8yQy5m2U="
@@ -121,6 +121,9 @@ async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
+        dev_server_extra_args=[
+            f"--dynamic-config-value={k}={v}" for k, v in DEV_SERVER_DYNAMIC_CONFIG.items()
+        ],
     )
     try:
         yield env

@@ -216,7 +216,7 @@ def run_dev_stack(settings: Settings) -> int:
             env["TOKEN_ENCRYPTION_KEY"] = _read_or_create_secret(data_dir / "token-encryption-key", "fernet")
 
         temporal_binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-        from xbot.temporal import dev_server_search_attribute_args
+        from xbot.temporal import dev_server_args
 
         supervisor.spawn(
             "temporal",
@@ -226,7 +226,7 @@ def run_dev_stack(settings: Settings) -> int:
                 "--ip", host, "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
                 "--namespace", settings.temporal_namespace,
                 "--ui-disable-news-fetch", "--log-level", "warn",
-                *dev_server_search_attribute_args(),
+                *dev_server_args(),
             ],
             env,
             log_path=data_dir / "logs" / "temporal.log",

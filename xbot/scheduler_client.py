@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import PendingWorkflowTaskState
+from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -35,6 +36,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.converter import decode_typed_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.models import (
@@ -395,10 +397,21 @@ async def list_running(client: Client, bot_ids: list[str]) -> dict[str, Listed]:
     ids = ", ".join(f"'{bot_id}'" for bot_id in safe)
     query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND WorkflowId IN ({ids})"
     found: dict[str, Listed] = {}
-    async for execution in client.list_workflows(query, page_size=len(safe), rpc_timeout=LIST_TIMEOUT):
-        attributes = execution.typed_search_attributes
-        found[execution.id] = Listed(attributes.get(SCHEDULER_RUNNING), attributes.get(NEXT_DUE_AT))
-    return found
+    # The raw call, decoding only the two published attributes: building the SDK's full execution
+    # objects cost a third of the call for a page of 100.
+    request = ListWorkflowExecutionsRequest(namespace=client.namespace, query=query, page_size=len(safe))
+    while True:
+        response = await client.workflow_service.list_workflow_executions(
+            request, retry=True, timeout=LIST_TIMEOUT
+        )
+        for execution in response.executions:
+            attributes = decode_typed_search_attributes(execution.search_attributes)
+            found[execution.execution.workflow_id] = Listed(
+                attributes.get(SCHEDULER_RUNNING), attributes.get(NEXT_DUE_AT)
+            )
+        if not response.next_page_token:
+            return found
+        request.next_page_token = response.next_page_token
 
 
 async def mirror_enabled(pool: asyncpg.Pool, wanted: dict[str, bool]) -> None:

@@ -14,12 +14,22 @@ NEXT_DUE_AT = SearchAttributeKey.for_datetime("NextDueAt")
 SEARCH_ATTRIBUTES = (BOT_ID, SCHEDULER_RUNNING, NEXT_DUE_AT)
 
 
-def dev_server_search_attribute_args() -> list[str]:
-    """`temporal server start-dev` flags that register the search attributes at start."""
+# Server settings the scheduler relies on, for every dev server this project starts (the compose
+# stack sets the same in deploy/temporal/dynamicconfig). Eager activity execution hands an attempt
+# scheduled by a workflow task straight back to the worker that completed it: no matching round trip
+# between "due" and "running".
+DEV_SERVER_DYNAMIC_CONFIG = {"system.enableActivityEagerExecution": "true"}
+
+
+def dev_server_args() -> list[str]:
+    """`temporal server start-dev` flags: the search attributes (registered at start) and the
+    dynamic config above."""
     kinds = {BOT_ID.name: "Keyword", SCHEDULER_RUNNING.name: "Bool", NEXT_DUE_AT.name: "Datetime"}
     args: list[str] = []
     for name, kind in kinds.items():
         args += ["--search-attribute", f"{name}={kind}"]
+    for key, value in DEV_SERVER_DYNAMIC_CONFIG.items():
+        args += ["--dynamic-config-value", f"{key}={value}"]
     return args
 
 

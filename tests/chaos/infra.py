@@ -22,7 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
-from xbot.temporal import dev_server_search_attribute_args
+from xbot.temporal import dev_server_args
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,7 +196,7 @@ class RestartableTemporal:
             "--ip", "127.0.0.1", "--port", str(self.port),
             "--http-port", str(free_port()), "--metrics-port", str(free_port()),
             "--headless", "--log-level", "error",
-            *dev_server_search_attribute_args(),
+            *dev_server_args(),
         ]  # fmt: skip
         self.proc = Proc("temporal", argv, dict(os.environ), root / "temporal.log")
 
