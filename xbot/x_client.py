@@ -250,12 +250,13 @@ class XClient:
                 )
             except BaseException as error:
                 await self._close_unanswered(reservation, counted=probe.may_have_reached_x(error))
-                # A keep-alive connection X had just closed breaks under the next request. A read
-                # changes nothing at X, so it is sent once more; a write is left to the caller's
-                # exactly-once recovery.
+                # A keep-alive connection X had just closed breaks under the next request before
+                # any answer. A read changes nothing at X, so it is sent once more; a write is left
+                # to the caller's exactly-once recovery.
                 if (
                     method == "GET"
                     and isinstance(error, BROKEN_CONNECTION)
+                    and not probe.answered  # a response cut short is X's answer, not a stale connection
                     and attempt < BROKEN_CONNECTION_SENDS
                 ):
                     log.info("X %s: connection broke (%s); sending the read again", key, type(error).__name__)
@@ -315,11 +316,14 @@ class _SendProbe:
     def __init__(self) -> None:
         self.traced = False
         self.sending = False
+        self.answered = False  # X began its response (headers arrived)
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         self.traced = True
         if event.endswith("send_request_headers.started"):
             self.sending = True
+        elif event.endswith("receive_response_headers.complete"):
+            self.answered = True
 
     def may_have_reached_x(self, error: BaseException) -> bool:
         if self.sending:

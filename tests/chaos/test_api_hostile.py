@@ -105,7 +105,20 @@ async def seed(pool: asyncpg.Pool) -> dict[str, str]:
         BOT,
         post,
     )
-    return {"botId": BOT, "taskId": str(task), "replyId": str(reply), "xUserId": "12345"}
+    config = await pool.fetchval(
+        "INSERT INTO llm_configs (name, model) VALUES ('hostile', 'a-model') RETURNING id"
+    )
+    prompt = await pool.fetchval(
+        "INSERT INTO prompt_templates (name, system_text) VALUES ('hostile', 'You are {persona}.') RETURNING id"
+    )
+    return {
+        "botId": BOT,
+        "taskId": str(task),
+        "replyId": str(reply),
+        "xUserId": "12345",
+        "configId": str(config),
+        "promptId": str(prompt),
+    }
 
 
 def concrete(template: str, ids: dict[str, str]) -> str:
