@@ -15,7 +15,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt
 
 COPY . .
-# Editable on purpose: xbot/migrate.py finds migrations/ beside the package, so the tree stays in /app.
+# Editable on purpose: xbot/storage/migrate.py finds migrations/ beside the package, so the tree stays in /app.
 RUN pip install --no-deps -e . && xbot --help > /dev/null
 
 

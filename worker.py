@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from launch.worker import run_worker
 from xbot.log_setup import configure_process_logging
 from xbot.settings import settings_or_exit
-from xbot.worker_app import run_worker
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.bookkeeping import SET_NEXT_PLANNED, clip, count_final_failure
 from activities.handlers.base import TaskContext, TaskHandler
-from activities.scheduler import SET_NEXT_PLANNED, clip, count_final_failure
 from workflows import policy
 from workflows.models import (
     ACTIVITY_RUN_ATTEMPT,
@@ -37,8 +37,8 @@ from workflows.models import (
     TaskProgress,
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
-from xbot.rate_limits import headroom
 from xbot.settings import Settings
+from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
 

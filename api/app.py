@@ -48,11 +48,11 @@ from api.routes import (
 from api.state import ApiState, TemporalConnector
 from workflows.models import QUERY_STATUS, SchedulerStatus
 from xbot.bots import encrypt_plain_webhook_urls
-from xbot.crypto import TokenCipher, TokenCipherError
-from xbot.db import create_pool, resolve_database_url, stop_embedded_postgres
+from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.log_setup import guard_handlers
-from xbot.migrate import migrate
 from xbot.settings import Settings, SettingsError, settings_or_exit
+from xbot.storage.migrate import migrate
+from xbot.storage.pool import create_pool, resolve_database_url, stop_embedded_postgres
 
 log = logging.getLogger(__name__)
 

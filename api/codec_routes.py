@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
-from xbot.codec import PayloadDecryptionError, codec_from_settings
+from xbot.crypto.codec import PayloadDecryptionError, codec_from_settings
 
 if TYPE_CHECKING:
     from xbot.settings import Settings

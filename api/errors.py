@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
-from xbot.scheduler_client import WorkerUnavailable
+from xbot.bot_control import WorkerUnavailable
 from xbot.url_policy import UrlPolicyError
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from starlette.requests import HTTPConnection
 from temporalio.client import Client
 
 from api.errors import ServiceUnavailable
-from xbot.crypto import TokenCipher
-from xbot.scheduler_client import StatusResult
+from xbot.bot_control import StatusResult
+from xbot.crypto.at_rest import TokenCipher
 from xbot.settings import Settings
 from xbot.singleflight import SingleFlight
 from xbot.temporal import connect_temporal

@@ -36,7 +36,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import profile
 from bench.profile import Profiler, summarize
-from xbot.migrate import migrate
+from xbot.storage.migrate import migrate
 from xbot.temporal import dev_server_args, ensure_search_attributes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -323,7 +323,7 @@ class BenchEnv:
 
     async def start_project_worker(self, task_queue: str, database_url: str) -> ManagedProcess:
         """The project's own worker (`xbot worker`) as a separate process."""
-        argv = [sys.executable, "-m", "xbot.cli", "worker"]
+        argv = [sys.executable, "-m", "launch.cli", "worker"]
         env = self.worker_env(task_queue, database_url)
         return await self._start_worker("project-worker", argv, env, task_queue)
 

@@ -15,8 +15,8 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from xbot.db import create_pool
-from xbot.migrate import migrate
+from xbot.storage.migrate import migrate
+from xbot.storage.pool import create_pool
 from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 
 # Keys used by tests only; never real credentials.

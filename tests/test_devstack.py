@@ -44,7 +44,7 @@ def _dev_env(data_dir: Path) -> dict[str, str]:
 
 def _xbot(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "xbot.cli", *args],
+        [sys.executable, "-m", "launch.cli", *args],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,

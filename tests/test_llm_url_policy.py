@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xbot.llm import LlmConfigurationError, MentionPrompt, ReplyGenerator
+from xbot.llm.client import LlmConfigurationError, MentionPrompt, ReplyGenerator
 from xbot.settings import load_settings
 
 PROMPT = MentionPrompt(

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from xbot.migrate import MIGRATIONS_DIR, MigrationError, migrate
+from xbot.storage.migrate import MIGRATIONS_DIR, MigrationError, migrate
 
 
 async def test_applies_every_file_once(empty_database_url: str) -> None:

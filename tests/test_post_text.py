@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from twitter_text import parse_tweet
 
-from xbot.post_text import check_post_text, fit_to_post, weighted_length
+from xbot.x.text import check_post_text, fit_to_post, weighted_length
 
 _X10 = "xxxxxxxxxx-"
 _POEM = (

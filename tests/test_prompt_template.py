@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xbot.prompt_template import PLACEHOLDERS, TemplateError, placeholders, render
-from xbot.prompts import MentionPrompt, build_messages, build_vision_messages
+from xbot.llm.prompt_template import PLACEHOLDERS, TemplateError, placeholders, render
+from xbot.llm.prompts import MentionPrompt, build_messages, build_vision_messages
 
 KNOWN = sorted(PLACEHOLDERS)
 # Literal text without braces, and literal braces written as {{ and }}.

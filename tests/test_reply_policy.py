@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from xbot.llm import MentionPrompt, build_gate_messages, build_messages, parse_gate_answer
+from xbot.llm.client import MentionPrompt, build_gate_messages, build_messages, parse_gate_answer
 from xbot.reply_policy import (
     History,
     MentionFacts,

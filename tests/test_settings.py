@@ -58,7 +58,7 @@ def test_secrets_do_not_print(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_lists_every_command() -> None:
-    from xbot.cli import build_parser
+    from launch.cli import build_parser
 
     help_text = build_parser().format_help()
     for command in ("dev", "worker", "api", "migrate", "bench", "generate-key"):

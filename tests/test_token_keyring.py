@@ -12,10 +12,10 @@ import asyncpg
 import httpx
 import pytest
 
-from xbot.crypto import TokenCipher, TokenCipherError, generate_key
-from xbot.reencrypt import EncryptedColumns, reencrypt_all
+from xbot.crypto.at_rest import TokenCipher, TokenCipherError, generate_key
+from xbot.crypto.reencrypt import EncryptedColumns, reencrypt_all
 from xbot.settings import SettingsError, load_settings
-from xbot.tokens import TokenStore, store_tokens
+from xbot.x.tokens import TokenStore, store_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A, KEY_B, KEY_C = generate_key(), generate_key(), generate_key()
@@ -124,7 +124,7 @@ async def run_cli(*args: str, key: str, database_url: str) -> tuple[int, str, st
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "xbot.cli",
+        "launch.cli",
         *args,
         env=env,
         cwd=ROOT,
@@ -161,6 +161,6 @@ async def test_reencrypt_tokens_command(pool: asyncpg.Pool, database_url: str) -
 
 
 def test_the_command_is_listed() -> None:
-    from xbot.cli import build_parser
+    from launch.cli import build_parser
 
     assert "reencrypt-tokens" in build_parser().format_help()

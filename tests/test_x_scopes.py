@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from activities.handlers.registry import TASK_TYPES
-from xbot import x_scopes
+from xbot.x import scopes as x_scopes
 
 SPEC = Path(__file__).parent / "contracts" / "x-api-v2-openapi.json"
 

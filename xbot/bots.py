@@ -1,6 +1,6 @@
 """Bots: the API's models for creating and changing them, and their repository.
 
-OAuth tokens given on create or patch are handed to `xbot.tokens.store_tokens` (encrypted at rest)
+OAuth tokens given on create or patch are handed to `xbot.x.tokens.store_tokens` (encrypted at rest)
 and never returned: a bot only says whether it has tokens. Its own LLM API key (`llm_api_key`) is
 likewise encrypted (`bots.llm_api_key_enc`) and write-only: a bot says `llm_api_key_set`. The Discord webhook URL (its path is a
 bearer secret) is stored encrypted with the same key and shown masked.
@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from xbot import url_policy, x_scopes
-from xbot.crypto import TokenCipher
+from xbot import url_policy
+from xbot.crypto.at_rest import TokenCipher
 from xbot.masking import MASK, mask_webhook_url
+from xbot.x import scopes as x_scopes
 
 BOT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PlanTier = Literal["free", "basic", "pro", "enterprise"]
@@ -307,7 +308,7 @@ def _require_cipher(cipher: TokenCipher | None) -> TokenCipher:
 async def _store_tokens(
     connection: asyncpg.Connection, cipher: TokenCipher, bot_id: str, tokens: BotTokensIn
 ) -> None:
-    from xbot.tokens import store_tokens  # also marks the bot authorized again
+    from xbot.x.tokens import store_tokens  # also marks the bot authorized again
 
     await store_tokens(
         connection,

@@ -116,7 +116,7 @@ def _read_or_create_secret(path: Path, make: str) -> str:
 
 
 def _fernet_key() -> str:
-    from xbot.crypto import generate_key
+    from xbot.crypto.at_rest import generate_key
 
     return generate_key()
 
@@ -150,7 +150,7 @@ def _temporal_host_port(settings: Settings) -> tuple[str, int]:
 
 async def _prepare(settings: Settings, database_url: str) -> None:
     """Migrations, then wait for Temporal and register the search attributes."""
-    from xbot.migrate import migrate
+    from xbot.storage.migrate import migrate
     from xbot.temporal import connect_temporal, ensure_search_attributes
 
     await migrate(database_url)
@@ -186,7 +186,7 @@ def _raise_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def run_dev_stack(settings: Settings) -> int:
-    from xbot.db import start_embedded_postgres, stop_embedded_postgres
+    from xbot.storage.pool import start_embedded_postgres, stop_embedded_postgres
 
     data_dir = settings.xbot_data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -236,8 +236,8 @@ def run_dev_stack(settings: Settings) -> int:
         asyncio.run(_prepare(settings, database_url))
 
         python = sys.executable
-        supervisor.spawn("worker", [python, "-m", "xbot.cli", "worker"], env)
-        supervisor.spawn("api", [python, "-m", "xbot.cli", "api"], env)
+        supervisor.spawn("worker", [python, "-m", "launch.cli", "worker"], env)
+        supervisor.spawn("api", [python, "-m", "launch.cli", "api"], env)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         _wait_for_api(api_url, supervisor)
         print(

@@ -29,7 +29,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from xbot import discord, url_policy
-from xbot.crypto import TokenCipher, TokenCipherError
+from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.settings import Settings
 
 KIND_DISCORD_REPLY = "discord_reply"

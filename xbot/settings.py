@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     def _payload_keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        from xbot.codec import EncryptionKeyError, parse_keyring
+        from xbot.crypto.codec import EncryptionKeyError, parse_keyring
 
         try:
             parse_keyring(value.get_secret_value())
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     def _token_keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        from xbot.crypto import TokenCipherError, parse_key_ring
+        from xbot.crypto.at_rest import TokenCipherError, parse_key_ring
 
         try:
             parse_key_ring(value.get_secret_value())  # `KEY[,KEY...]`: the first encrypts, all decrypt

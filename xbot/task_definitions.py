@@ -27,10 +27,11 @@ from pydantic import (
 )
 
 from workflows import policy
-from xbot import llm_choice, url_policy
+from xbot import url_policy
+from xbot.llm import choice as llm_choice
 from xbot.masking import mask_config, restore_masked
-from xbot.rate_limits import ENDPOINTS
 from xbot.task_dependencies import dependency_problem
+from xbot.x.rate_limits import ENDPOINTS
 
 MAX_DEPENDENCIES = 50
 
@@ -76,7 +77,7 @@ class TaskDefinitionFields(BaseModel):
     max_retry_delay_minutes: float = Field(default=60, gt=0, le=10_080)
     timeout_seconds: int = Field(default=300, ge=1, le=86_400)
     error_threshold: int = Field(default=5, ge=1, le=1000)
-    rate_limit_endpoint: str | None = Field(default=None, description="A key of xbot.rate_limits.ENDPOINTS")
+    rate_limit_endpoint: str | None = Field(default=None, description="A key of xbot.x.rate_limits.ENDPOINTS")
     min_rate_limit_remaining: int = Field(default=0, ge=0, le=1_000_000)
     lock_key: str | None = Field(default=None, min_length=1, max_length=200)
     allow_overlap: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 
-from xbot.codec import data_converter
+from xbot.crypto.codec import data_converter
 from xbot.settings import Settings
 
 BOT_ID = SearchAttributeKey.for_keyword("BotId")

@@ -41,7 +41,7 @@ from activities.handlers.reply_threads import Thread
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import reply_policy
 from xbot.errors import NonRetryableTaskError
-from xbot.llm import (
+from xbot.llm.client import (
     LlmConfigurationError,
     LlmReplyRejected,
     LlmUnavailableError,
@@ -50,11 +50,11 @@ from xbot.llm import (
     Usage,
 )
 from xbot.reply_policy import MentionFacts, Prices, ReplyPolicy, Skip
-from xbot.repositories import bots, posts, replies, reply_policies, users
-from xbot.repositories.bots import BotProfile
-from xbot.repositories.posts import StoredPost
-from xbot.repositories.replies import RedraftableReply
-from xbot.tokens import TokenStore
+from xbot.storage import bots, posts, replies, reply_policies, users
+from xbot.storage.bots import BotProfile
+from xbot.storage.posts import StoredPost
+from xbot.storage.replies import RedraftableReply
+from xbot.x.tokens import TokenStore
 
 
 @dataclass

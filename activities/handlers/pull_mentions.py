@@ -25,11 +25,11 @@ from typing import Any
 
 from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, float_config, int_config
-from xbot import rate_limits
 from xbot.errors import NonRetryableTaskError
-from xbot.repositories import bots, posts, users
-from xbot.repositories.bots import BotProfile
-from xbot.x_client import Page, XClient
+from xbot.storage import bots, posts, users
+from xbot.storage.bots import BotProfile
+from xbot.x import rate_limits
+from xbot.x.client import Page, XClient
 
 MENTIONS = "mentions"
 HOURS_IN_TEN_YEARS = 24 * 366 * 10

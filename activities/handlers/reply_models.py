@@ -19,15 +19,16 @@ from typing import Any
 
 import asyncpg
 
-from xbot import llm_choice, url_policy
-from xbot.crypto import TokenCipherError, cipher_from_settings
+from xbot import url_policy
+from xbot.crypto.at_rest import TokenCipherError, cipher_from_settings
 from xbot.errors import NonRetryableTaskError
-from xbot.llm import LlmOptions, ReplyGenerator
-from xbot.repositories import llm_configs, prompt_templates
-from xbot.repositories.bots import BotProfile
-from xbot.repositories.prompt_templates import TemplateRef
-from xbot.repositories.replies import Provenance
+from xbot.llm import choice as llm_choice
+from xbot.llm.client import LlmOptions, ReplyGenerator
 from xbot.settings import Settings
+from xbot.storage import llm_configs, prompt_templates
+from xbot.storage.bots import BotProfile
+from xbot.storage.prompt_templates import TemplateRef
+from xbot.storage.replies import Provenance
 
 MAX_IMAGES = 4  # X allows four images a post
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from xbot.llm import ContextPost
-from xbot.repositories import posts, users
-from xbot.repositories.posts import StoredPost
-from xbot.x_client import MAX_IDS_PER_LOOKUP, XClient, missing_posts
-from xbot.x_errors import XForbiddenError, XNotFoundError
+from xbot.llm.client import ContextPost
+from xbot.storage import posts, users
+from xbot.storage.posts import StoredPost
+from xbot.x.client import MAX_IDS_PER_LOOKUP, XClient, missing_posts
+from xbot.x.errors import XForbiddenError, XNotFoundError
 
 
 @dataclass

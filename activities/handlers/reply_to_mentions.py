@@ -26,11 +26,11 @@ from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import discord, outbox
 from xbot.errors import RateLimitedError
-from xbot.repositories import bots, replies
-from xbot.repositories.bots import BotProfile
-from xbot.repositories.replies import PostableReply
-from xbot.x_client import XClient
-from xbot.x_errors import (
+from xbot.storage import bots, replies
+from xbot.storage.bots import BotProfile
+from xbot.storage.replies import PostableReply
+from xbot.x.client import XClient
+from xbot.x.errors import (
     ReauthorizationRequiredError,
     XClientError,
     XDuplicateContentError,

@@ -15,7 +15,7 @@ import asyncpg
 from activities.handlers.base import HandlerDeps, TaskContext
 from activities.handlers.x_support import float_config, int_config
 from xbot import outbox
-from xbot.repositories.logs import LogLevel, write_log
+from xbot.storage.logs import LogLevel, write_log
 
 
 class SendNotificationsHandler:

@@ -8,8 +8,8 @@ from typing import Any
 
 from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, float_config, int_config
-from xbot.repositories import bots, users
-from xbot.x_client import MAX_IDS_PER_LOOKUP
+from xbot.storage import bots, users
+from xbot.x.client import MAX_IDS_PER_LOOKUP
 
 
 class UserFetchHandler(XHandlerBase):

@@ -7,14 +7,14 @@ from typing import Any
 import asyncpg
 
 from activities.handlers.base import HandlerDeps, TaskContext
-from xbot import x_scopes
-from xbot.crypto import cipher_from_settings
+from xbot.crypto.at_rest import cipher_from_settings
 from xbot.errors import NonRetryableTaskError
-from xbot.repositories import bots
-from xbot.repositories.bots import BotProfile
-from xbot.repositories.logs import LogLevel, write_log
-from xbot.tokens import TokenStore
-from xbot.x_client import XClient
+from xbot.storage import bots
+from xbot.storage.bots import BotProfile
+from xbot.storage.logs import LogLevel, write_log
+from xbot.x import scopes as x_scopes
+from xbot.x.client import XClient
+from xbot.x.tokens import TokenStore
 
 
 class XHandlerBase:

@@ -1,6 +1,6 @@
 """Activities of the pre-v2 BotScheduler (`workflows.legacy_v1`), frozen: only runs that began
 before scheduler core v2 call them, until they continue as new. Loading the plan and saving pause
-flags are shared with v2 (`activities.scheduler`)."""
+flags are shared with v2 (`activities.bookkeeping`)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ async def count_final_failure(
 
 
 class LegacySchedulerActivities:
-    """The pre-v2 bookkeeping activities, registered by `xbot.worker_app.build_worker`."""
+    """The pre-v2 bookkeeping activities, registered by `launch.worker.build_worker`."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, identity: str) -> None:
         self.pool = pool

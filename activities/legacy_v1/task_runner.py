@@ -35,8 +35,8 @@ from workflows.legacy_v1.models import (
     TaskRunResult,
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
-from xbot.rate_limits import headroom
 from xbot.settings import Settings
+from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
 

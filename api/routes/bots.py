@@ -17,7 +17,7 @@ from api.deps import COMMON_ERRORS, BotIdPath, ExistingBotId, NotFound, Pool, St
 from api.errors import ApiError, ServiceUnavailable
 from api.feed import FeedHub
 from api.state import ApiState, RenderedStatus
-from xbot import scheduler_client
+from xbot import bot_control as scheduler_client
 from xbot.bots import (
     BOT_ID_PATTERN,
     Bot,

@@ -20,9 +20,9 @@ from pydantic import BaseModel, Field
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, Pool, State, error_docs
 from api.errors import ServiceUnavailable
-from xbot import scheduler_client
-from xbot.crypto import TokenCipher
-from xbot.oauth_connect import (
+from xbot import bot_control as scheduler_client
+from xbot.crypto.at_rest import TokenCipher
+from xbot.x.connect import (
     ConnectNotConfigured,
     ConnectRefused,
     ConnectResult,

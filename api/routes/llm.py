@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Path, Response
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, MAX_BIGINT, NotFound, Pool, State, error_docs
 from api.errors import ApiError, ServiceUnavailable
-from xbot.repositories import llm_configs, prompt_templates
-from xbot.repositories.llm_configs import LlmConfig, LlmConfigCreate, LlmConfigPatch
-from xbot.repositories.prompt_templates import PromptTemplate, PromptTemplateCreate, PromptTemplatePatch
+from xbot.storage import llm_configs, prompt_templates
+from xbot.storage.llm_configs import LlmConfig, LlmConfigCreate, LlmConfigPatch
+from xbot.storage.prompt_templates import PromptTemplate, PromptTemplateCreate, PromptTemplatePatch
 
 router = APIRouter(tags=["llm"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 

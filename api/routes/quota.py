@@ -1,4 +1,4 @@
-"""A bot's quota: every X window the ledger tracks for it and for its app (`xbot.quota`)."""
+"""A bot's quota: every X window the ledger tracks for it and for its app (`xbot.x.quota`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, Pool, State, error_docs
-from xbot import quota
+from xbot.x import quota
 
 router = APIRouter(tags=["bots"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 
 
 class QuotaLimit(BaseModel):
     scope: Literal["bot", "app"] = Field(description="`app` windows are shared by every bot of the X app")
-    endpoint: str = Field(description="A key of xbot.rate_limits.ENDPOINTS")
+    endpoint: str = Field(description="A key of xbot.x.rate_limits.ENDPOINTS")
     window: Literal["15m", "24h", "month"]
     limit: int | None = Field(description="null when X did not say (a usage cap)")
     remaining: int = Field(description="Requests left, as X last said, minus those counted since")

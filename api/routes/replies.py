@@ -12,7 +12,7 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, ReplyIdPath, error_docs
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
-from xbot.repositories.replies import (
+from xbot.storage.replies import (
     ReplyError,
     ReplyNotFoundError,
     ReplyStateError,

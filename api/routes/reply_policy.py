@@ -14,7 +14,7 @@ from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, error_
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
 from xbot.reply_policy import ReplyPolicy
-from xbot.repositories import reply_policies
+from xbot.storage import reply_policies
 
 router = APIRouter(tags=["reply policy"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 

@@ -13,7 +13,7 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, TaskIdPath, Temporal, error_docs
 from api.errors import ApiError
 from api.feed import entity_update
-from xbot import scheduler_client
+from xbot import bot_control as scheduler_client
 from xbot.task_definitions import (
     BotNotFound,
     TaskDefinition,

@@ -37,4 +37,4 @@ def missing_module(*modules: str) -> str | None:
     return None
 
 
-PROJECT_MODULES = ("workflows.bot_scheduler", "xbot.worker_app", "activities.handlers.registry")
+PROJECT_MODULES = ("workflows.bot_scheduler", "launch.worker", "activities.handlers.registry")

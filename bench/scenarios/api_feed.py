@@ -34,7 +34,7 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
 from bench.stats import latency_summary_ms, ratio
-from xbot.db import create_pool
+from xbot.storage.pool import create_pool
 
 NAME = "api_feed"
 DESCRIPTION = (
@@ -81,7 +81,7 @@ async def _start_api(
     port = free_port()
     environment = env.worker_env(task_queue, database_url)
     environment["API_TOKEN"] = token
-    argv = [sys.executable, "-m", "xbot.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "launch.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
     api = spawn("api", argv, environment, env.workdir / "api.log", profiled=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

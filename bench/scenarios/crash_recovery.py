@@ -41,7 +41,7 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import start_project_bots
 from bench.stats import percentile
-from xbot.db import create_pool
+from xbot.storage.pool import create_pool
 
 NAME = "crash_recovery"
 DESCRIPTION = (
@@ -297,7 +297,7 @@ async def start_worker(env: BenchEnv, task_queue: str, database_url: str, label:
     dead worker stays listed among the pollers for a while, so its pid is what is looked for)."""
     environment = env.worker_env(task_queue, database_url)
     environment["WORKER_CONCURRENCY"] = str(WORKER_CONCURRENCY)
-    argv = [sys.executable, "-m", "xbot.cli", "worker"]
+    argv = [sys.executable, "-m", "launch.cli", "worker"]
     worker = spawn(label, argv, environment, env.workdir / f"{label}.log", profiled=True)
     try:
         await _wait_for_own_pollers(env, task_queue, worker)
@@ -657,8 +657,8 @@ async def run(ctx: RunContext, result: Result) -> None:
     if missing is not None:
         result["notes"].append(f"project not available yet ({missing} is missing); not run")
         return
+    from launch.worker import STICKY_QUEUE_TIMEOUT
     from workflows.models import WORKFLOW_NAME, SchedulerOptions
-    from xbot.worker_app import STICKY_QUEUE_TIMEOUT
 
     result["config"]["heartbeat_timeout_seconds"] = SchedulerOptions().heartbeat_timeout_seconds
     result["config"]["sticky_schedule_to_start_seconds"] = STICKY_QUEUE_TIMEOUT.total_seconds()

@@ -32,8 +32,8 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
 from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput, SchedulerOptions
-from xbot.db import create_pool
 from xbot.settings import load_settings
+from xbot.storage.pool import create_pool
 
 NAME = "history"
 DESCRIPTION = (
@@ -159,7 +159,7 @@ async def _short_runs(ctx: RunContext, settings: Plan) -> tuple[dict[str, Any], 
 
 async def _long_operation(ctx: RunContext, settings: Plan) -> dict[str, Any]:
     """One task a minute for up to `settings.days` simulated days on the time-skipping server."""
-    from xbot.worker_app import build_worker
+    from launch.worker import build_worker
 
     binary = shutil.which("temporal-test-server")
     if binary is None:

@@ -18,7 +18,7 @@ from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
 from bench.stats import ratio
 from workflows.models import WORKFLOW_NAME
-from xbot.db import create_pool
+from xbot.storage.pool import create_pool
 
 NAME = "idle"
 DESCRIPTION = (

@@ -10,7 +10,7 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import LoadResult, LoadRunner, LoadSpec, System, run_loads
 from bench.stats import ratio
-from xbot.db import create_pool
+from xbot.storage.pool import create_pool
 
 NAME = "precision"
 DESCRIPTION = (

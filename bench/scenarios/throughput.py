@@ -16,7 +16,7 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import LoadResult, LoadRunner, LoadSpec, System
 from bench.stats import latency_summary_ms, ratio
-from xbot.db import create_pool
+from xbot.storage.pool import create_pool
 
 NAME = "throughput"
 DESCRIPTION = (

@@ -100,7 +100,7 @@ async def worker(
     pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str
 ) -> AsyncIterator[None]:
     """The real BotScheduler worker, in process, on this test's task queue."""
-    from xbot.worker_app import build_worker
+    from launch.worker import build_worker
 
     settings = api_settings(task_queue)
     async with httpx.AsyncClient(timeout=10) as http:

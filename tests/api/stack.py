@@ -15,8 +15,8 @@ import httpx
 
 from api.app import create_app
 from tests.api.conftest import serve
-from xbot.db import create_pool
 from xbot.settings import Settings
+from xbot.storage.pool import create_pool
 from xbot.temporal import connect_temporal
 
 
@@ -30,7 +30,7 @@ async def _run(settings: Settings, started: asyncio.Future[str], stop: asyncio.E
 
 
 async def _serve_until_stopped(settings: Settings, started: asyncio.Future[str], stop: asyncio.Event) -> None:
-    from xbot.worker_app import build_worker
+    from launch.worker import build_worker
 
     assert settings.database_url is not None
     async with AsyncExitStack() as stack:

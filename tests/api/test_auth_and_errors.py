@@ -90,8 +90,8 @@ async def test_temporal_down_gives_503_with_error(
 async def test_database_down_gives_503_with_error(
     empty_database_url: str, task_queue: str, auth: dict[str, str], dev_server_env: object
 ) -> None:
-    from xbot.db import create_pool
-    from xbot.migrate import migrate
+    from xbot.storage.migrate import migrate
+    from xbot.storage.pool import create_pool
 
     await migrate(empty_database_url)
     db_pool = await create_pool(empty_database_url)

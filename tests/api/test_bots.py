@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 
-from xbot.crypto import TokenCipher
+from xbot.crypto.at_rest import TokenCipher
 from xbot.settings import get_settings
 
 ACCESS = "access-token-value-1234567890"

@@ -24,10 +24,10 @@ from tests.api.conftest import api_settings, eventually
 from tests.api.helpers import insert_bot, insert_definition, insert_execution
 from tests.fakes.fake_x import CLIENT_ID, CLIENT_SECRET, FakeX
 from tests.fakes.serve import serve
-from xbot.crypto import cipher_from_settings
-from xbot.oauth_connect import s256
+from xbot.crypto.at_rest import cipher_from_settings
 from xbot.settings import Settings
-from xbot.tokens import store_tokens
+from xbot.x.connect import s256
+from xbot.x.tokens import store_tokens
 
 REDIRECT_URI = "http://api/oauth/x/callback"
 

@@ -16,7 +16,7 @@ from api.app import create_app
 from tests.api.conftest import api_settings
 from tests.api.helpers import insert_bot
 from xbot.bots import encrypt_plain_webhook_urls
-from xbot.crypto import TokenCipher
+from xbot.crypto.at_rest import TokenCipher
 from xbot.settings import get_settings
 
 WEBHOOK_TOKEN = "Xq9-secret_webhook_token_4c0ffee4c0ffee4c0ffee4c0ffee"

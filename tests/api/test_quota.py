@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 
-from xbot import quota
-from xbot.rate_limits import static_limit
+from xbot.x import quota
+from xbot.x.rate_limits import static_limit
 
 APP = quota.app_key(None)  # the API tests run without X_CLIENT_ID
 

@@ -158,7 +158,7 @@ async def own_worker(
     pool: asyncpg.Pool, dev_server_env: WorkflowEnvironment, task_queue: str
 ) -> AsyncIterator[Any]:
     """A worker the test can stop (an outage)."""
-    from xbot.worker_app import build_worker
+    from launch.worker import build_worker
 
     async with httpx.AsyncClient(timeout=10) as http:
         yield build_worker(dev_server_env.client, pool, api_settings(task_queue), task_queue, http)

@@ -26,8 +26,8 @@ from tests.chaos.fleet import ChaosLlm, FleetX
 from tests.chaos.infra import RestartableTemporal, StoppablePostgres, wait_for_postgres
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.serve import serve
-from xbot.db import create_pool
-from xbot.migrate import migrate
+from xbot.storage.migrate import migrate
+from xbot.storage.pool import create_pool
 
 
 def chaos_scale() -> int:

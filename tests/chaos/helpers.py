@@ -29,8 +29,8 @@ from workflows.models import (
     SchedulerStatus,
 )
 from xbot.bots import webhook_url_columns
-from xbot.crypto import TokenCipher
-from xbot.tokens import store_tokens
+from xbot.crypto.at_rest import TokenCipher
+from xbot.x.tokens import store_tokens
 
 T = TypeVar("T")
 
@@ -248,7 +248,7 @@ def worker_proc(name: str, env: dict[str, str], log_dir: Path) -> Proc:
 
 
 def api_proc(env: dict[str, str], port: int, log_dir: Path) -> Proc:
-    argv = [sys.executable, "-m", "xbot.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "launch.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
     return Proc("api", argv, env, log_dir / "api.log", cwd=log_dir)
 
 

@@ -31,7 +31,7 @@ from tests.chaos.helpers import (
 )
 from tests.chaos.infra import RestartableTemporal, StoppablePostgres, free_port, processes
 from tests.conftest import TEST_TOKEN_KEY
-from xbot.crypto import TokenCipher
+from xbot.crypto.at_rest import TokenCipher
 
 pytestmark = pytest.mark.chaos
 

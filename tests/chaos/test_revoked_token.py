@@ -28,8 +28,8 @@ from tests.chaos.helpers import (
 )
 from tests.chaos.infra import RestartableTemporal, processes
 from tests.conftest import TEST_TOKEN_KEY
-from xbot.crypto import TokenCipher
-from xbot.tokens import store_tokens
+from xbot.crypto.at_rest import TokenCipher
+from xbot.x.tokens import store_tokens
 
 pytestmark = pytest.mark.chaos
 

@@ -30,7 +30,7 @@ from cryptography.fernet import Fernet
 from tests.chaos.conftest import drop_database, new_database, serve_fakes
 from tests.chaos.helpers import WORKER_READY, api_proc, eventually, service_env, wait_for_log, worker_proc
 from tests.chaos.infra import RestartableTemporal, StoppablePostgres, free_port, processes
-from xbot.db import create_pool
+from xbot.storage.pool import create_pool
 
 pytestmark = pytest.mark.chaos
 

@@ -30,12 +30,12 @@ import httpx
 import pytest
 
 from xbot import discord
-from xbot.crypto import cipher_from_settings
-from xbot.oauth_connect import finish_connect, start_connect
+from xbot.crypto.at_rest import cipher_from_settings
 from xbot.settings import load_settings
-from xbot.tokens import TokenStore, store_tokens
-from xbot.x_client import XClient
-from xbot.x_errors import XApiError
+from xbot.x.client import XClient
+from xbot.x.connect import finish_connect, start_connect
+from xbot.x.errors import XApiError
+from xbot.x.tokens import TokenStore, store_tokens
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]

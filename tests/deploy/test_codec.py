@@ -23,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.codec_routes import build_codec_router, codec_router
-from xbot.codec import (
+from xbot.crypto.codec import (
     ENCRYPTED_ENCODING,
     KEY_ID_METADATA,
     EncryptionCodec,

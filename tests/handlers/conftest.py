@@ -17,9 +17,9 @@ from tests.fakes.fake_llm import API_KEY, FakeLlm
 from tests.fakes.fake_x import CLIENT_ID, CLIENT_SECRET, FakeX
 from tests.fakes.serve import serve
 from xbot.bots import webhook_url_columns
-from xbot.crypto import TokenCipher, cipher_from_settings
+from xbot.crypto.at_rest import TokenCipher, cipher_from_settings
 from xbot.settings import Settings, load_settings
-from xbot.tokens import store_tokens
+from xbot.x.tokens import store_tokens
 
 # Client timeout in the tests; the fake's "hang" fault outlasts it.
 X_TIMEOUT_SECONDS = 1.5

@@ -7,9 +7,9 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from launch.worker import build_worker
 from tests.handlers.conftest import World
 from tests.handlers.scheduling import add_task, completed_results, eventually, start_scheduler, unique_bot_id
-from xbot.worker_app import build_worker
 
 pytestmark = pytest.mark.devserver
 
@@ -83,9 +83,9 @@ async def test_stored_configurations_and_vision_keep_keys_out_of_the_history(
     """A definition choosing a stored configuration, template and vision: the workflow carries only
     their ids; keys, the template's text and the image description stay out of its history."""
     from tests.fakes.fake_llm import API_KEY
-    from xbot.repositories import llm_configs, prompt_templates
-    from xbot.repositories.llm_configs import LlmConfigCreate
-    from xbot.repositories.prompt_templates import PromptTemplateCreate
+    from xbot.storage import llm_configs, prompt_templates
+    from xbot.storage.llm_configs import LlmConfigCreate
+    from xbot.storage.prompt_templates import PromptTemplateCreate
 
     keys = {"sk-e2e-reply-config-key", "sk-e2e-vision-config-key"}
     world.llm.accepted_keys = {API_KEY, *keys}

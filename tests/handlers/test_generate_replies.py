@@ -11,8 +11,8 @@ from activities.handlers.generate_replies import GenerateRepliesHandler
 from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, TaskError
-from xbot.llm import LlmUnavailableError
-from xbot.post_text import weighted_length
+from xbot.llm.client import LlmUnavailableError
+from xbot.x.text import weighted_length
 
 
 def data(prompt: str) -> dict[str, Any]:

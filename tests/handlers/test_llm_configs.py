@@ -14,10 +14,10 @@ from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.fakes.fake_llm import API_KEY
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError
-from xbot.llm import LlmUnavailableError
-from xbot.repositories import llm_configs, prompt_templates
-from xbot.repositories.llm_configs import LlmConfigCreate
-from xbot.repositories.prompt_templates import PromptTemplateCreate, PromptTemplatePatch
+from xbot.llm.client import LlmUnavailableError
+from xbot.storage import llm_configs, prompt_templates
+from xbot.storage.llm_configs import LlmConfigCreate
+from xbot.storage.prompt_templates import PromptTemplateCreate, PromptTemplatePatch
 
 CONFIG_KEY = "sk-stored-config-key-9f8e7d6c5b4a"
 VISION_KEY = "sk-stored-vision-key-1a2b3c4d5e6f"

@@ -15,8 +15,8 @@ from tests.fakes.fake_llm import API_KEY, FakeLlm
 from tests.fakes.serve import serve
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, TaskError
-from xbot.llm import SHORTER_REPLY_CHARS, LlmConfigurationError, LlmUnavailableError, ReplyGenerator
-from xbot.repositories.posts import mentions_needing_reply
+from xbot.llm.client import SHORTER_REPLY_CHARS, LlmConfigurationError, LlmUnavailableError, ReplyGenerator
+from xbot.storage.posts import mentions_needing_reply
 
 
 async def one_mention(world: World, **bot_columns: object) -> tuple[str, str]:

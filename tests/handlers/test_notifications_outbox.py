@@ -15,7 +15,7 @@ from tests.handlers.conftest import World
 from tests.handlers.test_reply_to_mentions import drafted, reply_row, run
 from xbot import discord, outbox
 from xbot.outbox import OutboxSender, RetryPolicy
-from xbot.repositories.replies import PostableReply
+from xbot.storage.replies import PostableReply
 
 FAST = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=1.0, max_failures=4)
 
@@ -310,7 +310,7 @@ async def test_send_notifications_is_a_registered_task_type_that_reports_counts(
 
 
 async def _profile(world: World, bot_id: str) -> Any:
-    from xbot.repositories.bots import load_bot
+    from xbot.storage.bots import load_bot
 
     return await load_bot(world.pool, bot_id)
 

@@ -13,7 +13,7 @@ from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, RateLimitedError
-from xbot.repositories import posts
+from xbot.storage import posts
 
 
 async def mention_rows(world: World, bot_id: str) -> list[str]:

@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
-from xbot import quota, rate_limits
 from xbot.errors import RateLimitedError
-from xbot.rate_limits import StaticLimit
-from xbot.repositories.bots import load_bot
-from xbot.tokens import TokenStore, store_tokens
-from xbot.x_client import XClient
-from xbot.x_errors import XRateLimitedError, XServerError, XTimeoutError
+from xbot.storage.bots import load_bot
+from xbot.x import quota, rate_limits
+from xbot.x.client import XClient
+from xbot.x.errors import XRateLimitedError, XServerError, XTimeoutError
+from xbot.x.rate_limits import StaticLimit
+from xbot.x.tokens import TokenStore, store_tokens
 
 APP = "fake-client-id"  # X_CLIENT_ID of the handler tests' settings
 BASIC_MENTIONS = StaticLimit(10, timedelta(minutes=15))

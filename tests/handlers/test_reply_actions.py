@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.handlers.conftest import World
-from xbot.repositories.replies import (
+from xbot.storage.replies import (
     ReplyNotFoundError,
     ReplyStateError,
     ReplyTextError,

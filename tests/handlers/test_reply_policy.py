@@ -15,7 +15,7 @@ from activities.handlers.reply_to_mentions import ReplyToMentionsHandler
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError
 from xbot.reply_policy import ReplyPolicy
-from xbot.repositories.reply_policies import save_policy
+from xbot.storage.reply_policies import save_policy
 
 # Only the rule under test: no caps unless a test sets them.
 OPEN: dict[str, Any] = {

@@ -13,9 +13,9 @@ from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
 from xbot.errors import RateLimitedError
 from xbot.reply_policy import ReplyPolicy
-from xbot.repositories.replies import approve_reply
-from xbot.repositories.reply_policies import save_policy
-from xbot.x_errors import XServerError, XTimeoutError
+from xbot.storage.replies import approve_reply
+from xbot.storage.reply_policies import save_policy
+from xbot.x.errors import XServerError, XTimeoutError
 
 
 async def drafted(world: World, bot_id: str, *mentions: tuple[str, str]) -> list[str]:

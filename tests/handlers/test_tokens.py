@@ -18,7 +18,8 @@ from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.handlers.conftest import World
 from xbot.bots import get_bot
 from xbot.errors import NonRetryableTaskError
-from xbot.tokens import (
+from xbot.x.errors import ReauthorizationRequiredError, XServerError, XUnauthorizedError
+from xbot.x.tokens import (
     AccessToken,
     TokenRefreshAnswerLostError,
     TokenSaveError,
@@ -26,7 +27,6 @@ from xbot.tokens import (
     drain_refreshes,
     store_tokens,
 )
-from xbot.x_errors import ReauthorizationRequiredError, XServerError, XUnauthorizedError
 
 SECRET_MARK = "secretvalue"  # every token the fake X issues contains it
 

@@ -12,10 +12,9 @@ import pytest
 from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, RateLimitedError
-from xbot.repositories.bots import load_bot
-from xbot.tokens import TokenStore
-from xbot.x_client import XClient, missing_posts
-from xbot.x_errors import (
+from xbot.storage.bots import load_bot
+from xbot.x.client import XClient, missing_posts
+from xbot.x.errors import (
     XBadRequestError,
     XForbiddenError,
     XMalformedResponseError,
@@ -25,6 +24,7 @@ from xbot.x_errors import (
     XTimeoutError,
     XTransientError,
 )
+from xbot.x.tokens import TokenStore
 
 
 async def client_for(world: World, bot_id: str) -> XClient:

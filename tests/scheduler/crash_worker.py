@@ -14,9 +14,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.handlers.base import TaskContext
-from xbot.db import create_pool
+from launch.worker import build_worker
 from xbot.settings import load_settings
-from xbot.worker_app import build_worker
+from xbot.storage.pool import create_pool
 
 
 class Hang:

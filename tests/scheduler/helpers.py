@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 
 from activities.handlers.base import TaskContext, TaskHandler
 from activities.handlers.noop import NoopHandler
+from launch.worker import build_worker
 from workflows.models import (
     QUERY_STATUS,
     SIGNAL_START,
@@ -34,7 +35,6 @@ from workflows.models import (
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError, TaskError
 from xbot.settings import load_settings
-from xbot.worker_app import build_worker
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.scheduler import SchedulerActivities
+from activities.bookkeeping import SchedulerActivities
 from tests.scheduler.helpers import (
     TEST_OPTIONS,
     ScriptedHandler,
@@ -34,8 +34,8 @@ from tests.scheduler.helpers import (
     status,
 )
 from workflows.models import SIGNAL_RELOAD_TASKS, SIGNAL_STOP, SettleAttemptInput, SkipInput
-from xbot.db import create_pool
 from xbot.settings import load_settings
+from xbot.storage.pool import create_pool
 from xbot.task_definitions import TaskDefinitionPatch, delete_task_definition, update_task_definition
 
 KEY_LOCK_NAMESPACE = 0x78620002

@@ -90,6 +90,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.handlers.base import TaskContext
+from launch.worker import build_worker, pool_sizes
 from tests.scheduler.helpers import (
     TEST_OPTIONS,
     ScriptedHandler,
@@ -116,8 +117,8 @@ from workflows.models import (
     SchedulerStatus,
     TaskIdArg,
 )
-from xbot.db import create_pool
 from xbot.settings import load_settings
+from xbot.storage.pool import create_pool
 from xbot.task_definitions import (
     TaskDefinitionConflict,
     TaskDefinitionCreate,
@@ -129,7 +130,6 @@ from xbot.task_definitions import (
     set_paused,
     update_task_definition,
 )
-from xbot.worker_app import build_worker, pool_sizes
 
 T = TypeVar("T")
 
@@ -230,7 +230,7 @@ async def worker_main(address: str, task_queue: str, database_url: str) -> None:
     good, and a worker without a cache, which replays the whole history for every task, makes
     the test server's update tasks go wrong (see the module's docstring).
     """
-    from xbot import worker_app
+    from launch import worker as worker_app
 
     real_worker = worker_app.Worker
 

@@ -12,8 +12,8 @@ from xbot.settings import settings_or_exit
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
-    from xbot.db import resolve_database_url, stop_embedded_postgres
-    from xbot.migrate import MigrationError, migrate
+    from xbot.storage.migrate import MigrationError, migrate
+    from xbot.storage.pool import resolve_database_url, stop_embedded_postgres
 
     settings = settings_or_exit()
     try:
@@ -28,7 +28,7 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def _cmd_worker(_: argparse.Namespace) -> int:
-    from xbot.worker_app import run_worker
+    from launch.worker import run_worker
 
     asyncio.run(run_worker(settings_or_exit()))
     return 0
@@ -56,16 +56,16 @@ def _cmd_dev(_: argparse.Namespace) -> int:
 
 
 def _cmd_generate_key(_: argparse.Namespace) -> int:
-    from xbot.crypto import generate_key
+    from xbot.crypto.at_rest import generate_key
 
     print(generate_key())
     return 0
 
 
 def _cmd_reencrypt_tokens(args: argparse.Namespace) -> int:
-    from xbot.crypto import TokenCipherError, cipher_from_settings
-    from xbot.db import create_pool, resolve_database_url, stop_embedded_postgres
-    from xbot.reencrypt import reencrypt_all
+    from xbot.crypto.at_rest import TokenCipherError, cipher_from_settings
+    from xbot.crypto.reencrypt import reencrypt_all
+    from xbot.storage.pool import create_pool, resolve_database_url, stop_embedded_postgres
 
     settings = settings_or_exit()
     try:

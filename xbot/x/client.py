@@ -1,9 +1,9 @@
 """Async X API v2 client for one bot: OAuth 2.0 user token, the quota ledger, typed errors.
 
-Every request (1) reserves a slot in each window of the quota ledger (`xbot.quota`) that binds it, or
+Every request (1) reserves a slot in each window of the quota ledger (`xbot.x.quota`) that binds it, or
 is refused locally with `XRateLimitedError` when one is spent, (2) carries a timeout, (3) settles the
 reservation with X's headers (or counts against the plan's static window when X sent none) and gives
-the slot back when the request never left, and (4) maps failures to the types in `xbot.x_errors`.
+the slot back when the request never left, and (4) maps failures to the types in `xbot.x.errors`.
 A 401 triggers one token refresh and one retry.
 """
 
@@ -18,10 +18,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from xbot import quota, rate_limits
 from xbot.settings import Settings
-from xbot.tokens import AccessToken, TokenStore
-from xbot.x_errors import (
+from xbot.x import quota, rate_limits
+from xbot.x.errors import (
     XApiError,
     XBadRequestError,
     XClientError,
@@ -36,6 +35,7 @@ from xbot.x_errors import (
     describe_error_body,
     is_duplicate_content,
 )
+from xbot.x.tokens import AccessToken, TokenStore
 
 log = logging.getLogger(__name__)
 # Connection failures after which a read is sent once more (not timeouts: X may be slow, not gone).

@@ -5,10 +5,10 @@ API key: the bot's own (`llm_api_key`, stored encrypted) when it has one; else, 
 own `llm_base_url`, no key at all (never the global OPENAI_API_KEY, which belongs to OPENAI_BASE_URL);
 else OPENAI_API_KEY.
 
-A stored LLM configuration (`xbot.repositories.llm_configs`, chosen by a task definition's
+A stored LLM configuration (`xbot.storage.llm_configs`, chosen by a task definition's
 `config.llm_config_id`) comes first: its base URL, model, sampling and its own key (`options_for_config`).
 
-The messages are built in `xbot.prompts` (everything from X as JSON data, never inside the system
+The messages are built in `xbot.llm.prompts` (everything from X as JSON data, never inside the system
 instructions); `should_respond` is the reply policy's optional RESPOND/IGNORE gate and `describe`
 asks a vision model what a mention's images show.
 
@@ -38,8 +38,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from xbot import url_policy
 from xbot.errors import NonRetryableTaskError, TaskError
-from xbot.post_text import fit_to_post
-from xbot.prompts import (
+from xbot.llm.prompts import (
     ContextPost,
     MentionPrompt,
     build_gate_messages,
@@ -47,8 +46,9 @@ from xbot.prompts import (
     build_vision_messages,
     parse_gate_answer,
 )
-from xbot.repositories.llm_configs import StoredLlmConfig
 from xbot.settings import Settings
+from xbot.storage.llm_configs import StoredLlmConfig
+from xbot.x.text import fit_to_post
 
 _QUOTES = "\"'\u201c\u201d"
 # The instruction's limit when an answer was cut off at the token limit and is asked for again.

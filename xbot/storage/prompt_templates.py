@@ -1,7 +1,7 @@
 """Prompt templates (`prompt_templates`): a named system text with placeholders, versioned.
 
 A task definition picks one with `config.prompt_id` (replies) or `config.vision_config.
-vision_prompt_id` (image descriptions). The text is checked when saved (`xbot.prompt_template`:
+vision_prompt_id` (image descriptions). The text is checked when saved (`xbot.llm.prompt_template`:
 unknown placeholders are refused, naming them); every edit of the text makes the version grow, and
 each draft records the template id and version that wrote it.
 """
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from xbot.prompt_template import placeholders
+from xbot.llm.prompt_template import placeholders
 
 NameText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
 SystemText = Annotated[str, Field(min_length=1, max_length=20000)]

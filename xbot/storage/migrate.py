@@ -11,7 +11,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Arbitrary constant shared by every process of this project: "xbot" in ASCII.
 ADVISORY_LOCK_ID = 0x78626F74
 

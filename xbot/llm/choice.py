@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import asyncpg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from xbot.repositories import llm_configs, prompt_templates
+from xbot.storage import llm_configs, prompt_templates
 
 KEYS = ("llm_config_id", "prompt_id", "vision_config")
 

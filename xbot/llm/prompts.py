@@ -2,7 +2,7 @@
 
 Everything from X (mention, thread, the author's name and bio, what the images show) goes to the
 model as one JSON document in the user message, never raw inside the system instructions, which say
-it is untrusted data. A stored prompt template (`xbot.prompt_template`) replaces the persona part of
+it is untrusted data. A stored prompt template (`xbot.llm.prompt_template`) replaces the persona part of
 the system text; its untrusted placeholders ({author}, {thread}, {mention}, {image_descriptions})
 are filled with JSON string literals (ensure_ascii: no raw newline or control character can fake a
 turn boundary), and the fixed rules (length, answer format, data rules) always follow it.
@@ -17,8 +17,8 @@ from typing import Any
 
 from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 
-from xbot.post_text import MAX_POST_CHARS
-from xbot.prompt_template import render
+from xbot.llm.prompt_template import render
+from xbot.x.text import MAX_POST_CHARS
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 2. X sends the browser to `X_REDIRECT_URI` (the API's `/oauth/x/callback`) with `state` and `code`.
    `finish_connect` consumes the state (deleted whatever happens next: it is the only credential of
    the callback), trades the code for tokens at `POST /2/oauth2/token` with the verifier, stores them
-   encrypted (`xbot.tokens.store_tokens`, which also ends `needs_reauthorization`) and reads
+   encrypted (`xbot.x.tokens.store_tokens`, which also ends `needs_reauthorization`) and reads
    `/2/users/me` for the account's id and username.
 
 Nothing about the bot changes before X has issued tokens. Neither the state, the verifier, the code nor
@@ -27,14 +27,14 @@ from urllib.parse import quote, urlencode
 import asyncpg
 import httpx
 
-from xbot import x_scopes
-from xbot.crypto import TokenCipher, TokenCipherError
+from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.errors import NonRetryableTaskError
-from xbot.repositories.logs import write_log
 from xbot.settings import Settings
-from xbot.tokens import TOKEN_PATH, TokenStore, client_auth, store_tokens
-from xbot.x_client import XClient
-from xbot.x_errors import XApiError
+from xbot.storage.logs import write_log
+from xbot.x import scopes as x_scopes
+from xbot.x.client import XClient
+from xbot.x.errors import XApiError
+from xbot.x.tokens import TOKEN_PATH, TokenStore, client_auth, store_tokens
 
 log = logging.getLogger(__name__)
 

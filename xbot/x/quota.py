@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeAlias
 
 import asyncpg
 
-from xbot.rate_limits import FIFTEEN_MINUTES, ONE_DAY, StaticLimit, parse_rate_limit_headers, static_limit
+from xbot.x.rate_limits import FIFTEEN_MINUTES, ONE_DAY, StaticLimit, parse_rate_limit_headers, static_limit
 
 Scope = Literal["bot", "app"]
 WindowKind = Literal["15m", "24h", "month"]

@@ -34,11 +34,11 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 
-from xbot.crypto import TokenCipher
+from xbot.crypto.at_rest import TokenCipher
 from xbot.errors import NonRetryableTaskError, TaskError
-from xbot.repositories.logs import write_log
 from xbot.settings import Settings
-from xbot.x_errors import ReauthorizationRequiredError, XRateLimitedError, XServerError, XTimeoutError
+from xbot.storage.logs import write_log
+from xbot.x.errors import ReauthorizationRequiredError, XRateLimitedError, XServerError, XTimeoutError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xbot import url_policy
-from xbot.crypto import TokenCipher
+from xbot.crypto.at_rest import TokenCipher
 
 HttpUrlText = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://\S+$")]
 NameText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]

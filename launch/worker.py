@@ -15,20 +15,20 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.bookkeeping import SchedulerActivities
 from activities.handlers.base import HandlerDeps, TaskHandler
 from activities.handlers.registry import build_handlers
 from activities.legacy_v1.scheduler import LegacySchedulerActivities
 from activities.legacy_v1.task_runner import LegacyTaskRunner
-from activities.scheduler import SchedulerActivities
 from activities.task_runner import TaskRunner
 from workflows.bot_scheduler import BotScheduler
 from xbot.bots import encrypt_plain_webhook_urls
-from xbot.crypto import cipher_from_settings
-from xbot.db import create_pool, resolve_database_url
-from xbot.migrate import migrate
+from xbot.crypto.at_rest import cipher_from_settings
 from xbot.settings import Settings
+from xbot.storage.migrate import migrate
+from xbot.storage.pool import create_pool, resolve_database_url
 from xbot.temporal import connect_temporal, ensure_search_attributes
-from xbot.tokens import drain_refreshes
+from xbot.x.tokens import drain_refreshes
 
 log = logging.getLogger(__name__)
 

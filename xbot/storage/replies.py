@@ -19,7 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
-from xbot.post_text import check_post_text
+from xbot.x.text import check_post_text
 
 FINAL_STATES = ("posted", "dry_run", "rejected")
 DUPLICATE_CONTENT = "duplicate_content"

@@ -67,7 +67,7 @@ def _decode_key(text: str) -> bytes:
             return raw
     raise EncryptionKeyError(
         f"invalid setting ENCRYPTION_KEY: each key must be base64 of {KEY_BYTES} bytes "
-        "(make one with `python -m xbot.codec`)"
+        "(make one with `python -m xbot.crypto.codec`)"
     )
 
 

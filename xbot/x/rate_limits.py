@@ -3,7 +3,7 @@
 X sends `x-rate-limit-limit`, `x-rate-limit-remaining` and `x-rate-limit-reset` (epoch seconds).
 Until a bot has seen a response for an endpoint, the published per-user limits of its plan apply.
 The windows themselves (and X's 24-hour, app-wide and usage-capped ones) are kept by the quota
-ledger, `xbot.quota`; `headroom` reads it.
+ledger, `xbot.x.quota`; `headroom` reads it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def static_limit(plan_tier: str, endpoint: str) -> StaticLimit:
 class Headroom:
     """Requests left in the tightest window binding the endpoint now; `reset_at` is None when no
     window is being tracked (the plan's static limit applies). `scope` and `window` say which
-    window it is (see `xbot.quota`)."""
+    window it is (see `xbot.x.quota`)."""
 
     endpoint: str
     limit: int
@@ -99,7 +99,7 @@ async def headroom(
     app's windows and usage caps (in-flight reservations count as spent); ties go to the later reset,
     so a task postponed by it does not wake into another spent window."""
     # Imported here: the ledger builds on this module's plan limits and header parsing.
-    from xbot import quota
+    from xbot.x import quota
 
     now = now or datetime.now(UTC)
     windows = await quota.live_windows(pool, bot_id, endpoint, plan_tier, now)

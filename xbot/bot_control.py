@@ -58,7 +58,7 @@ from workflows.models import (
     TaskStatus,
 )
 from xbot.bots import BOT_ID_PATTERN, set_scheduler_enabled
-from xbot.repositories.logs import write_log
+from xbot.storage.logs import write_log
 from xbot.task_definitions import count_schedulable
 from xbot.temporal import NEXT_DUE_AT, SCHEDULER_RUNNING
 

@@ -188,7 +188,7 @@ def _plan_row(row: asyncpg.Record) -> TaskPlan | None:
 
 
 class SchedulerActivities:
-    """Activities with an injected pool, registered by `xbot.worker_app.build_worker`."""
+    """Activities with an injected pool, registered by `launch.worker.build_worker`."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, identity: str) -> None:
         self.pool = pool

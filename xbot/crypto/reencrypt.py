@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from xbot.crypto import TokenCipher, TokenCipherError
+from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 

@@ -1,0 +1,1 @@
+"""Composition roots: the worker and the `xbot` CLI, the only modules that import every layer."""

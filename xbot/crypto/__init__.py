@@ -1,0 +1,1 @@
+"""Secrets: tokens at rest (AES-GCM keyring) and the Temporal payload codec."""

@@ -1,1 +1,0 @@
-"""SQL for bots, pulled posts, X users, replies and log rows: plain async functions over asyncpg."""

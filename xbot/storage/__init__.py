@@ -1,0 +1,1 @@
+"""PostgreSQL: the pool, migrations, and one module per table owning its SQL."""

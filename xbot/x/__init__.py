@@ -1,0 +1,1 @@
+"""Everything about X: the HTTP client, its errors, quota ledger, tokens, scopes and text rules."""
