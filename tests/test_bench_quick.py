@@ -103,7 +103,13 @@ def _check_crash_recovery(result: dict[str, Any]) -> None:
     if not _project_ready():
         return
     project = result["systems"]["project"]
-    assert project["counts"]["expected"] > 0 and project["counts"]["lost_attempts"] > 0
+    counts = project["counts"]
+    assert counts["expected"] > 0
+    # A loaded machine can reach the kill with no handler in flight (the wait for one is bounded):
+    # then nothing is lost. Whatever was lost is re-run, exactly once.
+    assert counts["lost_attempts"] > 0 or project["in_flight_handlers_at_kill"] == 0, counts
+    assert counts["lost_rerun"] == counts["lost_attempts"], counts
+    assert counts["lost_rerun_more_than_once"] == 0, counts
     assert project["killed_bots_recovery"]["count"] > 0 and "max_s" in project["killed_bots_recovery"]
     assert {"without_row", "lost_rerun", "attempts_completed_twice"} <= project["counts"].keys()
     assert result["goals"][0]["value"] is not None

@@ -52,6 +52,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -85,6 +86,7 @@ from temporalio.api.enums.v1 import EventType, PendingWorkflowTaskState, Workflo
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -157,6 +159,38 @@ REFUSED_COMPLETION = "Error while completing workflow activation"
 KNOWN_SERVER_RACES = ("ACTIVITY_UNKNOWN for scheduledEventId", "invalid history builder state for action")
 # Logged by every worker on the test server; says nothing.
 NOISE = "activity_failure_include_heartbeat"
+
+# The workflows run in this process (see `_setup`): its Temporal core logs go to this logger, so a
+# refused workflow task completion is seen here as it is in the subprocess worker's output.
+CORE_LOGGER = logging.getLogger("xbot.tests.model.core")
+_core_runtime: Runtime | None = None
+
+
+def core_runtime() -> Runtime:
+    """One runtime for the in-process workflow workers, forwarding core warnings to CORE_LOGGER."""
+    global _core_runtime
+    if _core_runtime is None:
+        logging_config = LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(logger=CORE_LOGGER),
+        )
+        _core_runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    return _core_runtime
+
+
+class RefusalRecorder(logging.Handler):
+    """Keeps the in-process core's refused workflow task completions (see `_test_server_wedge`)."""
+
+    def __init__(self, refusals: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.refusals = refusals
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if REFUSED_COMPLETION in line:
+            self.refusals.append(f"[in-process workflow worker] {line}")
+
+
 OPEN_STATUSES = ("started", "waiting_lock")
 NOT_LAST_STATUSES = ("retrying", "lost")
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
@@ -422,6 +456,7 @@ class SchedulerModel(RuleBasedStateMachine):
         self.http: httpx.AsyncClient | None = None
         # The test server's refusals of workflow task completions, as the workers logged them.
         self.refusals: list[str] = []
+        self.refusal_recorder: RefusalRecorder | None = None
         # Runs of the chain that continued as new: their histories do not change any more.
         self.closed_runs: dict[str, WorkflowHistory] = {}
 
@@ -559,8 +594,12 @@ class SchedulerModel(RuleBasedStateMachine):
         return multiple(*created)
 
     async def _setup(self, continue_after_events: int) -> None:
+        self.refusal_recorder = RefusalRecorder(self.refusals)
+        CORE_LOGGER.addHandler(self.refusal_recorder)
         self.env = await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=self.shared.server_binary, data_converter=pydantic_data_converter
+            test_server_existing_path=self.shared.server_binary,
+            data_converter=pydantic_data_converter,
+            runtime=core_runtime(),
         )
         self.bot = await insert_bot(self.pool)
         # The workflows run here, in a worker that keeps them cached and is never killed; the
@@ -1039,6 +1078,8 @@ class SchedulerModel(RuleBasedStateMachine):
             await replayer.replay_workflow(history)
 
     async def _cleanup(self) -> None:
+        if self.refusal_recorder is not None:
+            CORE_LOGGER.removeHandler(self.refusal_recorder)
         with contextlib.suppress(Exception):
             await terminate_started(self.task_queue)
         with contextlib.suppress(Exception):
