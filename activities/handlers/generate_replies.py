@@ -188,28 +188,21 @@ class GenerateRepliesHandler(XHandlerBase):
         )
 
     async def _facts(self, mention: StoredPost, thread_depth: int) -> MentionFacts:
-        row = await self.deps.pool.fetchrow(
-            """
-            SELECT p.raw->>'lang' AS lang, u.followers_count, u.raw->>'created_at' AS author_created_at
-            FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
-            WHERE p.id = $1
-            """,
-            mention.id,
-        )
+        row = await posts.author_facts(self.deps.pool, mention.id)
         created: datetime | None = None
-        if row is not None and row["author_created_at"]:
+        if row is not None and row.author_created_at:
             try:
-                created = datetime.fromisoformat(row["author_created_at"].replace("Z", "+00:00"))
+                created = datetime.fromisoformat(row.author_created_at.replace("Z", "+00:00"))
             except ValueError:
                 created = None
         return MentionFacts(
             author_id=mention.author_x_user_id,
             text=mention.text,
-            lang=row["lang"] if row else None,
+            lang=row.lang if row else None,
             posted_at=mention.posted_at,
             conversation_id=mention.conversation_id,
             thread_depth=thread_depth,
-            author_followers=row["followers_count"] if row else None,
+            author_followers=row.followers_count if row else None,
             author_created_at=created,
         )
 

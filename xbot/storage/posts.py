@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
+from pydantic import BaseModel
 
 PostKind = Literal["mention", "context", "own"]
 
@@ -211,3 +212,68 @@ async def record_description(
         model,
         error[:500] if error else None,
     )
+
+
+@dataclass(frozen=True)
+class AuthorFacts:
+    """What the reply policy reads about a mention beyond the post: its language and its author."""
+
+    lang: str | None
+    followers_count: int | None
+    author_created_at: str | None  # X's `created_at` of the author, as X wrote it
+
+
+async def author_facts(db: asyncpg.Pool | asyncpg.Connection, post_id: int) -> AuthorFacts | None:
+    row = await db.fetchrow(
+        """
+        SELECT p.raw->>'lang' AS lang, u.followers_count, u.raw->>'created_at' AS author_created_at
+        FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+        WHERE p.id = $1
+        """,
+        post_id,
+    )
+    return AuthorFacts(**dict(row)) if row is not None else None
+
+
+# A mention the bot will not answer, and why; the API answers with it as is.
+class SkippedMention(BaseModel):
+    id: int
+    x_post_id: str
+    author_x_user_id: str | None
+    author_username: str | None
+    text: str
+    posted_at: datetime | None
+    skipped_code: str
+    skipped_reason: str
+    pulled_at: datetime
+
+
+async def skipped_mentions(
+    db: asyncpg.Pool | asyncpg.Connection,
+    bot_id: str,
+    *,
+    code: str | None,
+    before: tuple[datetime, int] | None,
+    limit: int,
+) -> list[SkippedMention]:
+    """Newest first; `code`: the reply policy's rule, or `backlog` (too old for pull_mentions);
+    `before`: the (pulled_at, id) the previous page ended with."""
+    conditions = ["p.bot_id = $1", "p.kind = 'mention'", "p.skipped_reason IS NOT NULL"]
+    args: list[Any] = [bot_id]
+    if code is not None:
+        args.append(code)
+        conditions.append(f"coalesce(p.skipped_code, 'backlog') = ${len(args)}")
+    if before is not None:
+        args += list(before)
+        conditions.append(f"(p.pulled_at, p.id) < (${len(args) - 1}, ${len(args)})")
+    rows = await db.fetch(
+        f"""
+        SELECT p.id, p.x_post_id, p.author_x_user_id, u.username AS author_username, p.text, p.posted_at,
+               coalesce(p.skipped_code, 'backlog') AS skipped_code, p.skipped_reason, p.pulled_at
+        FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+        WHERE {" AND ".join(conditions)}
+        ORDER BY p.pulled_at DESC, p.id DESC LIMIT {int(limit)}
+        """,
+        *args,
+    )
+    return [SkippedMention.model_validate(dict(row)) for row in rows]
