@@ -14,7 +14,8 @@ from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, error_
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
 from xbot.reply_policy import ReplyPolicy
-from xbot.storage import posts, reply_policies
+from xbot.storage import bots, opt_outs, posts, reply_policies
+from xbot.storage.opt_outs import OptOut
 from xbot.storage.posts import SkippedMention
 
 router = APIRouter(tags=["reply policy"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
@@ -31,7 +32,7 @@ async def read_policy(bot_id: ExistingBotId, pool: Pool) -> ReplyPolicyOut:
         policy = await reply_policies.load_policy(pool, bot_id)
     except ValidationError:  # written around the API: say so rather than fail with a 500
         raise ApiError(409, f"bot {bot_id}'s stored reply policy is invalid; PUT a new one") from None
-    others = sorted(await reply_policies.operator_bot_ids(pool, bot_id))
+    others = sorted(await bots.operator_bot_ids(pool, bot_id))
     return ReplyPolicyOut(**policy.model_dump(), operator_bot_ids=others)
 
 
@@ -66,17 +67,10 @@ async def skipped_mentions(
     )
 
 
-class OptOut(BaseModel):
-    x_user_id: str
-    word: str
-    x_post_id: str | None
-    created_at: datetime
-
-
 @router.get("/bots/{botId}/opt-outs", response_model=list[OptOut], responses=error_docs(404))
 async def list_opt_outs(bot_id: ExistingBotId, pool: Pool) -> list[OptOut]:
     """Authors who sent an opt-out word: the bot no longer answers them."""
-    return [OptOut.model_validate(row) for row in await reply_policies.opted_out_authors(pool, bot_id)]
+    return await opt_outs.opted_out_authors(pool, bot_id)
 
 
 @router.delete(
@@ -88,7 +82,7 @@ async def forget_opt_out(
     x_user_id: Annotated[str, Path(alias="xUserId", pattern=r"^[0-9]{1,20}$")],
 ) -> Response:
     """The author asked to be answered again."""
-    if not await reply_policies.forget_opt_out(pool, bot_id, x_user_id):
+    if not await opt_outs.forget_opt_out(pool, bot_id, x_user_id):
         raise NotFound(f"author {x_user_id} has not opted out of bot {bot_id}")
     return Response(status_code=204)
 

@@ -166,3 +166,9 @@ async def rate_limit_guard(
         bot_id,
     )
     return RateLimitGuard(**dict(row)) if row is not None else None
+
+
+async def operator_bot_ids(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> frozenset[str]:
+    """The X user ids of this installation's other bots: never answered by default (bot loops)."""
+    rows = await db.fetch("SELECT x_user_id FROM bots WHERE id <> $1 AND x_user_id IS NOT NULL", bot_id)
+    return frozenset(row["x_user_id"] for row in rows)

@@ -277,3 +277,25 @@ async def skipped_mentions(
         *args,
     )
     return [SkippedMention.model_validate(dict(row)) for row in rows]
+
+
+async def record_skip(
+    db: asyncpg.Pool | asyncpg.Connection, pulled_post_id: int, reason: str, code: str
+) -> None:
+    """The reply policy will not answer the mention; why is kept on it (listed by the API, counted
+    in /metrics). The first reason stays."""
+    await db.execute(
+        "UPDATE pulled_posts SET skipped_reason = $2, skipped_code = $3 WHERE id = $1 AND skipped_reason IS NULL",
+        pulled_post_id,
+        reason[:500],
+        code,
+    )
+
+
+async def skipped_counts(db: asyncpg.Pool | asyncpg.Connection) -> list[tuple[str, str, int]]:
+    """(bot id, skipped code or `backlog`, mentions) for every bot (for /metrics)."""
+    rows = await db.fetch(
+        "SELECT bot_id, coalesce(skipped_code, 'backlog') AS reason, count(*) AS n FROM pulled_posts"
+        " WHERE kind = 'mention' AND skipped_reason IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return [(row["bot_id"], row["reason"], row["n"]) for row in rows]

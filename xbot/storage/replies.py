@@ -467,3 +467,11 @@ async def edit_reply_text(
                          ELSE 'approved' END""",
         clean,
     )
+
+
+async def filtered_counts(db: asyncpg.Pool | asyncpg.Connection) -> list[tuple[str, int]]:
+    """(bot id, drafts the output filter refused) for every bot (for /metrics)."""
+    rows = await db.fetch(
+        "SELECT bot_id, count(*) AS n FROM post_replies WHERE status = 'rejected_by_filter' GROUP BY 1 ORDER BY 1"
+    )
+    return [(row["bot_id"], row["n"]) for row in rows]
