@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -30,6 +31,14 @@ class ReplyEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=1000, description="At most 280 characters as X counts them")
+
+
+async def _answer(change: Awaitable[Reply]) -> Reply:
+    """The reply after the storage call, or the HTTP error its refusal maps to."""
+    try:
+        return await change
+    except ReplyError as error:
+        raise _api_error(error) from None
 
 
 def _api_error(error: ReplyError) -> ApiError:
@@ -62,34 +71,22 @@ async def list_replies(
 
 @router.get("/bots/{botId}/replies/{replyId}", response_model=Reply, responses=error_docs(404))
 async def read(bot_id: ExistingBotId, reply_id: ReplyIdPath, pool: Pool) -> Reply:
-    try:
-        return await replies.get_reply(pool, bot_id, reply_id)
-    except ReplyError as error:
-        raise _api_error(error) from None
+    return await _answer(replies.get_reply(pool, bot_id, reply_id))
 
 
 @router.post("/bots/{botId}/replies/{replyId}/approve", response_model=Reply, responses=error_docs(404, 409))
 async def approve(bot_id: ExistingBotId, reply_id: ReplyIdPath, pool: Pool) -> Reply:
     """pending_approval -> approved; the bot's next reply_to_mentions run posts it."""
-    try:
-        return await replies.approve_reply(pool, bot_id, reply_id)
-    except ReplyError as error:
-        raise _api_error(error) from None
+    return await _answer(replies.approve_reply(pool, bot_id, reply_id))
 
 
 @router.post("/bots/{botId}/replies/{replyId}/reject", response_model=Reply, responses=error_docs(404, 409))
 async def reject(bot_id: ExistingBotId, reply_id: ReplyIdPath, pool: Pool) -> Reply:
     """The draft will never be posted."""
-    try:
-        return await replies.reject_reply(pool, bot_id, reply_id)
-    except ReplyError as error:
-        raise _api_error(error) from None
+    return await _answer(replies.reject_reply(pool, bot_id, reply_id))
 
 
 @router.patch("/bots/{botId}/replies/{replyId}", response_model=Reply, responses=error_docs(404, 409))
 async def edit(bot_id: ExistingBotId, reply_id: ReplyIdPath, body: ReplyEdit, pool: Pool) -> Reply:
     """New text for a draft not posted yet (a failed one becomes a draft again)."""
-    try:
-        return await replies.edit_reply_text(pool, bot_id, reply_id, body.text)
-    except ReplyError as error:
-        raise _api_error(error) from None
+    return await _answer(replies.edit_reply_text(pool, bot_id, reply_id, body.text))

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
+from xbot.storage.pages import Where, newest_first
+
 PostKind = Literal["mention", "context", "own"]
 
 
@@ -258,23 +260,19 @@ async def skipped_mentions(
 ) -> list[SkippedMention]:
     """Newest first; `code`: the reply policy's rule, or `backlog` (too old for pull_mentions);
     `before`: the (pulled_at, id) the previous page ended with."""
-    conditions = ["p.bot_id = $1", "p.kind = 'mention'", "p.skipped_reason IS NOT NULL"]
-    args: list[Any] = [bot_id]
-    if code is not None:
-        args.append(code)
-        conditions.append(f"coalesce(p.skipped_code, 'backlog') = ${len(args)}")
-    if before is not None:
-        args += list(before)
-        conditions.append(f"(p.pulled_at, p.id) < (${len(args) - 1}, ${len(args)})")
-    rows = await db.fetch(
-        f"""
+    where = Where("p.bot_id = $1", "p.kind = 'mention'", "p.skipped_reason IS NOT NULL", args=(bot_id,))
+    where.equal("coalesce(p.skipped_code, 'backlog')", code)
+    rows = await newest_first(
+        db,
+        """
         SELECT p.id, p.x_post_id, p.author_x_user_id, u.username AS author_username, p.text, p.posted_at,
                coalesce(p.skipped_code, 'backlog') AS skipped_code, p.skipped_reason, p.pulled_at
         FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
-        WHERE {" AND ".join(conditions)}
-        ORDER BY p.pulled_at DESC, p.id DESC LIMIT {int(limit)}
         """,
-        *args,
+        where,
+        order=("p.pulled_at", "p.id"),
+        before=before,
+        limit=limit,
     )
     return [SkippedMention.model_validate(dict(row)) for row in rows]
 

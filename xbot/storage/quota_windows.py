@@ -18,6 +18,8 @@ Scope = Literal["bot", "app"]
 WindowKind = Literal["15m", "24h", "month"]
 # Where a window's numbers come from: X's headers, X's usage-capped problem, or a bare 429.
 Source = Literal["x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour", "usage-capped", "429"]
+# A ledger row of one endpoint: (scope, owner, window_kind).
+LedgerKey: TypeAlias = tuple[Scope, str, WindowKind]
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
@@ -34,6 +36,10 @@ class LedgerRow:
     reserved_until: datetime | None
     reason: str | None
     source: Source
+
+    @property
+    def key(self) -> LedgerKey:
+        return self.scope, self.owner, self.window_kind
 
 
 _COLUMNS = (
@@ -82,56 +88,42 @@ async def hold_slot(
 ) -> None:
     await conn.execute(
         f"UPDATE quota_windows SET reserved = $5, reserved_until = $6, updated_at = now() WHERE {_KEY}",
-        row.scope,
-        row.owner,
-        row.endpoint,
-        row.window_kind,
+        *_key_args(row.key, row.endpoint),
         reserved,
         reserved_until,
     )
 
 
-async def free_slot(
-    conn: asyncpg.Connection, scope: Scope, owner: str, endpoint: str, kind: WindowKind, now: datetime
-) -> None:
+def _key_args(key: LedgerKey, endpoint: str) -> tuple[str, str, str, str]:
+    """The arguments $1-$4 of `_KEY`."""
+    scope, owner, kind = key
+    return scope, owner, endpoint, kind
+
+
+async def free_slot(conn: asyncpg.Connection, key: LedgerKey, endpoint: str, now: datetime) -> None:
     await conn.execute(
         f"UPDATE quota_windows SET reserved = {freed_reserved('$5')} WHERE {_KEY}",
-        scope,
-        owner,
-        endpoint,
-        kind,
+        *_key_args(key, endpoint),
         now,
     )
 
 
 async def count_request(
-    conn: asyncpg.Connection,
-    scope: Scope,
-    owner: str,
-    endpoint: str,
-    kind: WindowKind,
-    now: datetime,
-    *,
-    held: bool,
+    conn: asyncpg.Connection, key: LedgerKey, endpoint: str, now: datetime, *, held: bool
 ) -> None:
     """X did not describe this window: count the request ourselves (and free its slot if `held`)."""
     await conn.execute(
         "UPDATE quota_windows SET remaining = greatest(remaining - 1, 0),"
         f" reserved = {freed_reserved('$5', held=held)}, updated_at = now() WHERE {_KEY}",
-        scope,
-        owner,
-        endpoint,
-        kind,
+        *_key_args(key, endpoint),
         now,
     )
 
 
 async def record_reading(
     conn: asyncpg.Connection,
-    scope: Scope,
-    owner: str,
+    key: LedgerKey,
     endpoint: str,
-    kind: WindowKind,
     now: datetime,
     *,
     limit: int | None,
@@ -159,10 +151,7 @@ async def record_reading(
             reserved = {freed_reserved("$5", held=held, alias="w.")},
             updated_at = now()
         """,
-        scope,
-        owner,
-        endpoint,
-        kind,
+        *_key_args(key, endpoint),
         now,
         limit,
         remaining,

@@ -20,6 +20,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import BaseModel, Field
 
+from xbot.storage.pages import Where, newest_first
 from xbot.x.text import check_post_text
 
 FINAL_STATES = ("posted", "dry_run", "rejected")
@@ -382,18 +383,10 @@ async def list_replies(
     limit: int,
 ) -> list[Reply]:
     """Newest first; `before`: the (created_at, id) the previous page ended with."""
-    conditions = ["r.bot_id = $1"]
-    args: list[object] = [bot_id]
-    if status is not None:
-        args.append(status)
-        conditions.append(f"r.status = ${len(args)}")
-    if before is not None:
-        args += list(before)
-        conditions.append(f"(r.created_at, r.id) < (${len(args) - 1}, ${len(args)})")
-    rows = await db.fetch(
-        _SELECT_REPLY
-        + f" WHERE {' AND '.join(conditions)} ORDER BY r.created_at DESC, r.id DESC LIMIT {int(limit)}",
-        *args,
+    where = Where("r.bot_id = $1", args=(bot_id,))
+    where.equal("r.status", status)
+    rows = await newest_first(
+        db, _SELECT_REPLY, where, order=("r.created_at", "r.id"), before=before, limit=limit
     )
     return [_reply(row) for row in rows]
 

@@ -18,6 +18,16 @@ Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 @dataclass(frozen=True)
+class EncryptedPair:
+    """A token pair as stored: encrypted, with what X said about it."""
+
+    access_token_enc: bytes = field(repr=False)
+    refresh_token_enc: bytes | None = field(repr=False)  # None: X issued none (a refresh keeps the old)
+    expires_at: datetime | None
+    scope: str | None
+
+
+@dataclass(frozen=True)
 class TokenUse:
     """What a request needs to use the bot's token: the bot's `auth_state`, and the pair if any."""
 
@@ -50,14 +60,7 @@ class StoredPair:
     refresh_claim: uuid.UUID | None
 
 
-async def store_pair(
-    conn: asyncpg.Connection,
-    bot_id: str,
-    access_enc: bytes,
-    refresh_enc: bytes | None,
-    expires_at: datetime | None,
-    scope: str | None,
-) -> int:
+async def store_pair(conn: asyncpg.Connection, bot_id: str, pair: EncryptedPair) -> int:
     """An operator's new pair replaces whatever a refresh was doing (its lease and notes go too);
     returns the new version."""
     version: int = await conn.fetchval(
@@ -74,10 +77,10 @@ async def store_pair(
         RETURNING version
         """,
         bot_id,
-        access_enc,
-        refresh_enc,
-        expires_at,
-        scope,
+        pair.access_token_enc,
+        pair.refresh_token_enc,
+        pair.expires_at,
+        pair.scope,
     )
     return version
 
@@ -124,14 +127,7 @@ async def take_lease(
 
 
 async def save_refreshed_pair(
-    conn: asyncpg.Connection,
-    bot_id: str,
-    access_enc: bytes,
-    refresh_enc: bytes | None,
-    expires_at: datetime | None,
-    scope: str | None,
-    claim_id: uuid.UUID,
-    base_version: int,
+    conn: asyncpg.Connection, bot_id: str, pair: EncryptedPair, claim_id: uuid.UUID, base_version: int
 ) -> int | None:
     """The new version; None when the stored pair is no longer `base_version` (an operator's pair
     stored meanwhile is newer than ours, or an earlier try committed)."""
@@ -146,10 +142,10 @@ async def save_refreshed_pair(
         RETURNING version
         """,
         bot_id,
-        access_enc,
-        refresh_enc,
-        expires_at,
-        scope,
+        pair.access_token_enc,
+        pair.refresh_token_enc,
+        pair.expires_at,
+        pair.scope,
         claim_id,
         base_version,
     )

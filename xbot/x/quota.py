@@ -29,7 +29,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from xbot.storage import quota_windows, rate_limit_tracking
-from xbot.storage.quota_windows import LedgerRow, Scope, Source, WindowKind
+from xbot.storage.quota_windows import LedgerKey, LedgerRow, Scope, Source, WindowKind
 from xbot.x.rate_limits import FIFTEEN_MINUTES, ONE_DAY, StaticLimit, parse_rate_limit_headers, static_limit
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
@@ -227,7 +227,7 @@ class Reservation:
     app: str
     endpoint: str
     plan_tier: str
-    ledger: tuple[tuple[Scope, str, WindowKind], ...] = field(default_factory=tuple)
+    ledger: tuple[LedgerKey, ...] = field(default_factory=tuple)
 
 
 def _live_reserved(reserved: int, reserved_until: datetime | None, now: datetime) -> int:
@@ -238,7 +238,7 @@ def _owner(scope: Scope, bot_id: str, app: str) -> str:
     return bot_id if scope == "bot" else app
 
 
-def _ledger_order(key: tuple[Scope, str, WindowKind]) -> tuple[str, str, int]:
+def _ledger_order(key: LedgerKey) -> tuple[str, str, int]:
     """The order every transaction locks ledger rows in (as `ORDER BY scope, owner, window_kind`)."""
     return key[0], key[1], _WINDOW_ORDER[key[2]]
 
@@ -257,7 +257,7 @@ async def reserve(
     now = now or datetime.now(UTC)
     static = static_limit(plan_tier, endpoint)
     blocking: list[Window] = []
-    held: list[tuple[Scope, str, WindowKind]] = []
+    held: list[LedgerKey] = []
     async with pool.acquire() as conn, conn.transaction():
         # Creating or touching the endpoint row locks it: reservations of this bot and endpoint queue
         # here. It also records the bot's app, so `live_windows` finds the app's windows; a refusal
@@ -289,7 +289,7 @@ async def reserve(
                 await quota_windows.hold_slot(
                     conn, ledger_row, live + 1, max(now + lease, ledger_row.reserved_until or now)
                 )
-                held.append((ledger_row.scope, ledger_row.owner, ledger_row.window_kind))
+                held.append(ledger_row.key)
     if blocking:
         raise QuotaExhausted(blocking)
     return Reservation(bot_id, app, endpoint, plan_tier, tuple(held))
@@ -314,8 +314,8 @@ async def release(pool: asyncpg.Pool, reservation: Reservation, now: datetime | 
     now = now or datetime.now(UTC)
     async with pool.acquire() as conn, conn.transaction():
         await rate_limit_tracking.free_slot(conn, reservation.bot_id, reservation.endpoint, now)
-        for scope, owner, kind in sorted(reservation.ledger, key=_ledger_order):
-            await quota_windows.free_slot(conn, scope, owner, reservation.endpoint, kind, now)
+        for key in sorted(reservation.ledger, key=_ledger_order):
+            await quota_windows.free_slot(conn, key, reservation.endpoint, now)
 
 
 async def settle(
@@ -348,28 +348,25 @@ async def settle(
 async def _settle_ledger_window(
     conn: asyncpg.Connection,
     reservation: Reservation,
-    key: tuple[Scope, str, WindowKind],
+    key: LedgerKey,
     reading: Reading | None,
     held: bool,
     now: datetime,
 ) -> None:
-    scope, owner, kind = key
     if reading is None:  # X did not describe this window: count the request ourselves
-        await quota_windows.count_request(conn, scope, owner, reservation.endpoint, kind, now, held=held)
+        await quota_windows.count_request(conn, key, reservation.endpoint, now, held=held)
         return
     await quota_windows.record_reading(
         conn,
-        scope,
-        owner,
+        key,
         reservation.endpoint,
-        kind,
         now,
         limit=reading.limit,
         remaining=reading.remaining,
         reset_at=reading.reset_at,
         reason=reading.reason,
         source=reading.source,
-        bot_id=reservation.bot_id if scope == "bot" else None,
+        bot_id=reservation.bot_id if key[0] == "bot" else None,
         held=held,
     )
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -140,26 +141,28 @@ async def store_tokens(
     scope: str | None = None,
 ) -> int:
     """Save a new token pair (encrypted) and mark the bot authorized again. Returns the new version."""
-    access_enc = cipher.encrypt(access_token)
-    refresh_enc = cipher.encrypt(refresh_token) if refresh_token is not None else None
-    if isinstance(pool, asyncpg.Pool):
-        async with pool.acquire() as conn:
-            return await _store(conn, bot_id, access_enc, refresh_enc, expires_at, scope)
-    return await _store(pool, bot_id, access_enc, refresh_enc, expires_at, scope)
-
-
-async def _store(
-    conn: asyncpg.Connection,
-    bot_id: str,
-    access_enc: bytes,
-    refresh_enc: bytes | None,
-    expires_at: datetime | None,
-    scope: str | None,
-) -> int:
-    async with conn.transaction():
-        version = await token_rows.store_pair(conn, bot_id, access_enc, refresh_enc, expires_at, scope)
+    encrypted = _encrypted(cipher, access_token, refresh_token, expires_at, scope)
+    async with _connection(pool) as conn, conn.transaction():
+        version = await token_rows.store_pair(conn, bot_id, encrypted)
         await bots.set_auth_state(conn, bot_id, "ok")
     return version
+
+
+def _encrypted(
+    cipher: TokenCipher, access: str, refresh: str | None, expires_at: datetime | None, scope: str | None
+) -> token_rows.EncryptedPair:
+    return token_rows.EncryptedPair(
+        cipher.encrypt(access), cipher.encrypt(refresh) if refresh is not None else None, expires_at, scope
+    )
+
+
+@asynccontextmanager
+async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
 
 
 class TokenStore:
@@ -358,13 +361,14 @@ class TokenStore:
     async def _save(self, bot_id: str, pair: _NewPair) -> AccessToken:
         """Commit the pair on its own, retried; on final failure keep it in memory and raise."""
         # Encrypted once: a retry after an unclear commit writes the same bytes.
-        access_enc = self._cipher.encrypt(pair.access_token)
-        refresh_enc = self._cipher.encrypt(pair.refresh_token) if pair.refresh_token is not None else None
+        encrypted = _encrypted(
+            self._cipher, pair.access_token, pair.refresh_token, pair.expires_at, pair.scope
+        )
         try:
             token = await self._durably(
                 "save the refreshed OAuth tokens",
                 bot_id,
-                lambda conn: self._write_pair(conn, bot_id, pair, access_enc, refresh_enc),
+                lambda conn: self._write_pair(conn, bot_id, pair, encrypted),
             )
         except _DB_ERRORS as error:
             _UNSAVED[(id(self._pool), bot_id)] = pair
@@ -387,20 +391,12 @@ class TokenStore:
         conn: asyncpg.Connection,
         bot_id: str,
         pair: _NewPair,
-        access_enc: bytes,
-        refresh_enc: bytes | None,
+        encrypted: token_rows.EncryptedPair,
     ) -> AccessToken:
         async with conn.transaction():
             # Conditional on `version`: a pair stored meanwhile (an operator's) is newer than ours.
             version = await token_rows.save_refreshed_pair(
-                conn,
-                bot_id,
-                access_enc,
-                refresh_enc,
-                pair.expires_at,
-                pair.scope,
-                pair.claim_id,
-                pair.base_version,
+                conn, bot_id, encrypted, pair.claim_id, pair.base_version
             )
             if version is None:
                 return await self._stored_after_unclear_save(conn, bot_id, pair)
