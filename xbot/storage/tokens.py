@@ -26,6 +26,9 @@ class EncryptedPair:
     expires_at: datetime | None
     scope: str | None
 
+    def values(self) -> tuple[bytes, bytes | None, datetime | None, str | None]:
+        return self.access_token_enc, self.refresh_token_enc, self.expires_at, self.scope
+
 
 @dataclass(frozen=True)
 class TokenUse:
@@ -77,10 +80,7 @@ async def store_pair(conn: asyncpg.Connection, bot_id: str, pair: EncryptedPair)
         RETURNING version
         """,
         bot_id,
-        pair.access_token_enc,
-        pair.refresh_token_enc,
-        pair.expires_at,
-        pair.scope,
+        *pair.values(),
     )
     return version
 
@@ -142,10 +142,7 @@ async def save_refreshed_pair(
         RETURNING version
         """,
         bot_id,
-        pair.access_token_enc,
-        pair.refresh_token_enc,
-        pair.expires_at,
-        pair.scope,
+        *pair.values(),
         claim_id,
         base_version,
     )
