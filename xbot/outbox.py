@@ -26,11 +26,12 @@ from typing import Any, Literal
 
 import asyncpg
 import httpx
-from pydantic import BaseModel, Field
 
 from xbot import discord, url_policy
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.settings import Settings
+from xbot.storage import outbox as outbox_rows
+from xbot.storage import replies
 
 KIND_DISCORD_REPLY = "discord_reply"
 
@@ -79,32 +80,7 @@ async def enqueue_reply_notice(
     db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int, notice: discord.ReplyNotice
 ) -> bool:
     """Queue the reply's notification; False when it is already queued or the bot has no webhook."""
-    queued = await db.fetchval(
-        """
-        INSERT INTO notification_outbox (bot_id, kind, reply_id, payload)
-        SELECT b.id, $2, $3, $4 FROM bots b
-        WHERE b.id = $1 AND (b.discord_webhook_url_enc IS NOT NULL OR b.discord_webhook_url IS NOT NULL)
-        ON CONFLICT (kind, reply_id) DO NOTHING
-        RETURNING id
-        """,
-        bot_id,
-        KIND_DISCORD_REPLY,
-        reply_id,
-        discord.message(notice),
-    )
-    return queued is not None
-
-
-_CLAIM = """
-SELECT o.id, o.reply_id, o.payload, o.attempts, o.failures,
-       b.discord_webhook_url_enc, b.discord_webhook_url
-FROM notification_outbox o
-JOIN bots b ON b.id = o.bot_id
-WHERE o.bot_id = $1 AND o.status = 'pending' AND o.next_attempt_at <= now()
-ORDER BY o.id
-LIMIT 1
-FOR UPDATE OF o SKIP LOCKED
-"""
+    return await outbox_rows.enqueue(db, bot_id, KIND_DISCORD_REPLY, reply_id, discord.message(notice))
 
 
 class _NotSendable(Exception):
@@ -157,12 +133,7 @@ class OutboxSender:
                 report.events.append(event)
                 continue
             # The next message no other drainer holds (it sends those): due now, or in `wait` seconds.
-            wait = await self.pool.fetchval(
-                "SELECT extract(epoch FROM next_attempt_at - clock_timestamp())::float8"
-                " FROM notification_outbox WHERE bot_id = $1 AND status = 'pending'"
-                " ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-                bot_id,
-            )
+            wait = await outbox_rows.seconds_to_next(self.pool, bot_id)
             if wait is None or wait > max_wait_seconds or loop.time() + wait > deadline:
                 break
             await asyncio.sleep(max(wait, 0.0))
@@ -170,14 +141,14 @@ class OutboxSender:
 
     async def _send_next(self, bot_id: str) -> OutboxEvent | None:
         async with self.pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(_CLAIM, bot_id)
+            row = await outbox_rows.claim_next(connection, bot_id)
             if row is None:
                 return None
             try:
                 url = self._webhook_url(row)
                 await url_policy.check_url(url, allow_private=self.allow_private_urls, resolver=self.resolver)
                 outcome = await discord.deliver(
-                    self.http, url, row["payload"], timeout_seconds=self.timeout_seconds
+                    self.http, url, row.payload, timeout_seconds=self.timeout_seconds
                 )
             except _NotSendable as refusal:
                 outcome = refusal.outcome
@@ -189,10 +160,10 @@ class OutboxSender:
                 )
             return await self._record(connection, bot_id, row, outcome)
 
-    def _webhook_url(self, row: asyncpg.Record) -> str:
-        encrypted: bytes | None = row["discord_webhook_url_enc"]
+    def _webhook_url(self, row: outbox_rows.ClaimedMessage) -> str:
+        encrypted = row.discord_webhook_url_enc
         if encrypted is None:
-            plain: str | None = row["discord_webhook_url"]  # not yet encrypted at start (an old row)
+            plain = row.discord_webhook_url  # not yet encrypted at start (an old row)
             if plain is None:
                 raise _NotSendable(discord.Refused("the bot has no Discord webhook URL any more"))
             return plain
@@ -208,21 +179,17 @@ class OutboxSender:
             ) from None
 
     async def _record(
-        self, connection: asyncpg.Connection, bot_id: str, row: asyncpg.Record, outcome: discord.Outcome
+        self,
+        connection: asyncpg.Connection,
+        bot_id: str,
+        row: outbox_rows.ClaimedMessage,
+        outcome: discord.Outcome,
     ) -> OutboxEvent:
-        message_id, reply_id = row["id"], row["reply_id"]
-        attempts, failures = row["attempts"] + 1, row["failures"]
+        message_id, reply_id = row.id, row.reply_id
+        attempts, failures = row.attempts + 1, row.failures
         if isinstance(outcome, discord.Delivered):
-            await connection.execute(
-                "UPDATE notification_outbox SET status = 'sent', attempts = $2, sent_at = now(),"
-                " last_error = NULL, updated_at = now() WHERE id = $1",
-                message_id,
-                attempts,
-            )
-            await connection.execute(
-                "UPDATE post_replies SET discord_notified_at = now(), updated_at = now() WHERE id = $1",
-                reply_id,
-            )
+            await outbox_rows.mark_sent(connection, message_id, attempts)
+            await replies.mark_discord_notified(connection, reply_id)
             return OutboxEvent(reply_id, "sent")
         delay: float | None = None  # None: final
         if isinstance(outcome, discord.RateLimited):
@@ -240,74 +207,14 @@ class OutboxSender:
         if delay is not None and attempts >= self.policy.max_attempts:
             delay, reason = None, f"{reason}; gave up after {attempts} attempts"
         if delay is None:
-            await connection.execute(
-                "UPDATE notification_outbox SET status = 'failed', attempts = $2, failures = $3,"
-                " last_error = $4, updated_at = now() WHERE id = $1",
-                message_id,
-                attempts,
-                failures,
-                reason,
-            )
+            await outbox_rows.mark_failed(connection, message_id, attempts, failures, reason)
             return OutboxEvent(reply_id, "failed", reason)
         # From now, not from the transaction's start: retry_after counts from Discord's answer.
-        retry_at: datetime = await connection.fetchval(
-            "UPDATE notification_outbox SET attempts = $2, failures = $3, last_error = $4,"
-            " next_attempt_at = clock_timestamp() + $5 * interval '1 second', updated_at = now()"
-            " WHERE id = $1 RETURNING next_attempt_at",
-            message_id,
-            attempts,
-            failures,
-            reason,
-            delay,
-        )
+        retry_at = await outbox_rows.schedule_retry(connection, message_id, attempts, failures, reason, delay)
         if isinstance(outcome, discord.RateLimited):
             # The bucket is the webhook's: the bot's other messages would only meet another 429.
-            await connection.execute(
-                """
-                UPDATE notification_outbox SET next_attempt_at = $3, updated_at = now()
-                WHERE id IN (SELECT id FROM notification_outbox
-                             WHERE bot_id = $1 AND status = 'pending' AND id <> $2 AND next_attempt_at < $3
-                             FOR UPDATE SKIP LOCKED)
-                """,
-                bot_id,
-                message_id,
-                retry_at,
-            )
+            await outbox_rows.hold_others_until(connection, bot_id, message_id, retry_at)
         return OutboxEvent(reply_id, "retrying", reason, retry_at)
-
-
-class OutboxMessage(BaseModel):
-    """A queued notification as the API shows it: its state, never the payload or the URL."""
-
-    id: int
-    kind: str
-    reply_id: int
-    status: Literal["pending", "sent", "failed"]
-    attempts: int
-    next_attempt_at: datetime | None = Field(description="When it is tried again (pending only)")
-    last_error: str | None = Field(description="Why the last try did not deliver it")
-    created_at: datetime
-    sent_at: datetime | None
-
-
-async def list_messages(
-    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, status: str | None, limit: int
-) -> list[OutboxMessage]:
-    rows = await db.fetch(
-        """
-        SELECT id, kind, reply_id, status, attempts,
-               CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at,
-               last_error, created_at, sent_at
-        FROM notification_outbox
-        WHERE bot_id = $1 AND ($2::text IS NULL OR status = $2)
-        ORDER BY id DESC
-        LIMIT $3
-        """,
-        bot_id,
-        status,
-        limit,
-    )
-    return [OutboxMessage.model_validate(dict(row)) for row in rows]
 
 
 def describe(event: OutboxEvent) -> str:

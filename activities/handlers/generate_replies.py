@@ -50,7 +50,7 @@ from xbot.llm.client import (
     Usage,
 )
 from xbot.reply_policy import MentionFacts, Prices, ReplyPolicy, Skip
-from xbot.storage import bots, posts, replies, reply_policies, users
+from xbot.storage import bots, llm_usage, opt_outs, posts, replies, reply_policies, users
 from xbot.storage.bots import BotProfile
 from xbot.storage.posts import StoredPost
 from xbot.storage.replies import RedraftableReply
@@ -96,7 +96,7 @@ class GenerateRepliesHandler(XHandlerBase):
             self.deps.pool, self.deps.settings, self.generator, bot, ctx.config
         )
         run = _Run(ctx, bot, policy, models, datetime.now(UTC))
-        run.operator_bots = await reply_policies.operator_bot_ids(self.deps.pool, bot.id)
+        run.operator_bots = await bots.operator_bot_ids(self.deps.pool, bot.id)
         if spent := await self._budget_spent(run):
             return await self._stop_for_budget(run, spent)
         # Replies X refused as duplicate content first (they waited longest), then new mentions.
@@ -165,7 +165,7 @@ class GenerateRepliesHandler(XHandlerBase):
         author = mention.author_x_user_id
         word = reply_policy.opt_out_word(run.policy, mention.text)
         if author is not None and word is not None:
-            await reply_policies.record_opt_out(pool, run.bot.id, author, word, mention.x_post_id)
+            await opt_outs.record_opt_out(pool, run.bot.id, author, word, mention.x_post_id)
             skip = Skip("opted_out", f"author {author} asked the bot to stop ({word!r}); remembered")
         else:
             facts = await self._facts(mention, thread_depth)
@@ -178,7 +178,7 @@ class GenerateRepliesHandler(XHandlerBase):
         return skip
 
     async def _record_skip(self, run: _Run, mention: StoredPost, skip: Skip) -> None:
-        await reply_policies.record_skip(self.deps.pool, mention.id, skip)
+        await posts.record_skip(self.deps.pool, mention.id, skip.reason, skip.code)
         run.skipped[skip.code] = run.skipped.get(skip.code, 0) + 1
         await self.log(
             run.ctx,
@@ -188,28 +188,21 @@ class GenerateRepliesHandler(XHandlerBase):
         )
 
     async def _facts(self, mention: StoredPost, thread_depth: int) -> MentionFacts:
-        row = await self.deps.pool.fetchrow(
-            """
-            SELECT p.raw->>'lang' AS lang, u.followers_count, u.raw->>'created_at' AS author_created_at
-            FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
-            WHERE p.id = $1
-            """,
-            mention.id,
-        )
+        row = await posts.author_facts(self.deps.pool, mention.id)
         created: datetime | None = None
-        if row is not None and row["author_created_at"]:
+        if row is not None and row.author_created_at:
             try:
-                created = datetime.fromisoformat(row["author_created_at"].replace("Z", "+00:00"))
+                created = datetime.fromisoformat(row.author_created_at.replace("Z", "+00:00"))
             except ValueError:
                 created = None
         return MentionFacts(
             author_id=mention.author_x_user_id,
             text=mention.text,
-            lang=row["lang"] if row else None,
+            lang=row.lang if row else None,
             posted_at=mention.posted_at,
             conversation_id=mention.conversation_id,
             thread_depth=thread_depth,
-            author_followers=row["followers_count"] if row else None,
+            author_followers=row.followers_count if row else None,
             author_created_at=created,
         )
 
@@ -231,7 +224,7 @@ class GenerateRepliesHandler(XHandlerBase):
         """Why today's budget allows no more drafts, or None."""
         policy = run.policy
         if policy.daily_token_budget is not None:
-            spent = await reply_policies.tokens_spent(self.deps.pool, run.bot.id, run.now.date())
+            spent = await llm_usage.tokens_spent(self.deps.pool, run.bot.id, run.now.date())
             if spent >= policy.daily_token_budget:
                 return f"daily LLM token budget spent ({spent} of {policy.daily_token_budget} tokens)"
         if policy.daily_x_spend_usd is not None:
@@ -246,7 +239,7 @@ class GenerateRepliesHandler(XHandlerBase):
 
     async def _spend(self, run: _Run, usage: Usage) -> None:
         run.usage += usage
-        await reply_policies.add_usage(
+        await llm_usage.add_usage(
             self.deps.pool, run.bot.id, run.now.date(), usage.tokens_in, usage.tokens_out
         )
 

@@ -108,15 +108,10 @@ class PullMentionsHandler(XHandlerBase):
             if ctx.config.get("backfill_hours") is not None
             else None
         )
-        definition = await self.deps.pool.fetchrow(
-            "SELECT rate_limit_endpoint, min_rate_limit_remaining FROM bot_task_definitions"
-            " WHERE id = $1 AND bot_id = $2",
-            ctx.task_id,
-            ctx.bot_id,
-        )
+        guard = await bots.rate_limit_guard(self.deps.pool, ctx.bot_id, ctx.task_id)
         definition_reserve = (
-            definition["min_rate_limit_remaining"]
-            if definition is not None and definition["rate_limit_endpoint"] == MENTIONS
+            guard.min_rate_limit_remaining
+            if guard is not None and guard.rate_limit_endpoint == MENTIONS
             else 0
         )
         return BacklogPolicy(

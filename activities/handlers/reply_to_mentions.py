@@ -26,7 +26,7 @@ from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import discord, outbox
 from xbot.errors import RateLimitedError
-from xbot.storage import bots, replies
+from xbot.storage import bots, named_locks, replies
 from xbot.storage.bots import BotProfile
 from xbot.storage.replies import PostableReply
 from xbot.x.client import XClient
@@ -69,12 +69,12 @@ class ReplyToMentionsHandler(XHandlerBase):
         """Session advisory lock: released by PostgreSQL if this process dies mid-run."""
         key = f"xbot.reply_to_mentions:{bot_id}"
         async with self.deps.pool.acquire() as conn:
-            acquired = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)
+            acquired = await named_locks.try_lock(conn, key)
             try:
-                yield bool(acquired)
+                yield acquired
             finally:
                 if acquired:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+                    await named_locks.unlock(conn, key)
 
     async def _dry_run(self, ctx: TaskContext, pending: list[PostableReply]) -> dict[str, Any]:
         would_post = 0

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, Pool, State
 from workflows.models import WORKFLOW_NAME
+from xbot.storage import llm_usage, posts, replies
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +81,19 @@ async def _reply_policy_families(pool: Pool) -> list[Metric]:
     skipped = CounterMetricFamily(
         "xbot_mentions_skipped", "Mentions a bot will not answer, by reason", labels=["bot_id", "reason"]
     )
-    for row in await pool.fetch(
-        "SELECT bot_id, coalesce(skipped_code, 'backlog') AS reason, count(*) AS n FROM pulled_posts"
-        " WHERE kind = 'mention' AND skipped_reason IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
-    ):
-        skipped.add_metric([row["bot_id"], row["reason"]], row["n"])
+    for bot_id, reason, count in await posts.skipped_counts(pool):
+        skipped.add_metric([bot_id, reason], count)
     filtered = CounterMetricFamily(
         "xbot_replies_rejected_by_filter", "Drafts the output filter refused", labels=["bot_id"]
     )
     tokens = CounterMetricFamily(
         "xbot_llm_tokens", "LLM tokens spent on replies and gate calls", labels=["bot_id", "direction"]
     )
-    for row in await pool.fetch(
-        "SELECT bot_id, count(*) AS n FROM post_replies WHERE status = 'rejected_by_filter' GROUP BY 1 ORDER BY 1"
-    ):
-        filtered.add_metric([row["bot_id"]], row["n"])
-    for row in await pool.fetch(
-        "SELECT bot_id, sum(tokens_in) AS t_in, sum(tokens_out) AS t_out FROM bot_llm_usage GROUP BY 1 ORDER BY 1"
-    ):
-        tokens.add_metric([row["bot_id"], "in"], row["t_in"])
-        tokens.add_metric([row["bot_id"], "out"], row["t_out"])
+    for bot_id, count in await replies.filtered_counts(pool):
+        filtered.add_metric([bot_id], count)
+    for spent in await llm_usage.tokens_by_bot(pool):
+        tokens.add_metric([spent.bot_id, "in"], spent.tokens_in)
+        tokens.add_metric([spent.bot_id, "out"], spent.tokens_out)
     return [skipped, filtered, tokens]
 
 

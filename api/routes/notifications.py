@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, Pool, error_docs
-from xbot.outbox import OutboxMessage, list_messages
+from xbot.storage.outbox import OutboxMessage, list_messages
 
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 

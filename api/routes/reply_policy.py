@@ -4,7 +4,7 @@ not answer and why, the authors who opted out, and today's spend."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ValidationError
@@ -14,7 +14,9 @@ from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, error_
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
 from xbot.reply_policy import ReplyPolicy
-from xbot.storage import reply_policies
+from xbot.storage import bots, opt_outs, posts, reply_policies
+from xbot.storage.opt_outs import OptOut
+from xbot.storage.posts import SkippedMention
 
 router = APIRouter(tags=["reply policy"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 
@@ -30,7 +32,7 @@ async def read_policy(bot_id: ExistingBotId, pool: Pool) -> ReplyPolicyOut:
         policy = await reply_policies.load_policy(pool, bot_id)
     except ValidationError:  # written around the API: say so rather than fail with a 500
         raise ApiError(409, f"bot {bot_id}'s stored reply policy is invalid; PUT a new one") from None
-    others = sorted(await reply_policies.operator_bot_ids(pool, bot_id))
+    others = sorted(await bots.operator_bot_ids(pool, bot_id))
     return ReplyPolicyOut(**policy.model_dump(), operator_bot_ids=others)
 
 
@@ -39,18 +41,6 @@ async def write_policy(bot_id: ExistingBotId, body: ReplyPolicy, pool: Pool) -> 
     """Replace the whole policy; fields left out take their defaults. Applies from the next run."""
     await reply_policies.save_policy(pool, bot_id, body)
     return await read_policy(bot_id, pool)
-
-
-class SkippedMention(BaseModel):
-    id: int
-    x_post_id: str
-    author_x_user_id: str | None
-    author_username: str | None
-    text: str
-    posted_at: datetime | None
-    skipped_code: str
-    skipped_reason: str
-    pulled_at: datetime
 
 
 class SkippedPage(BaseModel):
@@ -68,43 +58,19 @@ async def skipped_mentions(
 ) -> SkippedPage:
     """Mentions the bot will not answer, newest first, with why (`skipped_code`: the reply policy's
     rule, or `backlog` for mentions pull_mentions skipped as too old)."""
-    conditions = ["p.bot_id = $1", "p.kind = 'mention'", "p.skipped_reason IS NOT NULL"]
-    args: list[Any] = [bot_id]
-    if code is not None:
-        args.append(code)
-        conditions.append(f"coalesce(p.skipped_code, 'backlog') = ${len(args)}")
-    if cursor is not None:
-        at, row_id = decode_cursor(cursor)
-        args += [at, row_id]
-        conditions.append(f"(p.pulled_at, p.id) < (${len(args) - 1}, ${len(args)})")
-    rows = await pool.fetch(
-        f"""
-        SELECT p.id, p.x_post_id, p.author_x_user_id, u.username AS author_username, p.text, p.posted_at,
-               coalesce(p.skipped_code, 'backlog') AS skipped_code, p.skipped_reason, p.pulled_at
-        FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
-        WHERE {" AND ".join(conditions)}
-        ORDER BY p.pulled_at DESC, p.id DESC LIMIT {limit + 1}
-        """,
-        *args,
-    )
-    items = [SkippedMention.model_validate(dict(row)) for row in rows[:limit]]
+    before = decode_cursor(cursor) if cursor is not None else None
+    rows = await posts.skipped_mentions(pool, bot_id, code=code, before=before, limit=limit + 1)
+    items = rows[:limit]
     more = len(rows) > limit
     return SkippedPage(
         items=items, next_cursor=encode_cursor(items[-1].pulled_at, items[-1].id) if more else None
     )
 
 
-class OptOut(BaseModel):
-    x_user_id: str
-    word: str
-    x_post_id: str | None
-    created_at: datetime
-
-
 @router.get("/bots/{botId}/opt-outs", response_model=list[OptOut], responses=error_docs(404))
 async def list_opt_outs(bot_id: ExistingBotId, pool: Pool) -> list[OptOut]:
     """Authors who sent an opt-out word: the bot no longer answers them."""
-    return [OptOut.model_validate(row) for row in await reply_policies.opted_out_authors(pool, bot_id)]
+    return await opt_outs.opted_out_authors(pool, bot_id)
 
 
 @router.delete(
@@ -116,7 +82,7 @@ async def forget_opt_out(
     x_user_id: Annotated[str, Path(alias="xUserId", pattern=r"^[0-9]{1,20}$")],
 ) -> Response:
     """The author asked to be answered again."""
-    if not await reply_policies.forget_opt_out(pool, bot_id, x_user_id):
+    if not await opt_outs.forget_opt_out(pool, bot_id, x_user_id):
         raise NotFound(f"author {x_user_id} has not opted out of bot {bot_id}")
     return Response(status_code=204)
 

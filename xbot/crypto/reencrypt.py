@@ -8,39 +8,15 @@ the first key are left alone: running it twice changes nothing the second time.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
+from xbot.storage.encrypted_columns import ENCRYPTED, EncryptedColumns, keys_after, lock_values, write_values
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class EncryptedColumns:
-    """Columns (bytea, or text holding a Fernet token) of one table encrypted with the token key ring."""
-
-    table: str
-    key: str
-    columns: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        for name in (self.table, self.key, *self.columns):
-            if not _IDENTIFIER.match(name):
-                raise ValueError(f"not a plain SQL identifier: {name!r}")
-
-
-# Everything encrypted with TOKEN_ENCRYPTION_KEY; a new encrypted column is one more line here.
-ENCRYPTED: tuple[EncryptedColumns, ...] = (
-    EncryptedColumns("bot_tokens", "bot_id", ("access_token_enc", "refresh_token_enc")),
-    EncryptedColumns("bots", "id", ("llm_api_key_enc", "discord_webhook_url_enc")),
-    EncryptedColumns("llm_configs", "id", ("api_key_enc",)),
-    # PKCE code verifiers of authorizations under way (10 minutes each).
-    EncryptedColumns("oauth_connect_requests", "state_hash", ("code_verifier_enc",)),
-)
+__all__ = ["ENCRYPTED", "Counts", "EncryptedColumns", "reencrypt_all", "reencrypt_table"]
 
 
 @dataclass
@@ -75,31 +51,18 @@ async def reencrypt_table(
     last: Any = None
     while True:
         # Keyset pages: rows added meanwhile are either seen or were written under the first key.
-        if last is None:
-            keys = await pool.fetch(
-                f"SELECT {target.key} FROM {target.table} ORDER BY {target.key} LIMIT $1", batch_size
-            )
-        else:
-            keys = await pool.fetch(
-                f"SELECT {target.key} FROM {target.table} WHERE {target.key} > $1"
-                f" ORDER BY {target.key} LIMIT $2",
-                last,
-                batch_size,
-            )
-        for record in keys:
-            outcome = await _reencrypt_row(pool, cipher, target, record[0])
+        keys = await keys_after(pool, target, last, batch_size)
+        for key in keys:
+            outcome = await _reencrypt_row(pool, cipher, target, key)
             setattr(counts, outcome, getattr(counts, outcome) + 1)
         if len(keys) < batch_size:
             return counts
-        last = keys[-1][0]
+        last = keys[-1]
 
 
 async def _reencrypt_row(pool: asyncpg.Pool, cipher: TokenCipher, target: EncryptedColumns, key: Any) -> str:
-    columns = ", ".join(target.columns)
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {columns} FROM {target.table} WHERE {target.key} = $1 FOR UPDATE", key
-        )
+        row = await lock_values(conn, target, key)
         if row is None:
             return "current"  # deleted meanwhile: nothing left under the old key
         changes: dict[str, bytes | str] = {}
@@ -118,10 +81,7 @@ async def _reencrypt_row(pool: asyncpg.Pool, cipher: TokenCipher, target: Encryp
                 continue
             changes[column] = rotated.decode() if isinstance(value, str) else rotated
         if changes:
-            assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=2))
-            await conn.execute(
-                f"UPDATE {target.table} SET {assignments} WHERE {target.key} = $1", key, *changes.values()
-            )
+            await write_values(conn, target, key, changes)
     if unreadable:
         return "unreadable"
     return "reencrypted" if changes else "current"

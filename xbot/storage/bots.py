@@ -70,3 +70,105 @@ async def advance_mentions_cursor(db: asyncpg.Pool | asyncpg.Connection, bot_id:
 async def banned_user_ids(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> set[str]:
     rows = await db.fetch("SELECT x_user_id FROM bot_banned_users WHERE bot_id = $1", bot_id)
     return {row["x_user_id"] for row in rows}
+
+
+# --- statements moved here by helper S2 (issue 17): bots / task definitions read by the X side -------
+
+
+async def plan_tier(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> str | None:
+    tier: str | None = await db.fetchval("SELECT plan_tier FROM bots WHERE id = $1", bot_id)
+    return tier
+
+
+async def set_auth_state(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, auth_state: str, *, only_if_changed: bool = False
+) -> None:
+    """`only_if_changed`: leave `updated_at` alone when the bot is already in that state."""
+    await db.execute(
+        "UPDATE bots SET auth_state = $2, updated_at = now() WHERE id = $1"
+        + (" AND auth_state <> $2" if only_if_changed else ""),
+        bot_id,
+        auth_state,
+    )
+
+
+@dataclass(frozen=True)
+class AuthRow:
+    auth_state: str
+    plan_tier: str
+
+
+async def lock_auth(conn: asyncpg.Connection, bot_id: str) -> AuthRow | None:
+    """The bot's authorization, its row locked until the transaction ends; None: no such bot."""
+    row = await conn.fetchrow("SELECT auth_state, plan_tier FROM bots WHERE id = $1 FOR UPDATE", bot_id)
+    return AuthRow(**dict(row)) if row is not None else None
+
+
+async def set_connected_identity(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, x_user_id: str, x_username: str | None
+) -> None:
+    """Another account than before: its mentions cursor would skip or repeat posts, so it starts over."""
+    await db.execute(
+        "UPDATE bots SET mentions_since_id = CASE WHEN x_user_id IS DISTINCT FROM $2 THEN NULL"
+        " ELSE mentions_since_id END, x_user_id = $2, x_username = coalesce($3, x_username),"
+        " updated_at = now() WHERE id = $1",
+        bot_id,
+        x_user_id,
+        x_username,
+    )
+
+
+async def active_task_types(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT DISTINCT task_type FROM bot_task_definitions WHERE bot_id = $1 AND is_active", bot_id
+    )
+    return [row["task_type"] for row in rows]
+
+
+async def resume_unauthorized_tasks(
+    conn: asyncpg.Connection, bot_id: str, task_types: list[str]
+) -> list[int]:
+    """Definitions of these types whose last failure was for want of authorization (or of a scope)
+    start afresh: failure count 0, active again. Returns their ids, sorted."""
+    rows = await conn.fetch(
+        """
+        UPDATE bot_task_definitions d
+        SET consecutive_failures = 0, is_active = true, updated_at = now()
+        WHERE d.bot_id = $1 AND d.task_type = ANY($2::text[]) AND d.consecutive_failures > 0
+          AND (
+              SELECT e.error_message FROM bot_task_executions e
+              WHERE e.task_definition_id = d.id AND e.status = 'failed'
+              ORDER BY e.started_at DESC, e.id DESC LIMIT 1
+          ) ~* '(needs re-authorization|lacks the scope)'
+        RETURNING d.id
+        """,
+        bot_id,
+        task_types,
+    )
+    return sorted(row["id"] for row in rows)
+
+
+@dataclass(frozen=True)
+class RateLimitGuard:
+    """A task definition's own guard: keep `min_rate_limit_remaining` of `rate_limit_endpoint`."""
+
+    rate_limit_endpoint: str | None
+    min_rate_limit_remaining: int
+
+
+async def rate_limit_guard(
+    db: asyncpg.Pool | asyncpg.Connection, bot_id: str, task_id: int
+) -> RateLimitGuard | None:
+    row = await db.fetchrow(
+        "SELECT rate_limit_endpoint, min_rate_limit_remaining FROM bot_task_definitions"
+        " WHERE id = $1 AND bot_id = $2",
+        task_id,
+        bot_id,
+    )
+    return RateLimitGuard(**dict(row)) if row is not None else None
+
+
+async def operator_bot_ids(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> frozenset[str]:
+    """The X user ids of this installation's other bots: never answered by default (bot loops)."""
+    rows = await db.fetch("SELECT x_user_id FROM bots WHERE id <> $1 AND x_user_id IS NOT NULL", bot_id)
+    return frozenset(row["x_user_id"] for row in rows)

@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
+from pydantic import BaseModel
+
+from xbot.storage.pages import Where, newest_first
 
 PostKind = Literal["mention", "context", "own"]
 
@@ -211,3 +214,86 @@ async def record_description(
         model,
         error[:500] if error else None,
     )
+
+
+@dataclass(frozen=True)
+class AuthorFacts:
+    """What the reply policy reads about a mention beyond the post: its language and its author."""
+
+    lang: str | None
+    followers_count: int | None
+    author_created_at: str | None  # X's `created_at` of the author, as X wrote it
+
+
+async def author_facts(db: asyncpg.Pool | asyncpg.Connection, post_id: int) -> AuthorFacts | None:
+    row = await db.fetchrow(
+        """
+        SELECT p.raw->>'lang' AS lang, u.followers_count, u.raw->>'created_at' AS author_created_at
+        FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+        WHERE p.id = $1
+        """,
+        post_id,
+    )
+    return AuthorFacts(**dict(row)) if row is not None else None
+
+
+# A mention the bot will not answer, and why; the API answers with it as is.
+class SkippedMention(BaseModel):
+    id: int
+    x_post_id: str
+    author_x_user_id: str | None
+    author_username: str | None
+    text: str
+    posted_at: datetime | None
+    skipped_code: str
+    skipped_reason: str
+    pulled_at: datetime
+
+
+async def skipped_mentions(
+    db: asyncpg.Pool | asyncpg.Connection,
+    bot_id: str,
+    *,
+    code: str | None,
+    before: tuple[datetime, int] | None,
+    limit: int,
+) -> list[SkippedMention]:
+    """Newest first; `code`: the reply policy's rule, or `backlog` (too old for pull_mentions);
+    `before`: the (pulled_at, id) the previous page ended with."""
+    where = Where("p.bot_id = $1", "p.kind = 'mention'", "p.skipped_reason IS NOT NULL", args=(bot_id,))
+    where.equal("coalesce(p.skipped_code, 'backlog')", code)
+    rows = await newest_first(
+        db,
+        """
+        SELECT p.id, p.x_post_id, p.author_x_user_id, u.username AS author_username, p.text, p.posted_at,
+               coalesce(p.skipped_code, 'backlog') AS skipped_code, p.skipped_reason, p.pulled_at
+        FROM pulled_posts p LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+        """,
+        where,
+        order=("p.pulled_at", "p.id"),
+        before=before,
+        limit=limit,
+    )
+    return [SkippedMention.model_validate(dict(row)) for row in rows]
+
+
+async def record_skip(
+    db: asyncpg.Pool | asyncpg.Connection, pulled_post_id: int, reason: str, code: str
+) -> None:
+    """The reply policy will not answer the mention; why is kept on it (listed by the API, counted
+    in /metrics). The first reason stays."""
+    await db.execute(
+        "UPDATE pulled_posts SET skipped_reason = $2, skipped_code = $3 WHERE id = $1 AND skipped_reason IS NULL",
+        pulled_post_id,
+        reason[:500],
+        code,
+    )
+
+
+async def skipped_counts(db: asyncpg.Pool | asyncpg.Connection) -> list[tuple[str, str, int]]:
+    """(bot id, skipped code or `backlog`, mentions) for every bot (for /metrics)."""
+    rows = await db.fetch(
+        "SELECT bot_id, coalesce(skipped_code, 'backlog') AS reason, count(*) AS n FROM pulled_posts"
+        " WHERE kind = 'mention' AND skipped_reason IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return [(row["bot_id"], row["reason"], row["n"]) for row in rows]

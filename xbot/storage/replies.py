@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from pydantic import BaseModel, Field
 
+from xbot.storage.pages import Where, newest_first
 from xbot.x.text import check_post_text
 
 FINAL_STATES = ("posted", "dry_run", "rejected")
@@ -61,8 +63,11 @@ class Provenance:
         return self.prompt_template_id, self.prompt_version, self.llm_config_id
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(BaseModel):
+    """A reply draft, with the mention it answers and its prompt template's current name."""
+
+    # One model for the row: the API answers with it as is, less the worker's bookkeeping (excluded).
+
     id: int
     bot_id: str
     pulled_post_id: int
@@ -71,22 +76,53 @@ class Reply:
     text: str | None
     llm_model: str | None
     error_message: str | None
-    post_intent_at: datetime | None
+    failure_kind: str | None = Field(
+        default=None,
+        description="duplicate_content: X refused it as a copy; generate_replies drafts it again",
+    )
     posted_x_post_id: str | None
     posted_at: datetime | None
-    discord_notified_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    mention_text: str | None = Field(default=None, description="The post this reply answers")
+    mention_author_username: str | None = None
+    tokens_in: int | None = Field(default=None, description="LLM prompt tokens spent on this draft")
+    tokens_out: int | None = Field(default=None, description="LLM completion tokens spent on this draft")
+    x_cost_usd: float | None = Field(default=None, description="Estimated X price of posting it")
+    prompt_template_id: int | None = Field(
+        default=None, description="The stored prompt template that wrote it"
+    )
+    prompt_template_name: str | None = Field(default=None, description="Its name now (null once deleted)")
+    prompt_version: int | None = Field(default=None, description="The template's version when it wrote it")
+    llm_config_id: int | None = Field(default=None, description="The stored LLM configuration used, if any")
+    image_description: str | None = Field(
+        default=None, description="What the vision model saw in the mention's images"
+    )
+    vision_error: str | None = Field(
+        default=None, description="Why the mention's images could not be described (replied from its text)"
+    )
+    post_intent_at: datetime | None = Field(default=None, exclude=True)
+    discord_notified_at: datetime | None = Field(default=None, exclude=True)
 
 
-_COLUMNS = (
-    "id, bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model, error_message,"
-    " post_intent_at, posted_x_post_id, posted_at, discord_notified_at, created_at, updated_at"
-)
+# The one query for `Reply`; callers add their WHERE clause on `r`.
+_SELECT_REPLY = """
+SELECT r.id, r.bot_id, r.pulled_post_id, r.in_reply_to_x_post_id, r.status, r.text, r.llm_model,
+       r.error_message, r.failure_kind, r.posted_x_post_id, r.posted_at, r.created_at, r.updated_at,
+       r.tokens_in, r.tokens_out, r.x_cost_usd::float8 AS x_cost_usd,
+       r.prompt_template_id, t.name AS prompt_template_name, r.prompt_version, r.llm_config_id,
+       p.image_description, p.vision_error,
+       p.text AS mention_text, u.username AS mention_author_username,
+       r.post_intent_at, r.discord_notified_at
+FROM post_replies r
+JOIN pulled_posts p ON p.id = r.pulled_post_id
+LEFT JOIN x_users u ON u.x_user_id = p.author_x_user_id
+LEFT JOIN prompt_templates t ON t.id = r.prompt_template_id
+"""
 
 
 def _reply(row: asyncpg.Record) -> Reply:
-    return Reply(**dict(row))
+    return Reply.model_validate(dict(row))
 
 
 # --- drafting (generate_replies) ----------------------------------------------------------------
@@ -332,12 +368,27 @@ async def mark_discord_notified(db: asyncpg.Pool | asyncpg.Connection, reply_id:
 
 
 async def get_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int) -> Reply:
-    row = await db.fetchrow(
-        f"SELECT {_COLUMNS} FROM post_replies WHERE bot_id = $1 AND id = $2", bot_id, reply_id
-    )
+    row = await db.fetchrow(_SELECT_REPLY + " WHERE r.bot_id = $1 AND r.id = $2", bot_id, reply_id)
     if row is None:
         raise ReplyNotFoundError(bot_id, reply_id)
     return _reply(row)
+
+
+async def list_replies(
+    db: asyncpg.Pool | asyncpg.Connection,
+    bot_id: str,
+    *,
+    status: str | None,
+    before: tuple[datetime, int] | None,
+    limit: int,
+) -> list[Reply]:
+    """Newest first; `before`: the (created_at, id) the previous page ended with."""
+    where = Where("r.bot_id = $1", args=(bot_id,))
+    where.equal("r.status", status)
+    rows = await newest_first(
+        db, _SELECT_REPLY, where, order=("r.created_at", "r.id"), before=before, limit=limit
+    )
+    return [_reply(row) for row in rows]
 
 
 async def _change(
@@ -361,14 +412,13 @@ async def _change(
             raise ReplyNotFoundError(bot_id, reply_id)
         if current["status"] not in allowed:
             raise ReplyStateError(reply_id, current["status"], action, allowed)
-        row = await db.fetchrow(
-            f"UPDATE post_replies SET {assignments}, updated_at = now()"
-            f" WHERE bot_id = $1 AND id = $2 RETURNING {_COLUMNS}",
+        await db.execute(
+            f"UPDATE post_replies SET {assignments}, updated_at = now() WHERE bot_id = $1 AND id = $2",
             bot_id,
             reply_id,
             *args,
         )
-    return _reply(row)
+        return await get_reply(db, bot_id, reply_id)
 
 
 async def approve_reply(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, reply_id: int) -> Reply:
@@ -410,3 +460,11 @@ async def edit_reply_text(
                          ELSE 'approved' END""",
         clean,
     )
+
+
+async def filtered_counts(db: asyncpg.Pool | asyncpg.Connection) -> list[tuple[str, int]]:
+    """(bot id, drafts the output filter refused) for every bot (for /metrics)."""
+    rows = await db.fetch(
+        "SELECT bot_id, count(*) AS n FROM post_replies WHERE status = 'rejected_by_filter' GROUP BY 1 ORDER BY 1"
+    )
+    return [(row["bot_id"], row["n"]) for row in rows]

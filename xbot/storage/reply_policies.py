@@ -1,14 +1,19 @@
-"""Reply policy storage and the history its rules count (see xbot.reply_policy for the rules)."""
+"""Rows of `bot_reply_policies`, and the reply history the policy's rules count (see xbot.reply_policy).
+
+`history` and `x_spend` read `post_replies` (with the mentions and opt-outs) for the policy only; they
+stay beside the policy so its one notion of a counted reply (`_COUNTED`) is written once.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeAlias
 
 import asyncpg
 
-from xbot.reply_policy import History, ReplyPolicy, Skip
+from xbot.reply_policy import History, ReplyPolicy
+from xbot.storage import llm_usage
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -36,12 +41,6 @@ async def save_policy(db: Db, bot_id: str, policy: ReplyPolicy) -> None:
         bot_id,
         policy.model_dump(mode="json"),
     )
-
-
-async def operator_bot_ids(db: Db, bot_id: str) -> frozenset[str]:
-    """The X user ids of this installation's other bots: never answered by default (bot loops)."""
-    rows = await db.fetch("SELECT x_user_id FROM bots WHERE id <> $1 AND x_user_id IS NOT NULL", bot_id)
-    return frozenset(row["x_user_id"] for row in rows)
 
 
 def day_start(now: datetime) -> datetime:
@@ -86,69 +85,7 @@ async def history(
     )
 
 
-async def record_skip(db: Db, pulled_post_id: int, skip: Skip) -> None:
-    """The mention is never drafted; why is kept on it (listed by the API, counted in /metrics)."""
-    await db.execute(
-        "UPDATE pulled_posts SET skipped_reason = $2, skipped_code = $3 WHERE id = $1 AND skipped_reason IS NULL",
-        pulled_post_id,
-        skip.reason[:500],
-        skip.code,
-    )
-
-
-async def record_opt_out(db: Db, bot_id: str, author_id: str, word: str, x_post_id: str) -> None:
-    await db.execute(
-        """
-        INSERT INTO bot_opted_out_authors (bot_id, x_user_id, word, x_post_id) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (bot_id, x_user_id) DO NOTHING
-        """,
-        bot_id,
-        author_id,
-        word,
-        x_post_id,
-    )
-
-
-async def opted_out_authors(db: Db, bot_id: str) -> list[dict[str, Any]]:
-    rows = await db.fetch(
-        "SELECT x_user_id, word, x_post_id, created_at FROM bot_opted_out_authors WHERE bot_id = $1"
-        " ORDER BY created_at",
-        bot_id,
-    )
-    return [dict(row) for row in rows]
-
-
-async def forget_opt_out(db: Db, bot_id: str, author_id: str) -> bool:
-    status = await db.execute(
-        "DELETE FROM bot_opted_out_authors WHERE bot_id = $1 AND x_user_id = $2", bot_id, author_id
-    )
-    return str(status).endswith(" 1")
-
-
 # --- spend ------------------------------------------------------------------------------------------
-
-
-async def add_usage(db: Db, bot_id: str, day: date, tokens_in: int, tokens_out: int) -> None:
-    if tokens_in == 0 and tokens_out == 0:
-        return
-    await db.execute(
-        """
-        INSERT INTO bot_llm_usage (bot_id, day, tokens_in, tokens_out, calls) VALUES ($1, $2, $3, $4, 1)
-        ON CONFLICT (bot_id, day) DO UPDATE SET tokens_in = bot_llm_usage.tokens_in + EXCLUDED.tokens_in,
-            tokens_out = bot_llm_usage.tokens_out + EXCLUDED.tokens_out, calls = bot_llm_usage.calls + 1
-        """,
-        bot_id,
-        day,
-        tokens_in,
-        tokens_out,
-    )
-
-
-async def tokens_spent(db: Db, bot_id: str, day: date) -> int:
-    value = await db.fetchval(
-        "SELECT tokens_in + tokens_out FROM bot_llm_usage WHERE bot_id = $1 AND day = $2", bot_id, day
-    )
-    return int(value or 0)
 
 
 async def x_spend(db: Db, bot_id: str, now: datetime) -> float:
@@ -163,15 +100,11 @@ async def x_spend(db: Db, bot_id: str, now: datetime) -> float:
 
 
 async def spend_today(db: Db, bot_id: str, now: datetime) -> dict[str, Any]:
-    row = await db.fetchrow(
-        "SELECT tokens_in, tokens_out, calls FROM bot_llm_usage WHERE bot_id = $1 AND day = $2",
-        bot_id,
-        now.date(),
-    )
+    usage = await llm_usage.day_usage(db, bot_id, now.date())
     return {
         "day": now.date().isoformat(),
-        "tokens_in": int(row["tokens_in"]) if row else 0,
-        "tokens_out": int(row["tokens_out"]) if row else 0,
-        "llm_calls": int(row["calls"]) if row else 0,
+        "tokens_in": usage.tokens_in,
+        "tokens_out": usage.tokens_out,
+        "llm_calls": usage.calls,
         "x_spend_usd": round(await x_spend(db, bot_id, now), 6),
     }

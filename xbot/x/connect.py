@@ -30,6 +30,7 @@ import httpx
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.errors import NonRetryableTaskError
 from xbot.settings import Settings
+from xbot.storage import bots, connect_requests
 from xbot.storage.logs import write_log
 from xbot.x import scopes as x_scopes
 from xbot.x.client import XClient
@@ -98,32 +99,17 @@ def _redirect_uri(settings: Settings) -> str:
     return settings.x_redirect_uri
 
 
-async def active_task_types(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> list[str]:
-    rows = await db.fetch(
-        "SELECT DISTINCT task_type FROM bot_task_definitions WHERE bot_id = $1 AND is_active", bot_id
-    )
-    return [row["task_type"] for row in rows]
-
-
 async def start_connect(
     pool: asyncpg.Pool, cipher: TokenCipher, settings: Settings, bot_id: str
 ) -> ConnectStart:
     redirect_uri = _redirect_uri(settings)
-    scopes = x_scopes.requested(await active_task_types(pool, bot_id))
+    scopes = x_scopes.requested(await bots.active_task_types(pool, bot_id))
     state = secrets.token_urlsafe(32)
     verifier, challenge = pkce_pair()
     expires_at = datetime.now(UTC) + CONNECT_TTL
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM oauth_connect_requests WHERE expires_at < now() - interval '1 day'")
-        await conn.execute(
-            "INSERT INTO oauth_connect_requests (state_hash, bot_id, code_verifier_enc, redirect_uri,"
-            " scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            state_hash(state),
-            bot_id,
-            cipher.encrypt(verifier),
-            redirect_uri,
-            " ".join(scopes),
-            expires_at,
+    async with pool.acquire() as conn:
+        await connect_requests.add(
+            conn, state_hash(state), bot_id, cipher.encrypt(verifier), redirect_uri, scopes, expires_at
         )
     query = urlencode(
         {
@@ -152,18 +138,14 @@ async def finish_connect(
 ) -> ConnectResult:
     if not state:
         raise ConnectRefused("The link has no state: start again with Connect X account on the dashboard.")
-    row = await pool.fetchrow(
-        "DELETE FROM oauth_connect_requests WHERE state_hash = $1"
-        " RETURNING bot_id, code_verifier_enc, redirect_uri, expires_at > now() AS live",
-        state_hash(state),
-    )
-    if row is None:
+    request = await connect_requests.take(pool, state_hash(state))
+    if request is None:
         raise ConnectRefused(
             "This authorization link is unknown or was already used. Start again with Connect X account"
             " on the dashboard."
         )
-    bot_id: str = row["bot_id"]
-    if not row["live"]:
+    bot_id = request.bot_id
+    if not request.live:
         raise ConnectRefused(
             "This authorization link expired (they last 10 minutes). Start again from the dashboard.",
             bot_id=bot_id,
@@ -179,12 +161,12 @@ async def finish_connect(
     if not code:
         raise ConnectRefused("X sent no authorization code; the bot is unchanged.", bot_id=bot_id)
     try:
-        verifier = cipher.decrypt(row["code_verifier_enc"])
+        verifier = cipher.decrypt(request.code_verifier_enc)
     except TokenCipherError:  # TOKEN_ENCRYPTION_KEY changed within the 10 minutes
         raise ConnectRefused(
             "This authorization cannot be finished: start again from the dashboard."
         ) from None
-    body = await _exchange_code(http, settings, code, verifier, row["redirect_uri"], bot_id)
+    body = await _exchange_code(http, settings, code, verifier, request.redirect_uri, bot_id)
     return await _save_connection(pool, cipher, http, settings, bot_id, body)
 
 
@@ -261,7 +243,7 @@ async def _save_connection(
     refresh = body.get("refresh_token")
     scope = body.get("scope") if isinstance(body.get("scope"), str) else None
     async with pool.acquire() as conn, conn.transaction():
-        bot = await conn.fetchrow("SELECT auth_state, plan_tier FROM bots WHERE id = $1 FOR UPDATE", bot_id)
+        bot = await bots.lock_auth(conn, bot_id)
         if bot is None:
             raise ConnectRefused(f"Bot {bot_id} was deleted meanwhile; nothing was stored.", status=404)
         await store_tokens(
@@ -273,11 +255,12 @@ async def _save_connection(
             expires_at,
             scope=scope,
         )
-        resumed = await _resume_x_tasks(conn, bot_id)
-        task_types = await active_task_types(conn, bot_id)
+        # X task definitions that failed for want of authorization (or of a scope) start afresh.
+        resumed = await bots.resume_unauthorized_tasks(conn, bot_id, list(x_scopes.TASK_SCOPES))
+        task_types = await bots.active_task_types(conn, bot_id)
     scopes = sorted(x_scopes.granted(scope) or [])
     missing = x_scopes.missing(scope, task_types)
-    username = await _read_identity(pool, cipher, http, settings, bot_id, bot["plan_tier"])
+    username = await _read_identity(pool, cipher, http, settings, bot_id, bot.plan_tier)
     await write_log(
         pool,
         bot_id,
@@ -288,29 +271,8 @@ async def _save_connection(
     )
     log.info("bot %s: X account connected (scopes %s)", bot_id, " ".join(scopes) or "unknown")
     return ConnectResult(
-        bot_id, username, scopes, missing, bot["auth_state"] == "needs_reauthorization", resumed
+        bot_id, username, scopes, missing, bot.auth_state == "needs_reauthorization", resumed
     )
-
-
-async def _resume_x_tasks(conn: asyncpg.Connection, bot_id: str) -> list[int]:
-    """X task definitions whose last failure was for want of authorization (or of a scope) start afresh:
-    their failure count goes back to 0, and those deactivated at their error threshold are active again."""
-    rows = await conn.fetch(
-        """
-        UPDATE bot_task_definitions d
-        SET consecutive_failures = 0, is_active = true, updated_at = now()
-        WHERE d.bot_id = $1 AND d.task_type = ANY($2::text[]) AND d.consecutive_failures > 0
-          AND (
-              SELECT e.error_message FROM bot_task_executions e
-              WHERE e.task_definition_id = d.id AND e.status = 'failed'
-              ORDER BY e.started_at DESC, e.id DESC LIMIT 1
-          ) ~* '(needs re-authorization|lacks the scope)'
-        RETURNING d.id
-        """,
-        bot_id,
-        list(x_scopes.TASK_SCOPES),
-    )
-    return sorted(row["id"] for row in rows)
 
 
 async def _read_identity(
@@ -340,13 +302,5 @@ async def _read_identity(
     if not isinstance(user_id, str):
         return None
     username = username if isinstance(username, str) else None
-    # Another account than before: its mentions cursor would skip or repeat posts, so it starts over.
-    await pool.execute(
-        "UPDATE bots SET mentions_since_id = CASE WHEN x_user_id IS DISTINCT FROM $2 THEN NULL"
-        " ELSE mentions_since_id END, x_user_id = $2, x_username = coalesce($3, x_username),"
-        " updated_at = now() WHERE id = $1",
-        bot_id,
-        user_id,
-        username,
-    )
+    await bots.set_connected_identity(pool, bot_id, user_id, username)
     return username

@@ -14,7 +14,8 @@ App windows belong to the X app (`X_CLIENT_ID`) and bind every bot of it. A requ
 one slot in each live window of its endpoint, in one transaction holding the windows' row locks, so
 of N concurrent reservations against k free slots exactly k succeed. Then it settles with X's answer
 (X's numbers replace ours), or releases its slot when it was never sent. A slot not settled within
-its lease (a worker died mid-request) stops counting. All the ledger's SQL is in this module.
+its lease (a worker died mid-request) stops counting. The ledger's SQL is in xbot.storage.quota_windows
+and xbot.storage.rate_limit_tracking.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ import email.utils
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 
+from xbot.storage import quota_windows, rate_limit_tracking
+from xbot.storage.quota_windows import LedgerKey, LedgerRow, Scope, Source, WindowKind
 from xbot.x.rate_limits import FIFTEEN_MINUTES, ONE_DAY, StaticLimit, parse_rate_limit_headers, static_limit
 
-Scope = Literal["bot", "app"]
-WindowKind = Literal["15m", "24h", "month"]
-# Where a window's numbers come from: X's headers, X's usage-capped problem, or a bare 429.
-Source = Literal["x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour", "usage-capped", "429"]
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 USAGE_CAPPED = "https://api.twitter.com/2/problems/usage-capped"
@@ -228,7 +227,7 @@ class Reservation:
     app: str
     endpoint: str
     plan_tier: str
-    ledger: tuple[tuple[Scope, str, WindowKind], ...] = field(default_factory=tuple)
+    ledger: tuple[LedgerKey, ...] = field(default_factory=tuple)
 
 
 def _live_reserved(reserved: int, reserved_until: datetime | None, now: datetime) -> int:
@@ -239,26 +238,9 @@ def _owner(scope: Scope, bot_id: str, app: str) -> str:
     return bot_id if scope == "bot" else app
 
 
-def _ledger_order(key: tuple[Scope, str, WindowKind]) -> tuple[str, str, int]:
+def _ledger_order(key: LedgerKey) -> tuple[str, str, int]:
     """The order every transaction locks ledger rows in (as `ORDER BY scope, owner, window_kind`)."""
     return key[0], key[1], _WINDOW_ORDER[key[2]]
-
-
-_LOCK_ENDPOINT_WINDOW = """
-INSERT INTO rate_limit_tracking AS t (bot_id, endpoint, limit_total, remaining, reset_at, app_key)
-VALUES ($1, $2, $3, $3, $4, $5)
-ON CONFLICT (bot_id, endpoint) DO UPDATE SET app_key = EXCLUDED.app_key
-RETURNING limit_total, remaining, reset_at, reserved, reserved_until
-"""
-
-_LOCK_LEDGER_WINDOWS = """
-SELECT scope, owner, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason, source
-FROM quota_windows
-WHERE endpoint = $3 AND reset_at > $4
-  AND ((scope = 'bot' AND owner = $1) OR (scope = 'app' AND owner = $2))
-ORDER BY scope, owner, array_position(ARRAY['15m', '24h', 'month'], window_kind)
-FOR UPDATE
-"""
 
 
 async def reserve(
@@ -275,95 +257,65 @@ async def reserve(
     now = now or datetime.now(UTC)
     static = static_limit(plan_tier, endpoint)
     blocking: list[Window] = []
-    held: list[tuple[Scope, str, WindowKind]] = []
+    held: list[LedgerKey] = []
     async with pool.acquire() as conn, conn.transaction():
         # Creating or touching the endpoint row locks it: reservations of this bot and endpoint queue
         # here. It also records the bot's app, so `live_windows` finds the app's windows; a refusal
         # commits that too.
-        row = await conn.fetchrow(
-            _LOCK_ENDPOINT_WINDOW, bot_id, endpoint, static.requests, now + static.window, app
+        row = await rate_limit_tracking.lock(
+            conn, bot_id, endpoint, static.requests, now + static.window, app
         )
-        assert row is not None
-        if row["reset_at"] > now:
-            limit, remaining, reset_at = row["limit_total"], row["remaining"], row["reset_at"]
+        if row.reset_at > now:
+            limit, remaining, reset_at = row.limit_total, row.remaining, row.reset_at
         else:  # the window rolled over: full again until X says otherwise
-            limit, remaining, reset_at = row["limit_total"], row["limit_total"], now + static.window
-        in_flight = _live_reserved(row["reserved"], row["reserved_until"], now)
+            limit, remaining, reset_at = row.limit_total, row.limit_total, now + static.window
+        in_flight = _live_reserved(row.reserved, row.reserved_until, now)
         windows = [Window("bot", endpoint, window_kind(static.window), limit, remaining, reset_at, in_flight)]
-        ledger_rows = await conn.fetch(_LOCK_LEDGER_WINDOWS, bot_id, app, endpoint, now)
-        windows += [_ledger_window(endpoint, ledger_row, now) for ledger_row in ledger_rows]
+        ledger_rows = await quota_windows.lock_live(conn, bot_id, app, endpoint, now)
+        windows += [_ledger_window(ledger_row, now) for ledger_row in ledger_rows]
         blocking = [window for window in windows if window.available <= 0]
         if not blocking:
-            await conn.execute(
-                "UPDATE rate_limit_tracking SET remaining = $3, reset_at = $4, reserved = $5,"
-                " reserved_until = $6, updated_at = now() WHERE bot_id = $1 AND endpoint = $2",
+            await rate_limit_tracking.hold_slot(
+                conn,
                 bot_id,
                 endpoint,
                 remaining,
                 reset_at,
                 in_flight + 1,
-                max(now + lease, row["reserved_until"] or now),
+                max(now + lease, row.reserved_until or now),
             )
             for ledger_row in ledger_rows:
-                live = _live_reserved(ledger_row["reserved"], ledger_row["reserved_until"], now)
-                await conn.execute(
-                    "UPDATE quota_windows SET reserved = $5, reserved_until = $6, updated_at = now()"
-                    " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
-                    ledger_row["scope"],
-                    ledger_row["owner"],
-                    endpoint,
-                    ledger_row["window_kind"],
-                    live + 1,
-                    max(now + lease, ledger_row["reserved_until"] or now),
+                live = _live_reserved(ledger_row.reserved, ledger_row.reserved_until, now)
+                await quota_windows.hold_slot(
+                    conn, ledger_row, live + 1, max(now + lease, ledger_row.reserved_until or now)
                 )
-                held.append((ledger_row["scope"], ledger_row["owner"], ledger_row["window_kind"]))
+                held.append(ledger_row.key)
     if blocking:
         raise QuotaExhausted(blocking)
     return Reservation(bot_id, app, endpoint, plan_tier, tuple(held))
 
 
-def _ledger_window(endpoint: str, row: asyncpg.Record, now: datetime) -> Window:
+def _ledger_window(row: LedgerRow, now: datetime) -> Window:
     return Window(
-        scope=row["scope"],
-        endpoint=endpoint,
-        window=row["window_kind"],
-        limit=row["limit_total"],
-        remaining=row["remaining"],
-        reset_at=row["reset_at"],
-        in_flight=_live_reserved(row["reserved"], row["reserved_until"], now),
-        reason=row["reason"],
-        source=row["source"],
+        scope=row.scope,
+        endpoint=row.endpoint,
+        window=row.window_kind,
+        limit=row.limit_total,
+        remaining=row.remaining,
+        reset_at=row.reset_at,
+        in_flight=_live_reserved(row.reserved, row.reserved_until, now),
+        reason=row.reason,
+        source=row.source,
     )
-
-
-def _freed(now_param: str, *, held: bool = True, alias: str = "") -> str:
-    """`reserved` after this request's slot is freed. A counter past its lease is stale: the slots it
-    counted belong to requests that ended long ago (a dead worker), so it starts again from zero."""
-    column, until = f"{alias}reserved", f"{alias}reserved_until"
-    kept = f"greatest({column} - 1, 0)" if held else column
-    return f"CASE WHEN {until} > {now_param} THEN {kept} ELSE 0 END"
 
 
 async def release(pool: asyncpg.Pool, reservation: Reservation, now: datetime | None = None) -> None:
     """The request was never sent: give the slots back."""
     now = now or datetime.now(UTC)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            f"UPDATE rate_limit_tracking SET reserved = {_freed('$3')} WHERE bot_id = $1 AND endpoint = $2",
-            reservation.bot_id,
-            reservation.endpoint,
-            now,
-        )
-        for scope, owner, kind in sorted(reservation.ledger, key=_ledger_order):
-            await conn.execute(
-                f"UPDATE quota_windows SET reserved = {_freed('$5')}"
-                " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
-                scope,
-                owner,
-                reservation.endpoint,
-                kind,
-                now,
-            )
+        await rate_limit_tracking.free_slot(conn, reservation.bot_id, reservation.endpoint, now)
+        for key in sorted(reservation.ledger, key=_ledger_order):
+            await quota_windows.free_slot(conn, key, reservation.endpoint, now)
 
 
 async def settle(
@@ -380,30 +332,8 @@ async def settle(
     reported = observation.endpoint_window
     async with pool.acquire() as conn, conn.transaction():
         # Same lock order as `reserve`: the endpoint row, then ledger rows sorted.
-        await conn.execute(
-            f"""
-            UPDATE rate_limit_tracking SET
-                limit_total = coalesce($3, limit_total),
-                remaining = CASE
-                    WHEN $4::integer IS NOT NULL AND reset_at = $5 THEN least(remaining, $4)
-                    WHEN $4::integer IS NOT NULL THEN $4
-                    WHEN reset_at > $6 THEN greatest(remaining - 1, 0)
-                    ELSE greatest(limit_total - 1, 0) END,
-                reset_at = CASE
-                    WHEN $4::integer IS NOT NULL THEN $5
-                    WHEN reset_at > $6 THEN reset_at
-                    ELSE $7 END,
-                reserved = {_freed("$6")},
-                updated_at = now()
-            WHERE bot_id = $1 AND endpoint = $2
-            """,
-            reservation.bot_id,
-            reservation.endpoint,
-            reported[0] if reported else None,
-            reported[1] if reported else None,
-            reported[2] if reported else None,
-            now,
-            now + static.window,
+        await rate_limit_tracking.settle(
+            conn, reservation.bot_id, reservation.endpoint, reported, now, now + static.window
         )
         readings = {
             (r.scope, _owner(r.scope, reservation.bot_id, reservation.app), r.window): r
@@ -418,50 +348,26 @@ async def settle(
 async def _settle_ledger_window(
     conn: asyncpg.Connection,
     reservation: Reservation,
-    key: tuple[Scope, str, WindowKind],
+    key: LedgerKey,
     reading: Reading | None,
     held: bool,
     now: datetime,
 ) -> None:
-    scope, owner, kind = key
     if reading is None:  # X did not describe this window: count the request ourselves
-        await conn.execute(
-            "UPDATE quota_windows SET remaining = greatest(remaining - 1, 0),"
-            f" reserved = {_freed('$5', held=held)}, updated_at = now()"
-            " WHERE scope = $1 AND owner = $2 AND endpoint = $3 AND window_kind = $4",
-            scope,
-            owner,
-            reservation.endpoint,
-            kind,
-            now,
-        )
+        await quota_windows.count_request(conn, key, reservation.endpoint, now, held=held)
         return
-    await conn.execute(
-        f"""
-        INSERT INTO quota_windows AS w
-            (scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reason, bot_id, source)
-        VALUES ($1, $2, $3, $4, $6, $7, $8, $9, $10, $11)
-        ON CONFLICT (scope, owner, endpoint, window_kind) DO UPDATE SET
-            limit_total = coalesce(EXCLUDED.limit_total, w.limit_total),
-            remaining = CASE WHEN w.reset_at = EXCLUDED.reset_at THEN least(w.remaining, EXCLUDED.remaining)
-                             ELSE EXCLUDED.remaining END,
-            reset_at = EXCLUDED.reset_at,
-            reason = EXCLUDED.reason,
-            source = EXCLUDED.source,
-            reserved = {_freed("$5", held=held, alias="w.")},
-            updated_at = now()
-        """,
-        scope,
-        owner,
+    await quota_windows.record_reading(
+        conn,
+        key,
         reservation.endpoint,
-        kind,
         now,
-        reading.limit,
-        reading.remaining,
-        reading.reset_at,
-        reading.reason,
-        reservation.bot_id if scope == "bot" else None,
-        reading.source,
+        limit=reading.limit,
+        remaining=reading.remaining,
+        reset_at=reading.reset_at,
+        reason=reading.reason,
+        source=reading.source,
+        bot_id=reservation.bot_id if key[0] == "bot" else None,
+        held=held,
     )
 
 
@@ -470,46 +376,15 @@ async def _settle_ledger_window(
 
 async def live_windows(db: Db, bot_id: str, endpoint: str, plan_tier: str, now: datetime) -> list[Window]:
     """The windows binding the bot's next request to `endpoint` now (expired ones bind nothing)."""
-    row = await db.fetchrow(
-        "SELECT limit_total, remaining, reset_at, reserved, reserved_until FROM rate_limit_tracking"
-        " WHERE bot_id = $1 AND endpoint = $2",
-        bot_id,
-        endpoint,
-    )
+    row = await rate_limit_tracking.find(db, bot_id, endpoint)
     windows: list[Window] = []
-    if row is not None and row["reset_at"] > now:
+    if row is not None and row.reset_at > now:
         kind = _endpoint_window_kind(plan_tier, endpoint)
-        in_flight = _live_reserved(row["reserved"], row["reserved_until"], now)
-        windows.append(
-            Window("bot", endpoint, kind, row["limit_total"], row["remaining"], row["reset_at"], in_flight)
-        )
-    rows = await db.fetch(
-        f"{_LEDGER_OF_BOT} AND endpoint = $2 AND reset_at > $3 ORDER BY scope, window_kind",
-        bot_id,
-        endpoint,
-        now,
-    )
-    windows += [_ledger_window(endpoint, ledger_row, now) for ledger_row in rows]
+        in_flight = _live_reserved(row.reserved, row.reserved_until, now)
+        windows.append(Window("bot", endpoint, kind, row.limit_total, row.remaining, row.reset_at, in_flight))
+    rows = await quota_windows.live_of_bot(db, bot_id, endpoint, now)
+    windows += [_ledger_window(ledger_row, now) for ledger_row in rows]
     return windows
-
-
-# The bot's own ledger rows and those of every app it has spoken through.
-_LEDGER_OF_BOT = """
-SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason,
-       source
-FROM quota_windows
-WHERE ((scope = 'bot' AND owner = $1)
-       OR (scope = 'app' AND owner IN (SELECT app_key FROM rate_limit_tracking WHERE bot_id = $1)))
-"""
-# The same, plus the windows of the app `$2` (the one configured here), even before the bot's first request.
-_LEDGER_OF_BOT_AND_APP = """
-SELECT scope, owner, endpoint, window_kind, limit_total, remaining, reset_at, reserved, reserved_until, reason,
-       source
-FROM quota_windows
-WHERE ((scope = 'bot' AND owner = $1)
-       OR (scope = 'app' AND (owner = $2
-                              OR owner IN (SELECT app_key FROM rate_limit_tracking WHERE bot_id = $1))))
-"""
 
 
 def _endpoint_window_kind(plan_tier: str, endpoint: str) -> WindowKind:
@@ -527,43 +402,28 @@ async def bot_quota(
     that ended)."""
     now = now or datetime.now(UTC)
     windows: list[Window] = []
-    for row in await db.fetch(
-        "SELECT endpoint, limit_total, remaining, reset_at, reserved, reserved_until"
-        " FROM rate_limit_tracking WHERE bot_id = $1",
-        bot_id,
-    ):
-        kind = _endpoint_window_kind(plan_tier, row["endpoint"])
-        in_flight = _live_reserved(row["reserved"], row["reserved_until"], now)
-        if row["reset_at"] > now:
+    for row in await rate_limit_tracking.of_bot(db, bot_id):
+        kind = _endpoint_window_kind(plan_tier, row.endpoint)
+        in_flight = _live_reserved(row.reserved, row.reserved_until, now)
+        if row.reset_at > now:
             windows.append(
-                Window(
-                    "bot",
-                    row["endpoint"],
-                    kind,
-                    row["limit_total"],
-                    row["remaining"],
-                    row["reset_at"],
-                    in_flight,
-                )
+                Window("bot", row.endpoint, kind, row.limit_total, row.remaining, row.reset_at, in_flight)
             )
         else:
-            windows.append(Window("bot", row["endpoint"], kind, row["limit_total"], row["limit_total"], None))
-    ledger = await (
-        db.fetch(_LEDGER_OF_BOT_AND_APP, bot_id, app) if app is not None else db.fetch(_LEDGER_OF_BOT, bot_id)
-    )
-    for row in ledger:
-        if row["reset_at"] > now:
-            windows.append(_ledger_window(row["endpoint"], row, now))
-        elif row["limit_total"] is not None:
+            windows.append(Window("bot", row.endpoint, kind, row.limit_total, row.limit_total, None))
+    for ledger_row in await quota_windows.of_bot(db, bot_id, app):
+        if ledger_row.reset_at > now:
+            windows.append(_ledger_window(ledger_row, now))
+        elif ledger_row.limit_total is not None:
             windows.append(
                 Window(
-                    row["scope"],
-                    row["endpoint"],
-                    row["window_kind"],
-                    row["limit_total"],
-                    row["limit_total"],
+                    ledger_row.scope,
+                    ledger_row.endpoint,
+                    ledger_row.window_kind,
+                    ledger_row.limit_total,
+                    ledger_row.limit_total,
                     None,
-                    source=row["source"],
+                    source=ledger_row.source,
                 )
             )
     windows.sort(key=lambda w: (w.scope != "bot", w.endpoint, _WINDOW_ORDER[w.window]))

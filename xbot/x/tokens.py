@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -37,6 +38,8 @@ import httpx
 from xbot.crypto.at_rest import TokenCipher
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.settings import Settings
+from xbot.storage import bots
+from xbot.storage import tokens as token_rows
 from xbot.storage.logs import write_log
 from xbot.x.errors import ReauthorizationRequiredError, XRateLimitedError, XServerError, XTimeoutError
 
@@ -138,45 +141,28 @@ async def store_tokens(
     scope: str | None = None,
 ) -> int:
     """Save a new token pair (encrypted) and mark the bot authorized again. Returns the new version."""
-    access_enc = cipher.encrypt(access_token)
-    refresh_enc = cipher.encrypt(refresh_token) if refresh_token is not None else None
-    if isinstance(pool, asyncpg.Pool):
-        async with pool.acquire() as conn:
-            return await _store(conn, bot_id, access_enc, refresh_enc, expires_at, scope)
-    return await _store(pool, bot_id, access_enc, refresh_enc, expires_at, scope)
-
-
-async def _store(
-    conn: asyncpg.Connection,
-    bot_id: str,
-    access_enc: bytes,
-    refresh_enc: bytes | None,
-    expires_at: datetime | None,
-    scope: str | None,
-) -> int:
-    async with conn.transaction():
-        # An operator's new pair replaces whatever a refresh was doing: its lease and notes go too.
-        version: int = await conn.fetchval(
-            """
-            INSERT INTO bot_tokens (bot_id, access_token_enc, refresh_token_enc, expires_at, scope)
-            VALUES ($1, $2, $3, $4, $5)
-            ON CONFLICT (bot_id) DO UPDATE
-            SET access_token_enc = EXCLUDED.access_token_enc,
-                refresh_token_enc = EXCLUDED.refresh_token_enc,
-                expires_at = EXCLUDED.expires_at, scope = EXCLUDED.scope,
-                version = bot_tokens.version + 1, updated_at = now(),
-                refresh_state = 'idle', refresh_claim = NULL, refresh_lease_until = NULL,
-                refresh_note = NULL
-            RETURNING version
-            """,
-            bot_id,
-            access_enc,
-            refresh_enc,
-            expires_at,
-            scope,
-        )
-        await conn.execute("UPDATE bots SET auth_state = 'ok', updated_at = now() WHERE id = $1", bot_id)
+    encrypted = _encrypted(cipher, access_token, refresh_token, expires_at, scope)
+    async with _connection(pool) as conn, conn.transaction():
+        version = await token_rows.store_pair(conn, bot_id, encrypted)
+        await bots.set_auth_state(conn, bot_id, "ok")
     return version
+
+
+def _encrypted(
+    cipher: TokenCipher, access: str, refresh: str | None, expires_at: datetime | None, scope: str | None
+) -> token_rows.EncryptedPair:
+    return token_rows.EncryptedPair(
+        cipher.encrypt(access), cipher.encrypt(refresh) if refresh is not None else None, expires_at, scope
+    )
+
+
+@asynccontextmanager
+async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
 
 
 class TokenStore:
@@ -209,20 +195,16 @@ class TokenStore:
     async def access_token(self, bot_id: str) -> AccessToken:
         if self._unsaved(bot_id) is not None:
             return await self.refresh(bot_id, -1)
-        row = await self._pool.fetchrow(
-            "SELECT b.auth_state, t.access_token_enc, t.version, t.expires_at, t.refresh_note"
-            " FROM bots b LEFT JOIN bot_tokens t ON t.bot_id = b.id WHERE b.id = $1",
-            bot_id,
-        )
+        row = await token_rows.token_use(self._pool, bot_id)
         if row is None:
             raise NonRetryableTaskError(f"bot {bot_id} does not exist")
-        if row["auth_state"] == NEEDS_REAUTHORIZATION:
+        if row.auth_state == NEEDS_REAUTHORIZATION:
             raise ReauthorizationRequiredError(
-                bot_id, row["refresh_note"] or "an earlier token refresh was refused by X"
+                bot_id, row.refresh_note or "an earlier token refresh was refused by X"
             )
-        if row["access_token_enc"] is None:
+        if row.access_token_enc is None or row.version is None:
             raise ReauthorizationRequiredError(bot_id, "no OAuth tokens stored")
-        token = AccessToken(self._cipher.decrypt(row["access_token_enc"]), row["version"], row["expires_at"])
+        token = AccessToken(self._cipher.decrypt(row.access_token_enc), row.version, row.expires_at)
         if token.expiring(datetime.now(UTC)):
             return await self.refresh(bot_id, token.version)
         return token
@@ -295,60 +277,36 @@ class TokenStore:
     async def _claim(self, bot_id: str, stale_version: int) -> _Claim | AccessToken | None:
         no_refresh_token = "no refresh token stored"
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """
-                SELECT t.access_token_enc, t.refresh_token_enc, t.version, t.expires_at,
-                       t.refresh_state, t.refresh_note, coalesce(t.refresh_lease_until > now(), false) AS leased,
-                       b.auth_state
-                FROM bot_tokens t JOIN bots b ON b.id = t.bot_id
-                WHERE t.bot_id = $1 FOR UPDATE OF t
-                """,
-                bot_id,
-            )
+            row = await token_rows.lock_for_refresh(conn, bot_id)
             if row is None:
                 raise ReauthorizationRequiredError(bot_id, "no OAuth tokens stored")
-            current = AccessToken(
-                self._cipher.decrypt(row["access_token_enc"]), row["version"], row["expires_at"]
-            )
+            current = AccessToken(self._cipher.decrypt(row.access_token_enc), row.version, row.expires_at)
             if current.version != stale_version and not current.expiring(datetime.now(UTC)):
                 return current  # another caller refreshed meanwhile
-            if row["auth_state"] == NEEDS_REAUTHORIZATION:
+            if row.auth_state == NEEDS_REAUTHORIZATION:
                 raise ReauthorizationRequiredError(
-                    bot_id, row["refresh_note"] or "an earlier token refresh was refused by X"
+                    bot_id, row.refresh_note or "an earlier token refresh was refused by X"
                 )
-            if row["refresh_state"] == "in_flight" and row["leased"]:
+            if row.refresh_state == "in_flight" and row.leased:
                 return None
-            if row["refresh_token_enc"] is None:
+            if row.refresh_token_enc is None:
                 await self.mark_needs_reauthorization(conn, bot_id, no_refresh_token)
                 claim = None
             else:
-                claim = await self._take_lease(conn, bot_id, row)
+                claim = await self._take_lease(conn, bot_id, row, row.refresh_token_enc)
         if claim is None:  # raised only now: inside the transaction it would undo the mark
             raise ReauthorizationRequiredError(bot_id, no_refresh_token)
         return claim
 
-    async def _take_lease(self, conn: asyncpg.Connection, bot_id: str, row: asyncpg.Record) -> _Claim:
-        after_lost_answer = row["refresh_state"] != "idle"
-        if row["refresh_state"] == "in_flight":
+    async def _take_lease(
+        self, conn: asyncpg.Connection, bot_id: str, row: token_rows.RefreshState, refresh_enc: bytes
+    ) -> _Claim:
+        after_lost_answer = row.refresh_state != "idle"
+        if row.refresh_state == "in_flight":
             # Its holder never finished (worker killed or stalled while X had the request).
             await self._log_lost_answer(conn, bot_id, "a refresher stopped while waiting for X")
-        claim = _Claim(
-            uuid.uuid4(),
-            row["version"],
-            self._cipher.decrypt(row["refresh_token_enc"]),
-            after_lost_answer,
-        )
-        await conn.execute(
-            """
-            UPDATE bot_tokens
-            SET refresh_state = 'in_flight', refresh_claim = $2,
-                refresh_lease_until = now() + make_interval(secs => $3)
-            WHERE bot_id = $1
-            """,
-            bot_id,
-            claim.claim_id,
-            self._lease_seconds,
-        )
+        claim = _Claim(uuid.uuid4(), row.version, self._cipher.decrypt(refresh_enc), after_lost_answer)
+        await token_rows.take_lease(conn, bot_id, claim.claim_id, self._lease_seconds)
         return claim
 
     # --- step 2: call X ---------------------------------------------------------------------------
@@ -403,13 +361,14 @@ class TokenStore:
     async def _save(self, bot_id: str, pair: _NewPair) -> AccessToken:
         """Commit the pair on its own, retried; on final failure keep it in memory and raise."""
         # Encrypted once: a retry after an unclear commit writes the same bytes.
-        access_enc = self._cipher.encrypt(pair.access_token)
-        refresh_enc = self._cipher.encrypt(pair.refresh_token) if pair.refresh_token is not None else None
+        encrypted = _encrypted(
+            self._cipher, pair.access_token, pair.refresh_token, pair.expires_at, pair.scope
+        )
         try:
             token = await self._durably(
                 "save the refreshed OAuth tokens",
                 bot_id,
-                lambda conn: self._write_pair(conn, bot_id, pair, access_enc, refresh_enc),
+                lambda conn: self._write_pair(conn, bot_id, pair, encrypted),
             )
         except _DB_ERRORS as error:
             _UNSAVED[(id(self._pool), bot_id)] = pair
@@ -432,52 +391,30 @@ class TokenStore:
         conn: asyncpg.Connection,
         bot_id: str,
         pair: _NewPair,
-        access_enc: bytes,
-        refresh_enc: bytes | None,
+        encrypted: token_rows.EncryptedPair,
     ) -> AccessToken:
         async with conn.transaction():
             # Conditional on `version`: a pair stored meanwhile (an operator's) is newer than ours.
-            version: int | None = await conn.fetchval(
-                """
-                UPDATE bot_tokens
-                SET access_token_enc = $2, refresh_token_enc = coalesce($3, refresh_token_enc),
-                    expires_at = $4, scope = coalesce($5, scope), version = version + 1,
-                    refresh_state = 'idle', refresh_claim = $6, refresh_lease_until = NULL,
-                    refresh_note = NULL, updated_at = now()
-                WHERE bot_id = $1 AND version = $7
-                RETURNING version
-                """,
-                bot_id,
-                access_enc,
-                refresh_enc,
-                pair.expires_at,
-                pair.scope,
-                pair.claim_id,
-                pair.base_version,
+            version = await token_rows.save_refreshed_pair(
+                conn, bot_id, encrypted, pair.claim_id, pair.base_version
             )
             if version is None:
                 return await self._stored_after_unclear_save(conn, bot_id, pair)
             # A fresh pair from X: whatever refusal a stalled lease's successor recorded is over.
-            await conn.execute(
-                "UPDATE bots SET auth_state = 'ok', updated_at = now() WHERE id = $1 AND auth_state <> 'ok'",
-                bot_id,
-            )
+            await bots.set_auth_state(conn, bot_id, "ok", only_if_changed=True)
         log.info("refreshed OAuth tokens of bot %s (version %d)", bot_id, version)
         return AccessToken(pair.access_token, version, pair.expires_at)
 
     async def _stored_after_unclear_save(
         self, conn: asyncpg.Connection, bot_id: str, pair: _NewPair
     ) -> AccessToken:
-        row = await conn.fetchrow(
-            "SELECT access_token_enc, version, expires_at, refresh_claim FROM bot_tokens WHERE bot_id = $1",
-            bot_id,
-        )
+        row = await token_rows.stored_pair(conn, bot_id)
         if row is None:
             raise ReauthorizationRequiredError(bot_id, "the bot's tokens were deleted during a refresh")
-        if row["refresh_claim"] == pair.claim_id and row["version"] == pair.base_version + 1:
-            return AccessToken(pair.access_token, row["version"], pair.expires_at)  # an earlier try committed
+        if row.refresh_claim == pair.claim_id and row.version == pair.base_version + 1:
+            return AccessToken(pair.access_token, row.version, pair.expires_at)  # an earlier try committed
         log.info("bot %s got new tokens from elsewhere during a refresh; keeping the stored ones", bot_id)
-        return AccessToken(self._cipher.decrypt(row["access_token_enc"]), row["version"], row["expires_at"])
+        return AccessToken(self._cipher.decrypt(row.access_token_enc), row.version, row.expires_at)
 
     # --- other outcomes ---------------------------------------------------------------------------
 
@@ -486,33 +423,15 @@ class TokenStore:
         await self._best_effort(
             "release the refresh claim",
             bot_id,
-            lambda conn: conn.execute(
-                """
-                UPDATE bot_tokens
-                SET refresh_state = CASE WHEN $3 THEN 'answer_lost' ELSE 'idle' END,
-                    refresh_lease_until = NULL
-                WHERE bot_id = $1 AND refresh_claim = $2 AND refresh_state = 'in_flight'
-                """,
-                bot_id,
-                claim.claim_id,
-                claim.after_lost_answer,
+            lambda conn: token_rows.release_claim(
+                conn, bot_id, claim.claim_id, after_lost_answer=claim.after_lost_answer
             ),
         )
 
     async def _answer_lost(self, bot_id: str, claim: _Claim, what: str) -> None:
         async def record(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                updated = await conn.fetchval(
-                    """
-                    UPDATE bot_tokens
-                    SET refresh_state = 'answer_lost', refresh_lease_until = NULL, refresh_note = $3
-                    WHERE bot_id = $1 AND refresh_claim = $2 AND refresh_state = 'in_flight'
-                    RETURNING 1
-                    """,
-                    bot_id,
-                    claim.claim_id,
-                    ANSWER_LOST_NOTE,
-                )
+                updated = await token_rows.record_answer_lost(conn, bot_id, claim.claim_id, ANSWER_LOST_NOTE)
                 if updated:
                     await self._log_lost_answer(conn, bot_id, what)
 
@@ -520,9 +439,7 @@ class TokenStore:
         await self._best_effort("record the lost refresh answer", bot_id, record)
 
     async def _log_lost_answer(self, conn: asyncpg.Connection, bot_id: str, what: str) -> None:
-        await conn.execute(
-            "UPDATE bot_tokens SET refresh_note = $2 WHERE bot_id = $1", bot_id, ANSWER_LOST_NOTE
-        )
+        await token_rows.set_refresh_note(conn, bot_id, ANSWER_LOST_NOTE)
         await write_log(
             conn,
             bot_id,
@@ -535,24 +452,15 @@ class TokenStore:
 
     async def _refused(self, conn: asyncpg.Connection, bot_id: str, claim: _Claim, reason: str) -> None:
         async with conn.transaction():
-            await conn.execute(
-                """
-                UPDATE bot_tokens SET refresh_state = 'idle', refresh_lease_until = NULL
-                WHERE bot_id = $1 AND refresh_claim = $2
-                """,
-                bot_id,
-                claim.claim_id,
-            )
+            await token_rows.end_claim(conn, bot_id, claim.claim_id)
             await self.mark_needs_reauthorization(conn, bot_id, reason)
 
     async def mark_needs_reauthorization(
         self, conn: asyncpg.Pool | asyncpg.Connection, bot_id: str, reason: str
     ) -> None:
         """X tasks of the bot fail non-retryably until `store_tokens` saves a new pair."""
-        await conn.execute(
-            "UPDATE bots SET auth_state = $2, updated_at = now() WHERE id = $1", bot_id, NEEDS_REAUTHORIZATION
-        )
-        await conn.execute("UPDATE bot_tokens SET refresh_note = $2 WHERE bot_id = $1", bot_id, reason)
+        await bots.set_auth_state(conn, bot_id, NEEDS_REAUTHORIZATION)
+        await token_rows.set_refresh_note(conn, bot_id, reason)
         await write_log(
             conn,
             bot_id,
