@@ -65,3 +65,8 @@ async def connect(dsn: str) -> asyncpg.Connection:
     connection = await asyncpg.connect(dsn)
     await _init_connection(connection)
     return connection
+
+
+async def database_answers(pool: asyncpg.Pool) -> bool:
+    """Whether the database runs a trivial query (the health check)."""
+    return bool(await pool.fetchval("SELECT 1") == 1)
