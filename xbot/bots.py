@@ -157,8 +157,9 @@ class XConnection(BaseModel):
 
 
 class Bot(BotFields):
-    """A stored bot as the API returns it: its stored settings (`BotFields`), the webhook URL masked,
-    and what is derived from its tokens."""
+    """A stored bot as the API returns it (plain types: rows written elsewhere stay readable)."""
+
+    # Its stored settings are `BotFields`; the webhook URL is masked, the rest derived from its tokens.
 
     discord_webhook_url: str | None = Field(
         description="Masked (`https://discord.com/api/webhooks/123…/****`): the URL is stored encrypted"

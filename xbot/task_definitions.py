@@ -201,10 +201,9 @@ class TaskDefinitionPatch(BaseModel):
 
 
 class TaskDefinition(TaskSchedule):
-    """A stored definition, as the API returns it (plain types: rows written by SQL stay readable).
+    """A stored definition, as the API returns it (plain types: rows written by SQL stay readable)."""
 
-    The scheduling fields are the workflow's (`TaskSchedule`); every field is present in a response.
-    """
+    # The scheduling fields are the workflow's (`TaskSchedule`); every field is in every response.
 
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
+from xbot.storage.pool import Executor
 
 
-async def get_setting(db: asyncpg.Pool | asyncpg.Connection, key: str) -> Any:
+async def get_setting(db: Executor, key: str) -> Any:
     """The stored value of `key` (as the column holds it), or None."""
     return await db.fetchval("SELECT value FROM app_settings WHERE key = $1", key)

@@ -14,8 +14,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from xbot.errors import NonRetryableTaskError
-
-Executor = asyncpg.Pool | asyncpg.Connection
+from xbot.storage.pool import Executor
 
 
 class BotFields(BaseModel):
@@ -83,7 +82,9 @@ async def fetch_bot_view(db: Executor, bot_id: str) -> dict[str, Any] | None:
 
 async def list_bot_views(db: Executor, limit: int | None, after: str | None) -> list[dict[str, Any]]:
     """Bots in id order: all of them, or a page of `limit` after the id `after` (keyset paging)."""
-    rows = await db.fetch(_VIEW + " WHERE ($1::text IS NULL OR b.id > $1) ORDER BY b.id LIMIT $2", after, limit)
+    rows = await db.fetch(
+        _VIEW + " WHERE ($1::text IS NULL OR b.id > $1) ORDER BY b.id LIMIT $2", after, limit
+    )
     return [dict(row) for row in rows]
 
 

@@ -14,14 +14,12 @@ import asyncpg
 from pydantic import BaseModel
 
 from xbot.storage.conditions import Conditions
+from xbot.storage.pool import Executor
 from xbot.storage.task_definitions import SET_NEXT_PLANNED
 
-Executor = asyncpg.Pool | asyncpg.Connection
 
-
+# A row of `bot_task_executions`, as the API returns it (no docstring: it would change the schema).
 class Execution(BaseModel):
-    """A row of `bot_task_executions`, as the API returns it."""
-
     id: int
     bot_id: str
     task_definition_id: int | None

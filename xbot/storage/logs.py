@@ -9,6 +9,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from xbot.storage.conditions import Conditions
+from xbot.storage.pool import Executor
 
 LogLevel = Literal["debug", "info", "warn", "error"]
 LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warn", "error")
@@ -16,9 +17,8 @@ LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warn", "error")
 FEED_BATCH = 500
 
 
+# A row of `logs`, as the API returns it (no docstring: it would change the schema).
 class LogEntry(BaseModel):
-    """A row of `logs`, as the API returns it."""
-
     id: int
     bot_id: str | None
     level: str
@@ -29,7 +29,7 @@ class LogEntry(BaseModel):
 
 
 async def write_log(
-    db: asyncpg.Pool | asyncpg.Connection,
+    db: Executor,
     bot_id: str | None,
     level: LogLevel,
     content: str,
@@ -51,13 +51,13 @@ async def write_log(
     return log_id
 
 
-async def latest_log_id(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> int:
+async def latest_log_id(db: Executor, bot_id: str) -> int:
     """The id of the bot's newest entry; 0 when it has none."""
     last: int = await db.fetchval("SELECT coalesce(max(id), 0) FROM logs WHERE bot_id = $1", bot_id)
     return last
 
 
-async def logs_after(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, after: int) -> list[asyncpg.Record]:
+async def logs_after(db: Executor, bot_id: str, after: int) -> list[asyncpg.Record]:
     """The bot's entries with an id above `after`, oldest first, at most `FEED_BATCH`."""
     rows: list[asyncpg.Record] = await db.fetch(
         "SELECT id, level, content, created_at FROM logs WHERE bot_id = $1 AND id > $2 ORDER BY id"
@@ -69,7 +69,7 @@ async def logs_after(db: asyncpg.Pool | asyncpg.Connection, bot_id: str, after: 
 
 
 async def page_logs(
-    db: asyncpg.Pool | asyncpg.Connection,
+    db: Executor,
     bot_id: str,
     *,
     level: LogLevel | None,

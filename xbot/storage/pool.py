@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from xbot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What a statement runs on: the pool, or a connection (inside a transaction).
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 # Held for the life of the process so the embedded server keeps running while we use it.
 _embedded_servers: dict[Path, Any] = {}

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-Executor = asyncpg.Pool | asyncpg.Connection
+from xbot.storage.pool import Executor
 
 # next_planned_run_at is written only while the schedule is the one the run was planned with
 # ($3: the new value, $4: the schedule_version the run was planned under).
@@ -30,11 +30,15 @@ async def list_definitions(db: Executor, bot_id: str) -> list[dict[str, Any]]:
 
 
 async def get_definition(db: Executor, bot_id: str, task_id: int) -> dict[str, Any] | None:
-    row = await db.fetchrow("SELECT * FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id)
+    row = await db.fetchrow(
+        "SELECT * FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
+    )
     return dict(row) if row else None
 
 
-async def insert_definition(connection: asyncpg.Connection, bot_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
+async def insert_definition(
+    connection: asyncpg.Connection, bot_id: str, values: Mapping[str, Any]
+) -> dict[str, Any]:
     columns = ", ".join(["bot_id", *values])
     placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 2))
     row = await connection.fetchrow(
@@ -97,7 +101,9 @@ async def dependents(connection: asyncpg.Connection, bot_id: str, task_id: int) 
 
 async def dependency_graph(connection: asyncpg.Connection, bot_id: str) -> dict[int, list[int]]:
     """The bot's definitions: id -> ids it depends on."""
-    rows = await connection.fetch("SELECT id, dependencies FROM bot_task_definitions WHERE bot_id = $1", bot_id)
+    rows = await connection.fetch(
+        "SELECT id, dependencies FROM bot_task_definitions WHERE bot_id = $1", bot_id
+    )
     return {row["id"]: list(row["dependencies"]) for row in rows}
 
 
