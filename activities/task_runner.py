@@ -39,12 +39,12 @@ from workflows.models import (
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.settings import Settings
 from xbot.storage import executions as executions_table
+from xbot.storage import task_locks
+from xbot.storage.task_locks import KEY_LOCK_NAMESPACE
 from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
 
-# Two-key advisory locks: (namespace, hashtext(name)). The migration lock uses the one-key form.
-KEY_LOCK_NAMESPACE = 0x78620002
 # A rate-limit window ending this soon is waited out here instead of going back to the workflow.
 WAIT_OUT_RESET = timedelta(seconds=3)
 # Bookkeeping phases (database writes) must finish within this, or the heartbeat stops.
@@ -315,9 +315,7 @@ class _Attempt:
         self.watchdog.phase(BOOKKEEPING_DEADLINE)
         async with self.runner.lock_pool.acquire(timeout=BOOKKEEPING_DEADLINE.total_seconds()) as connection:
             try:
-                if not await connection.fetchval(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))", KEY_LOCK_NAMESPACE, key
-                ):
+                if not await task_locks.try_lock(connection, KEY_LOCK_NAMESPACE, key):
                     await self._wait_for_lock(connection, key, timeout)
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
@@ -327,7 +325,7 @@ class _Attempt:
                 yield
             finally:
                 try:
-                    await connection.execute("SELECT pg_advisory_unlock_all()")
+                    await task_locks.unlock_all(connection)
                 except Exception:
                     connection.terminate()
 
@@ -336,17 +334,7 @@ class _Attempt:
         await executions_table.mark_waiting_lock(self.pool, self.execution_id, reason)
         await self._report("waiting_lock", reason)
         self.watchdog.phase(timeout + BOOKKEEPING_DEADLINE)
-        try:
-            await connection.execute(f"SET lock_timeout = {int(timeout.total_seconds() * 1000)}")
-            await connection.execute(
-                "SELECT pg_advisory_lock($1, hashtext($2))",
-                KEY_LOCK_NAMESPACE,
-                key,
-                timeout=timeout.total_seconds() + 10,
-            )
-            await connection.execute("SET lock_timeout = 0")
-        except asyncpg.exceptions.LockNotAvailableError:
-            await connection.execute("SET lock_timeout = 0")
+        if not await task_locks.lock_within(connection, KEY_LOCK_NAMESPACE, key, timeout):
             await self._fail(
                 f"lock key {key!r} not acquired within the task's timeout of {self.request.timeout_seconds} s",
                 "LockTimeout",

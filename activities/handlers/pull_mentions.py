@@ -27,6 +27,7 @@ from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, float_config, int_config
 from xbot.errors import NonRetryableTaskError
 from xbot.storage import bots, posts, users
+from xbot.storage import task_definitions as definitions_table
 from xbot.storage.bots import BotProfile
 from xbot.x import rate_limits
 from xbot.x.client import Page, XClient
@@ -108,12 +109,7 @@ class PullMentionsHandler(XHandlerBase):
             if ctx.config.get("backfill_hours") is not None
             else None
         )
-        definition = await self.deps.pool.fetchrow(
-            "SELECT rate_limit_endpoint, min_rate_limit_remaining FROM bot_task_definitions"
-            " WHERE id = $1 AND bot_id = $2",
-            ctx.task_id,
-            ctx.bot_id,
-        )
+        definition = await definitions_table.rate_limit_settings(self.deps.pool, ctx.bot_id, ctx.task_id)
         definition_reserve = (
             definition["min_rate_limit_remaining"]
             if definition is not None and definition["rate_limit_endpoint"] == MENTIONS

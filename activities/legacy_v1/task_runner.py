@@ -37,17 +37,14 @@ from workflows.legacy_v1.models import (
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.settings import Settings
 from xbot.storage import legacy_v1 as frozen
+from xbot.storage import task_locks
+from xbot.storage.task_locks import BOT_LOCK_NAMESPACE, KEY_LOCK_NAMESPACE
 from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
 
-# Two-key advisory locks: (namespace, hashtext(name)). The migration lock uses the one-key form.
-BOT_LOCK_NAMESPACE = 0x78620001
-KEY_LOCK_NAMESPACE = 0x78620002
 # A rate-limit window ending this soon is waited out here instead of going back to the workflow.
 WAIT_OUT_RESET = timedelta(seconds=3)
-TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
-LOCK = "SELECT pg_advisory_lock($1, hashtext($2))"
 
 
 class LogicalClock:
@@ -308,9 +305,9 @@ class _Attempt:
         async with self.pool.acquire() as connection:
             try:
                 for namespace, name, label in wanted:
-                    if not await connection.fetchval(TRY_LOCK, namespace, name):
+                    if not await task_locks.try_lock(connection, namespace, name):
                         await self._report("waiting_lock", error=f"waiting for {label}")
-                        await connection.execute(LOCK, namespace, name)
+                        await task_locks.lock(connection, namespace, name)
                         await self._report("running")
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
@@ -320,7 +317,7 @@ class _Attempt:
                 yield
             finally:
                 try:
-                    await connection.execute("SELECT pg_advisory_unlock_all()")
+                    await task_locks.unlock_all(connection)
                 except Exception:
                     connection.terminate()
 

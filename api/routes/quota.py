@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, Pool, State, error_docs
+from xbot.storage import bots as bots_table
 from xbot.x import quota
 
 router = APIRouter(tags=["bots"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
@@ -41,7 +42,7 @@ class BotQuota(BaseModel):
 async def read_quota(bot_id: ExistingBotId, pool: Pool, state: State) -> BotQuota:
     """The bot's X windows: per endpoint its own 15-minute (or plan) and 24-hour windows, the app's
     24-hour and 15-minute windows, and usage caps (`month`), with what is left and when they reset."""
-    plan_tier: str = await pool.fetchval("SELECT plan_tier FROM bots WHERE id = $1", bot_id) or "basic"
+    plan_tier: str = await bots_table.plan_tier(pool, bot_id) or "basic"
     app = quota.app_key(state.settings.x_client_id)
     windows = await quota.bot_quota(pool, bot_id, plan_tier, app=app)
     return BotQuota(

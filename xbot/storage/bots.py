@@ -104,6 +104,27 @@ async def lock_bot(connection: asyncpg.Connection, bot_id: str) -> bool:
     return await connection.fetchval("SELECT true FROM bots WHERE id = $1 FOR UPDATE", bot_id) is not None
 
 
+async def lock_auth_state(connection: asyncpg.Connection, bot_id: str) -> asyncpg.Record | None:
+    """Lock the bot row until the transaction ends; its `auth_state` and `plan_tier`, or None."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT auth_state, plan_tier FROM bots WHERE id = $1 FOR UPDATE", bot_id
+    )
+    return row
+
+
+async def set_auth_state(db: Executor, bot_id: str, state: str, *, only_if_changed: bool = False) -> None:
+    """`ok`, or `needs_reauthorization` (X tasks then fail until new tokens are stored).
+    `only_if_changed`: leave `updated_at` alone when the state is already `state`."""
+    if only_if_changed:
+        await db.execute(
+            "UPDATE bots SET auth_state = $2, updated_at = now() WHERE id = $1 AND auth_state <> $2",
+            bot_id,
+            state,
+        )
+    else:
+        await db.execute("UPDATE bots SET auth_state = $2, updated_at = now() WHERE id = $1", bot_id, state)
+
+
 async def insert_bot(connection: asyncpg.Connection, values: Mapping[str, Any]) -> bool:
     """Insert a bot with these columns; False when its id is taken."""
     columns = list(values)
@@ -192,6 +213,19 @@ async def set_x_identity(db: Executor, bot_id: str, x_user_id: str, x_username: 
     await db.execute(
         "UPDATE bots SET x_user_id = $2, x_username = coalesce($3, x_username), updated_at = now()"
         " WHERE id = $1",
+        bot_id,
+        x_user_id,
+        x_username,
+    )
+
+
+async def set_connected_identity(db: Executor, bot_id: str, x_user_id: str, x_username: str | None) -> None:
+    """The X account just connected; another account than before restarts the mentions cursor
+    (the old one would skip or repeat posts)."""
+    await db.execute(
+        "UPDATE bots SET mentions_since_id = CASE WHEN x_user_id IS DISTINCT FROM $2 THEN NULL"
+        " ELSE mentions_since_id END, x_user_id = $2, x_username = coalesce($3, x_username),"
+        " updated_at = now() WHERE id = $1",
         bot_id,
         x_user_id,
         x_username,

@@ -132,6 +132,48 @@ async def count_active(db: Executor, bot_id: str) -> int:
     return count
 
 
+async def active_task_types(db: Executor, bot_id: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT DISTINCT task_type FROM bot_task_definitions WHERE bot_id = $1 AND is_active", bot_id
+    )
+    return [row["task_type"] for row in rows]
+
+
+async def rate_limit_settings(db: Executor, bot_id: str, task_id: int) -> asyncpg.Record | None:
+    """The definition's `rate_limit_endpoint` and `min_rate_limit_remaining`, or None."""
+    row: asyncpg.Record | None = await db.fetchrow(
+        "SELECT rate_limit_endpoint, min_rate_limit_remaining FROM bot_task_definitions"
+        " WHERE id = $1 AND bot_id = $2",
+        task_id,
+        bot_id,
+    )
+    return row
+
+
+async def resume_failing(
+    connection: asyncpg.Connection, bot_id: str, task_types: list[str], error_pattern: str
+) -> list[int]:
+    """Definitions of these types whose latest failure's message matches `error_pattern` (a
+    case-insensitive regular expression) start afresh: failure count 0, active again. Their ids."""
+    rows = await connection.fetch(
+        """
+        UPDATE bot_task_definitions d
+        SET consecutive_failures = 0, is_active = true, updated_at = now()
+        WHERE d.bot_id = $1 AND d.task_type = ANY($2::text[]) AND d.consecutive_failures > 0
+          AND (
+              SELECT e.error_message FROM bot_task_executions e
+              WHERE e.task_definition_id = d.id AND e.status = 'failed'
+              ORDER BY e.started_at DESC, e.id DESC LIMIT 1
+          ) ~* $3
+        RETURNING d.id
+        """,
+        bot_id,
+        task_types,
+        error_pattern,
+    )
+    return sorted(row["id"] for row in rows)
+
+
 async def active_with_last_started(db: Executor, bot_id: str) -> list[asyncpg.Record]:
     """The bot's active definitions with `last_started_at`, the start of their latest attempt that ran."""
     rows: list[asyncpg.Record] = await db.fetch(

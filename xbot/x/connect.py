@@ -30,6 +30,8 @@ import httpx
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.errors import NonRetryableTaskError
 from xbot.settings import Settings
+from xbot.storage import bots as bots_table
+from xbot.storage import task_definitions as definitions_table
 from xbot.storage.logs import write_log
 from xbot.x import scopes as x_scopes
 from xbot.x.client import XClient
@@ -99,10 +101,7 @@ def _redirect_uri(settings: Settings) -> str:
 
 
 async def active_task_types(db: asyncpg.Pool | asyncpg.Connection, bot_id: str) -> list[str]:
-    rows = await db.fetch(
-        "SELECT DISTINCT task_type FROM bot_task_definitions WHERE bot_id = $1 AND is_active", bot_id
-    )
-    return [row["task_type"] for row in rows]
+    return await definitions_table.active_task_types(db, bot_id)
 
 
 async def start_connect(
@@ -261,7 +260,7 @@ async def _save_connection(
     refresh = body.get("refresh_token")
     scope = body.get("scope") if isinstance(body.get("scope"), str) else None
     async with pool.acquire() as conn, conn.transaction():
-        bot = await conn.fetchrow("SELECT auth_state, plan_tier FROM bots WHERE id = $1 FOR UPDATE", bot_id)
+        bot = await bots_table.lock_auth_state(conn, bot_id)
         if bot is None:
             raise ConnectRefused(f"Bot {bot_id} was deleted meanwhile; nothing was stored.", status=404)
         await store_tokens(
@@ -295,22 +294,9 @@ async def _save_connection(
 async def _resume_x_tasks(conn: asyncpg.Connection, bot_id: str) -> list[int]:
     """X task definitions whose last failure was for want of authorization (or of a scope) start afresh:
     their failure count goes back to 0, and those deactivated at their error threshold are active again."""
-    rows = await conn.fetch(
-        """
-        UPDATE bot_task_definitions d
-        SET consecutive_failures = 0, is_active = true, updated_at = now()
-        WHERE d.bot_id = $1 AND d.task_type = ANY($2::text[]) AND d.consecutive_failures > 0
-          AND (
-              SELECT e.error_message FROM bot_task_executions e
-              WHERE e.task_definition_id = d.id AND e.status = 'failed'
-              ORDER BY e.started_at DESC, e.id DESC LIMIT 1
-          ) ~* '(needs re-authorization|lacks the scope)'
-        RETURNING d.id
-        """,
-        bot_id,
-        list(x_scopes.TASK_SCOPES),
+    return await definitions_table.resume_failing(
+        conn, bot_id, list(x_scopes.TASK_SCOPES), "(needs re-authorization|lacks the scope)"
     )
-    return sorted(row["id"] for row in rows)
 
 
 async def _read_identity(
@@ -341,12 +327,5 @@ async def _read_identity(
         return None
     username = username if isinstance(username, str) else None
     # Another account than before: its mentions cursor would skip or repeat posts, so it starts over.
-    await pool.execute(
-        "UPDATE bots SET mentions_since_id = CASE WHEN x_user_id IS DISTINCT FROM $2 THEN NULL"
-        " ELSE mentions_since_id END, x_user_id = $2, x_username = coalesce($3, x_username),"
-        " updated_at = now() WHERE id = $1",
-        bot_id,
-        user_id,
-        username,
-    )
+    await bots_table.set_connected_identity(pool, bot_id, user_id, username)
     return username

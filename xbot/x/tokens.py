@@ -37,6 +37,7 @@ import httpx
 from xbot.crypto.at_rest import TokenCipher
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.settings import Settings
+from xbot.storage.bots import set_auth_state
 from xbot.storage.logs import write_log
 from xbot.x.errors import ReauthorizationRequiredError, XRateLimitedError, XServerError, XTimeoutError
 
@@ -175,7 +176,7 @@ async def _store(
             expires_at,
             scope,
         )
-        await conn.execute("UPDATE bots SET auth_state = 'ok', updated_at = now() WHERE id = $1", bot_id)
+        await set_auth_state(conn, bot_id, "ok")
     return version
 
 
@@ -458,10 +459,7 @@ class TokenStore:
             if version is None:
                 return await self._stored_after_unclear_save(conn, bot_id, pair)
             # A fresh pair from X: whatever refusal a stalled lease's successor recorded is over.
-            await conn.execute(
-                "UPDATE bots SET auth_state = 'ok', updated_at = now() WHERE id = $1 AND auth_state <> 'ok'",
-                bot_id,
-            )
+            await set_auth_state(conn, bot_id, "ok", only_if_changed=True)
         log.info("refreshed OAuth tokens of bot %s (version %d)", bot_id, version)
         return AccessToken(pair.access_token, version, pair.expires_at)
 
@@ -549,9 +547,7 @@ class TokenStore:
         self, conn: asyncpg.Pool | asyncpg.Connection, bot_id: str, reason: str
     ) -> None:
         """X tasks of the bot fail non-retryably until `store_tokens` saves a new pair."""
-        await conn.execute(
-            "UPDATE bots SET auth_state = $2, updated_at = now() WHERE id = $1", bot_id, NEEDS_REAUTHORIZATION
-        )
+        await set_auth_state(conn, bot_id, NEEDS_REAUTHORIZATION)
         await conn.execute("UPDATE bot_tokens SET refresh_note = $2 WHERE bot_id = $1", bot_id, reason)
         await write_log(
             conn,
