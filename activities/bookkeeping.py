@@ -108,35 +108,14 @@ async def count_final_failure(
 
 
 def _plan_row(row: Mapping[str, Any]) -> TaskPlan | None:
+    """The plan of a stored definition (its other columns, `config` among them, are left out);
+    None when its cron expression is invalid."""
     interval = row["interval_seconds"] or (row["interval_minutes"] * 60 if row["interval_minutes"] else None)
     cron = row["cron_expression"]
     if cron is not None and not policy.valid_cron(cron):
         return None
-    return TaskPlan(
-        id=row["id"],
-        task_type=row["task_type"],
-        name=row["name"],
-        interval_seconds=None if cron else interval,
-        cron_expression=cron,
-        jitter_seconds=row["jitter_seconds"],
-        priority=row["priority"],
-        dependencies=list(row["dependencies"]),
-        max_retries=row["max_retries"],
-        retry_delay_minutes=row["retry_delay_minutes"],
-        retry_backoff_coefficient=row["retry_backoff_coefficient"],
-        max_retry_delay_minutes=row["max_retry_delay_minutes"],
-        timeout_seconds=row["timeout_seconds"],
-        error_threshold=row["error_threshold"],
-        consecutive_failures=row["consecutive_failures"],
-        rate_limit_endpoint=row["rate_limit_endpoint"],
-        min_rate_limit_remaining=row["min_rate_limit_remaining"],
-        lock_key=row["lock_key"],
-        allow_overlap=row["allow_overlap"],
-        is_paused=row["is_paused"],
-        next_planned_run_at=row["next_planned_run_at"],
-        last_successful_run_at=row["last_successful_run_at"],
-        last_started_at=row["last_started_at"],
-        schedule_version=row["schedule_version"],
+    return TaskPlan.model_validate(
+        {**row, "interval_seconds": None if cron else interval, "dependencies": list(row["dependencies"])}
     )
 
 

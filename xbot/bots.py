@@ -1,4 +1,4 @@
-"""Bots: the API's models for creating and changing them, and their repository.
+"""Bots: the API's models for creating, changing and showing them, over `xbot.storage.bots`.
 
 OAuth tokens given on create or patch are handed to `xbot.x.tokens.store_tokens` (encrypted at rest)
 and never returned: a bot only says whether it has tokens. Its own LLM API key (`llm_api_key`) is

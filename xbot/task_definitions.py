@@ -1,4 +1,4 @@
-"""Task definitions: validated models for the API and their repository.
+"""Task definitions: validated models for the API, and the checks around `xbot.storage.task_definitions`.
 
 Validation that needs no database lives in the models (known task type, exactly one schedule, a cron
 expression that has a next date, ranges, known rate-limit endpoint). Dependencies are checked when a
