@@ -25,7 +25,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.bookkeeping import SET_NEXT_PLANNED, clip, count_final_failure
+from activities.bookkeeping import clip, count_final_failure
 from activities.handlers.base import TaskContext, TaskHandler
 from workflows import policy
 from workflows.models import (
@@ -38,12 +38,13 @@ from workflows.models import (
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.settings import Settings
+from xbot.storage import executions as executions_table
+from xbot.storage import task_locks
+from xbot.storage.task_locks import KEY_LOCK_NAMESPACE
 from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
 
-# Two-key advisory locks: (namespace, hashtext(name)). The migration lock uses the one-key form.
-KEY_LOCK_NAMESPACE = 0x78620002
 # A rate-limit window ending this soon is waited out here instead of going back to the workflow.
 WAIT_OUT_RESET = timedelta(seconds=3)
 # Bookkeeping phases (database writes) must finish within this, or the heartbeat stops.
@@ -189,25 +190,16 @@ class _Attempt:
             await self._fail(f"{type(error).__name__}: {error}", "TaskError", request.final)
         self.watchdog.phase(BOOKKEEPING_DEADLINE)
         finished = self.clock.now()
-        await self.pool.execute(
-            f"""
-            WITH done AS (
-                UPDATE bot_task_executions
-                SET status = 'completed', completed_at = $5, duration_ms = $6, result_data = $7
-                WHERE id = $8
-            )
-            UPDATE bot_task_definitions
-            SET last_successful_run_at = $5, consecutive_failures = 0, {SET_NEXT_PLANNED}
-            WHERE id = $1 AND bot_id = $2
-            """,
-            request.task_id,
-            request.bot_id,
-            request.next_planned_run_at,
-            request.schedule_version,
-            finished,
-            self._duration_ms(),
-            result_data or {},
-            self.execution_id,
+        await executions_table.complete_attempt(
+            self.pool,
+            execution_id=self.execution_id,
+            bot_id=request.bot_id,
+            task_id=request.task_id,
+            finished_at=finished,
+            duration_ms=self._duration_ms(),
+            result_data=result_data or {},
+            next_planned_run_at=request.next_planned_run_at,
+            schedule_version=request.schedule_version,
         )
         return self._result("completed", last_success_at=finished, finished_at=finished)
 
@@ -223,12 +215,8 @@ class _Attempt:
     async def _close(self, status: str, error: str | None) -> None:
         if self.execution_id is None:
             return
-        await self.pool.execute(
-            """
-            UPDATE bot_task_executions
-            SET status = $2, completed_at = $3, duration_ms = $4, error_message = $5
-            WHERE id = $1 AND status IN ('started', 'waiting_lock')
-            """,
+        await executions_table.close_attempt(
+            self.pool,
             self.execution_id,
             status,
             self.clock.now(),
@@ -265,35 +253,17 @@ class _Attempt:
     async def _open_row(self) -> dict[str, Any] | None:
         """The definition's config (None when it has gone) and the attempt's row, in one statement."""
         request = self.request
-        row = await self.pool.fetchrow(
-            """
-            WITH definition AS (
-                SELECT id, config FROM bot_task_definitions
-                WHERE id = $2 AND bot_id = $1 AND is_active
-            ), attempt AS (
-                INSERT INTO bot_task_executions
-                    (bot_id, task_definition_id, task_type, status, due_at, started_at, attempt_number,
-                     worker_id, execution_key)
-                SELECT $1, d.id, $3, 'started', $4, $5, $6, $7, $8
-                FROM (SELECT $2::bigint) AS given(task_id)
-                LEFT JOIN bot_task_definitions d ON d.id = given.task_id
-                ON CONFLICT (execution_key) DO UPDATE SET worker_id = EXCLUDED.worker_id
-                RETURNING id
-            )
-            SELECT (SELECT id FROM attempt) AS execution_id, (SELECT config FROM definition) AS config
-            """,
-            request.bot_id,
-            request.task_id,
-            request.task_type,
-            request.due_at,
-            max(request.fire_at, self.clock.now()),
-            request.attempt,
-            self.runner.identity,
-            request.execution_key,
+        self.execution_id, config = await executions_table.open_attempt(
+            self.pool,
+            bot_id=request.bot_id,
+            task_id=request.task_id,
+            task_type=request.task_type,
+            due_at=request.due_at,
+            started_at=max(request.fire_at, self.clock.now()),
+            attempt=request.attempt,
+            worker_id=self.runner.identity,
+            execution_key=request.execution_key,
         )
-        assert row is not None
-        self.execution_id = row["execution_id"]
-        config: dict[str, Any] | None = row["config"]
         return config
 
     async def _rate_limit_gate(self) -> AttemptResult | None:
@@ -325,11 +295,7 @@ class _Attempt:
                 f"{room.endpoint}: {room.remaining} request(s) left, task needs "
                 f"{request.min_rate_limit_remaining}; postponed until {room.reset_at.isoformat()}"
             )
-            await self.pool.execute(
-                "UPDATE bot_task_executions SET rate_limit_remaining = $2 WHERE id = $1",
-                self.execution_id,
-                room.remaining,
-            )
+            await executions_table.set_rate_limit_remaining(self.pool, self.execution_id, room.remaining)
             await self._close("skipped", reason)
             return self._result("postponed", postponed_until=room.reset_at, reason=reason)
 
@@ -349,9 +315,7 @@ class _Attempt:
         self.watchdog.phase(BOOKKEEPING_DEADLINE)
         async with self.runner.lock_pool.acquire(timeout=BOOKKEEPING_DEADLINE.total_seconds()) as connection:
             try:
-                if not await connection.fetchval(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))", KEY_LOCK_NAMESPACE, key
-                ):
+                if not await task_locks.try_lock(connection, KEY_LOCK_NAMESPACE, key):
                     await self._wait_for_lock(connection, key, timeout)
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
@@ -361,43 +325,23 @@ class _Attempt:
                 yield
             finally:
                 try:
-                    await connection.execute("SELECT pg_advisory_unlock_all()")
+                    await task_locks.unlock_all(connection)
                 except Exception:
                     connection.terminate()
 
     async def _wait_for_lock(self, connection: asyncpg.Connection, key: str, timeout: timedelta) -> None:
         reason = f"waiting for lock key {key!r}"
-        await self.pool.execute(
-            "UPDATE bot_task_executions SET status = 'waiting_lock', error_message = $2"
-            " WHERE id = $1 AND status = 'started'",
-            self.execution_id,
-            reason,
-        )
+        await executions_table.mark_waiting_lock(self.pool, self.execution_id, reason)
         await self._report("waiting_lock", reason)
         self.watchdog.phase(timeout + BOOKKEEPING_DEADLINE)
-        try:
-            await connection.execute(f"SET lock_timeout = {int(timeout.total_seconds() * 1000)}")
-            await connection.execute(
-                "SELECT pg_advisory_lock($1, hashtext($2))",
-                KEY_LOCK_NAMESPACE,
-                key,
-                timeout=timeout.total_seconds() + 10,
-            )
-            await connection.execute("SET lock_timeout = 0")
-        except asyncpg.exceptions.LockNotAvailableError:
-            await connection.execute("SET lock_timeout = 0")
+        if not await task_locks.lock_within(connection, KEY_LOCK_NAMESPACE, key, timeout):
             await self._fail(
                 f"lock key {key!r} not acquired within the task's timeout of {self.request.timeout_seconds} s",
                 "LockTimeout",
                 self.request.final,
             )
         self.watchdog.phase(BOOKKEEPING_DEADLINE)
-        await self.pool.execute(
-            "UPDATE bot_task_executions SET status = 'started', error_message = NULL, started_at = $2"
-            " WHERE id = $1 AND status = 'waiting_lock'",
-            self.execution_id,
-            self.clock.now(),
-        )
+        await executions_table.mark_started_after_lock(self.pool, self.execution_id, self.clock.now())
         await self._report("running")
 
     async def _report(self, state: str, error: str | None = None) -> None:

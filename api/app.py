@@ -51,6 +51,7 @@ from xbot.bots import encrypt_plain_webhook_urls
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.log_setup import guard_handlers
 from xbot.settings import Settings, SettingsError, settings_or_exit
+from xbot.storage import logs as logs_table
 from xbot.storage.migrate import migrate
 from xbot.storage.pool import create_pool, resolve_database_url, stop_embedded_postgres
 
@@ -105,13 +106,8 @@ def _log_source(state: ApiState) -> LogSource:
     async def logs_after(bot_id: str, after: int | None) -> tuple[int, list[Event]]:
         pool = state.pool
         if after is None:  # a new poller starts at the present, with no backlog
-            last: int = await pool.fetchval("SELECT coalesce(max(id), 0) FROM logs WHERE bot_id = $1", bot_id)
-            return last, []
-        rows = await pool.fetch(
-            "SELECT id, level, content, created_at FROM logs WHERE bot_id = $1 AND id > $2 ORDER BY id LIMIT 500",
-            bot_id,
-            after,
-        )
+            return await logs_table.latest_log_id(pool, bot_id), []
+        rows = await logs_table.logs_after(pool, bot_id, after)
         events = [
             log_event(bot_id, row["id"], row["created_at"], row["level"], row["content"]) for row in rows
         ]

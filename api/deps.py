@@ -10,7 +10,8 @@ from temporalio.client import Client
 
 from api.errors import ApiError, ErrorBody
 from api.state import ApiState, api_state
-from xbot.bots import BOT_ID_PATTERN, bot_exists
+from xbot.bots import BOT_ID_PATTERN
+from xbot.storage.bots import bot_exists
 
 MAX_BIGINT = 2**63 - 1
 

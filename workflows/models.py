@@ -97,8 +97,10 @@ PATCH_CORE_V2 = "core-v2"
 RunTrigger = Literal["schedule", "run_task", "dependency"]
 
 
-class TaskPlan(BaseModel):
-    """The scheduling fields of one active definition. Never its `config` (it may hold secrets)."""
+class TaskSchedule(BaseModel):
+    """The scheduling fields of a task definition, declared once: the workflow carries them in a
+    `TaskPlan`, the API returns them in `xbot.task_definitions.TaskDefinition`. Never its `config`
+    (it may hold secrets). The defaults let payloads recorded before a field existed still load."""
 
     id: int
     task_type: str
@@ -122,6 +124,12 @@ class TaskPlan(BaseModel):
     is_paused: bool = False
     next_planned_run_at: datetime | None = None
     last_successful_run_at: datetime | None = None
+
+
+class TaskPlan(TaskSchedule):
+    """One active definition as the workflow plans it (`interval_seconds` also stands for
+    `interval_minutes`), with what the plan loader derives."""
+
     last_started_at: datetime | None = None
     # Grows on every operator edit of the schedule (interval, cron, jitter, next_planned_run_at).
     schedule_version: int = 0

@@ -57,9 +57,10 @@ from workflows.models import (
     TaskState,
     TaskStatus,
 )
-from xbot.bots import BOT_ID_PATTERN, set_scheduler_enabled
+from xbot.bots import BOT_ID_PATTERN
+from xbot.storage import task_definitions as definitions_table
+from xbot.storage.bots import set_scheduler_enabled, set_schedulers_enabled
 from xbot.storage.logs import write_log
-from xbot.task_definitions import count_schedulable
 from xbot.temporal import NEXT_DUE_AT, SCHEDULER_RUNNING
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ async def _update_with_start(client: Client, bot_id: str, task_queue: str) -> Co
 
 
 async def start(client: Client, pool: asyncpg.Pool, bot_id: str, task_queue: str) -> StartResult:
-    if await count_schedulable(pool, bot_id) == 0:
+    if await definitions_table.count_active(pool, bot_id) == 0:
         if _running(await describe(client, bot_id)):
             await set_scheduler_enabled(pool, bot_id, True)
             raise SchedulerConflict("Scheduler is already running")
@@ -237,23 +238,6 @@ async def stop(client: Client, pool: asyncpg.Pool, bot_id: str) -> StopResult:
         raise SchedulerConflict("Scheduler is not running")
     await write_log(pool, bot_id, "info", "Scheduler stopped")
     return StopResult(message="Scheduler stopped")
-
-
-# One round trip: the bot's column and its active definitions with their latest execution. No row:
-# the bot does not exist; one row with a null id: it has no active definition.
-_TASKS_SQL = """
-SELECT b.scheduler_enabled, d.id, d.task_type, d.priority, d.next_planned_run_at,
-       d.last_successful_run_at, d.consecutive_failures, d.is_paused,
-       e.status AS last_status, e.error_message AS last_error
-FROM bots b
-LEFT JOIN bot_task_definitions d ON d.bot_id = b.id AND d.is_active
-LEFT JOIN LATERAL (
-    SELECT x.status, x.error_message FROM bot_task_executions x
-    WHERE x.task_definition_id = d.id ORDER BY x.started_at DESC, x.id DESC LIMIT 1
-) e ON true
-WHERE b.id = $1
-ORDER BY d.priority DESC, d.id
-"""
 
 
 class BotNotFound(Exception):
@@ -296,7 +280,7 @@ def _stored_task(row: asyncpg.Record, now: datetime, running: bool) -> TaskStatu
 
 
 async def _stored_tasks(pool: asyncpg.Pool, bot_id: str) -> tuple[bool, list[asyncpg.Record]]:
-    rows = await pool.fetch(_TASKS_SQL, bot_id)
+    rows = await definitions_table.active_tasks_with_last_run(pool, bot_id)
     if not rows:
         raise BotNotFound(bot_id)
     return bool(rows[0]["scheduler_enabled"]), [row for row in rows if row["id"] is not None]
@@ -416,15 +400,7 @@ async def list_running(client: Client, bot_ids: list[str]) -> dict[str, Listed]:
 
 async def mirror_enabled(pool: asyncpg.Pool, wanted: dict[str, bool]) -> None:
     """Set `bots.scheduler_enabled` to what the workflows say, in one statement."""
-    if not wanted:
-        return
-    await pool.execute(
-        "UPDATE bots b SET scheduler_enabled = v.enabled, updated_at = now()"
-        " FROM unnest($1::text[], $2::bool[]) AS v(id, enabled)"
-        " WHERE b.id = v.id AND b.scheduler_enabled IS DISTINCT FROM v.enabled",
-        list(wanted),
-        list(wanted.values()),
-    )
+    await set_schedulers_enabled(pool, wanted)
 
 
 async def _signal_if_running(client: Client, bot_id: str, signal: str, *args: Any) -> bool:

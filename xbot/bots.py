@@ -1,4 +1,4 @@
-"""Bots: the API's models for creating and changing them, and their repository.
+"""Bots: the API's models for creating, changing and showing them, over `xbot.storage.bots`.
 
 OAuth tokens given on create or patch are handed to `xbot.x.tokens.store_tokens` (encrypted at rest)
 and never returned: a bot only says whether it has tokens. Its own LLM API key (`llm_api_key`) is
@@ -17,6 +17,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from xbot import url_policy
 from xbot.crypto.at_rest import TokenCipher
 from xbot.masking import MASK, mask_webhook_url
+from xbot.storage import bots as bots_table
+from xbot.storage.bots import BotFields
 from xbot.x import scopes as x_scopes
 
 BOT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -154,26 +156,14 @@ class XConnection(BaseModel):
     )
 
 
-class Bot(BaseModel):
+class Bot(BotFields):
     """A stored bot as the API returns it (plain types: rows written elsewhere stay readable)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Its stored settings are `BotFields`; the webhook URL is masked, the rest derived from its tokens.
 
-    id: str
-    name: str
-    x_user_id: str | None
-    x_username: str | None
-    persona_prompt: str
-    plan_tier: str
-    dry_run: bool
-    approval_required: bool
     discord_webhook_url: str | None = Field(
         description="Masked (`https://discord.com/api/webhooks/123…/****`): the URL is stored encrypted"
     )
-    llm_model: str | None
-    llm_base_url: str | None
-    llm_temperature: float | None
-    llm_max_tokens: int | None
     auth_state: Literal["ok", "needs_reauthorization"]
     scheduler_enabled: bool = Field(description="Whether the operator asked the scheduler to run")
     has_tokens: bool
@@ -196,19 +186,8 @@ class TokenStorageUnavailable(Exception):
     """Tokens were given but no TOKEN_ENCRYPTION_KEY is configured."""
 
 
-_SELECT = """
-SELECT b.*, t.bot_id IS NOT NULL AS has_tokens, t.refresh_note AS token_note,
-       t.expires_at AS token_expires_at, t.scope AS token_scope,
-       t.refresh_token_enc IS NOT NULL AS token_refreshable,
-       b.llm_api_key_enc IS NOT NULL AS llm_api_key_set,
-       ARRAY(SELECT DISTINCT d.task_type FROM bot_task_definitions d
-             WHERE d.bot_id = b.id AND d.is_active ORDER BY d.task_type) AS active_task_types
-FROM bots b LEFT JOIN bot_tokens t ON t.bot_id = b.id
-"""
-
-
 def x_connection(values: dict[str, Any], now: datetime) -> XConnection:
-    """The connection health from a bot row joined with its token row (`_SELECT`)."""
+    """The connection health from a bot row joined with its token row (`storage.bots.fetch_bot_view`)."""
     has_tokens = bool(values.get("has_tokens"))
     needs_reauthorization = values.get("auth_state") == "needs_reauthorization"
     refreshable = has_tokens and bool(values.get("token_refreshable"))
@@ -227,8 +206,7 @@ def x_connection(values: dict[str, Any], now: datetime) -> XConnection:
     )
 
 
-def _bot(row: asyncpg.Record) -> Bot:
-    values = dict(row)
+def _bot(values: dict[str, Any]) -> Bot:
     values["x_connection"] = x_connection(values, datetime.now(UTC))
     plain = values.get("discord_webhook_url")  # an old row not encrypted yet: masked all the same
     values["discord_webhook_url"] = values.get("discord_webhook_url_hint") or (
@@ -266,37 +244,17 @@ def webhook_url_columns(url: str | None, cipher: TokenCipher | None) -> dict[str
 async def encrypt_plain_webhook_urls(pool: asyncpg.Pool, cipher: TokenCipher) -> int:
     """Encrypt webhook URLs stored in plain text (rows from before migration 0006) and clear them.
     Run by the API and the worker at start; the number of bots changed."""
-    async with pool.acquire() as connection, connection.transaction():
-        rows = await connection.fetch(
-            "SELECT id, discord_webhook_url FROM bots WHERE discord_webhook_url IS NOT NULL FOR UPDATE"
-        )
-        for row in rows:
-            columns = webhook_url_columns(row["discord_webhook_url"], cipher)
-            await connection.execute(
-                "UPDATE bots SET discord_webhook_url = NULL, discord_webhook_url_enc = $2,"
-                " discord_webhook_url_hint = $3 WHERE id = $1",
-                row["id"],
-                columns["discord_webhook_url_enc"],
-                columns["discord_webhook_url_hint"],
-            )
-    return len(rows)
+    return await bots_table.seal_plain_webhook_urls(pool, lambda url: webhook_url_columns(url, cipher))
 
 
 async def get_bot(pool: asyncpg.Pool, bot_id: str) -> Bot | None:
-    row = await pool.fetchrow(_SELECT + " WHERE b.id = $1", bot_id)
-    return _bot(row) if row else None
-
-
-async def bot_exists(pool: asyncpg.Pool, bot_id: str) -> bool:
-    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM bots WHERE id = $1)", bot_id))
+    values = await bots_table.fetch_bot_view(pool, bot_id)
+    return _bot(values) if values else None
 
 
 async def list_bots(pool: asyncpg.Pool, limit: int | None = None, after: str | None = None) -> list[Bot]:
     """Bots in id order: all of them, or a page of `limit` after the id `after` (keyset paging)."""
-    rows = await pool.fetch(
-        _SELECT + " WHERE ($1::text IS NULL OR b.id > $1) ORDER BY b.id LIMIT $2", after, limit
-    )
-    return [_bot(row) for row in rows]
+    return [_bot(values) for values in await bots_table.list_bot_views(pool, limit, after)]
 
 
 def _require_cipher(cipher: TokenCipher | None) -> TokenCipher:
@@ -328,15 +286,9 @@ async def create_bot(pool: asyncpg.Pool, data: BotCreate, cipher: TokenCipher | 
         values["llm_api_key_enc"] = _require_cipher(cipher).encrypt(data.llm_api_key)
     if data.discord_webhook_url is not None:
         values.update(webhook_url_columns(data.discord_webhook_url, cipher))
-    columns = list(values)
-    placeholders = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
     async with pool.acquire() as connection, connection.transaction():
-        try:
-            await connection.execute(
-                f"INSERT INTO bots ({', '.join(columns)}) VALUES ({placeholders})", *values.values()
-            )
-        except asyncpg.UniqueViolationError:
-            raise BotExistsError(f"bot {data.id} already exists") from None
+        if not await bots_table.insert_bot(connection, values):
+            raise BotExistsError(f"bot {data.id} already exists")
         if data.tokens is not None and token_cipher is not None:
             await _store_tokens(connection, token_cipher, data.id, data.tokens)
     bot = await get_bot(pool, data.id)
@@ -354,30 +306,9 @@ async def update_bot(
         changes["llm_api_key_enc"] = None if key is None else _require_cipher(cipher).encrypt(key)
     if "discord_webhook_url" in changes:
         changes.update(webhook_url_columns(changes.pop("discord_webhook_url"), cipher))
-    assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(changes, start=2))
     async with pool.acquire() as connection, connection.transaction():
-        updated = await connection.fetchval(
-            f"UPDATE bots SET {assignments + ', ' if assignments else ''}updated_at = now()"
-            " WHERE id = $1 RETURNING true",
-            bot_id,
-            *changes.values(),
-        )
-        if not updated:
+        if not await bots_table.update_bot_columns(connection, bot_id, changes):
             return None
         if patch.tokens is not None and token_cipher is not None:
             await _store_tokens(connection, token_cipher, bot_id, patch.tokens)
     return await get_bot(pool, bot_id)
-
-
-async def delete_bot(pool: asyncpg.Pool, bot_id: str) -> bool:
-    result: str = await pool.execute("DELETE FROM bots WHERE id = $1", bot_id)
-    return result.endswith(" 1")
-
-
-async def set_scheduler_enabled(pool: asyncpg.Pool, bot_id: str, enabled: bool) -> None:
-    await pool.execute(
-        "UPDATE bots SET scheduler_enabled = $2, updated_at = now()"
-        " WHERE id = $1 AND scheduler_enabled IS DISTINCT FROM $2",
-        bot_id,
-        enabled,
-    )

@@ -1,4 +1,4 @@
-"""Task definitions: validated models for the API and their repository.
+"""Task definitions: validated models for the API, and the checks around `xbot.storage.task_definitions`.
 
 Validation that needs no database lives in the models (known task type, exactly one schedule, a cron
 expression that has a next date, ranges, known rate-limit endpoint). Dependencies are checked when a
@@ -27,9 +27,12 @@ from pydantic import (
 )
 
 from workflows import policy
+from workflows.models import TaskSchedule
 from xbot import url_policy
 from xbot.llm import choice as llm_choice
 from xbot.masking import mask_config, restore_masked
+from xbot.storage import task_definitions as definitions_table
+from xbot.storage.bots import lock_bot
 from xbot.task_dependencies import dependency_problem
 from xbot.x.rate_limits import ENDPOINTS
 
@@ -197,34 +200,16 @@ class TaskDefinitionPatch(BaseModel):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
-class TaskDefinition(BaseModel):
+class TaskDefinition(TaskSchedule):
     """A stored definition, as the API returns it (plain types: rows written by SQL stay readable)."""
 
-    id: int
+    # The scheduling fields are the workflow's (`TaskSchedule`); every field is in every response.
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     bot_id: str
-    task_type: str
-    name: str | None
     interval_minutes: int | None
-    interval_seconds: int | None
-    cron_expression: str | None
-    jitter_seconds: int
-    priority: int
-    dependencies: list[int]
-    max_retries: int
-    retry_delay_minutes: float
-    retry_backoff_coefficient: float
-    max_retry_delay_minutes: float
-    timeout_seconds: int
-    error_threshold: int
-    consecutive_failures: int
-    rate_limit_endpoint: str | None
-    min_rate_limit_remaining: int
-    lock_key: str | None
-    allow_overlap: bool
     is_active: bool
-    is_paused: bool
-    next_planned_run_at: datetime | None
-    last_successful_run_at: datetime | None
     config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
@@ -239,8 +224,8 @@ class TaskDefinition(BaseModel):
 _FIELDS = tuple(TaskDefinitionFields.model_fields)
 
 
-def _definition(row: asyncpg.Record) -> TaskDefinition:
-    return TaskDefinition.model_validate(dict(row))
+def _definition(row: Mapping[str, Any]) -> TaskDefinition:
+    return TaskDefinition.model_validate(row)
 
 
 def _validate_merged(values: Mapping[str, Any], stored_task_type: str | None = None) -> TaskDefinitionFields:
@@ -271,24 +256,16 @@ async def _check_llm_choice(connection: asyncpg.Connection, config: dict[str, An
         raise TaskDefinitionError(str(error)) from None
 
 
-async def _lock_bot(connection: asyncpg.Connection, bot_id: str) -> bool:
-    """Serializes changes to one bot's definitions; False when the bot does not exist."""
-    return await connection.fetchval("SELECT true FROM bots WHERE id = $1 FOR UPDATE", bot_id) is not None
-
-
 class BotNotFound(Exception):
     pass
 
 
 async def list_task_definitions(pool: asyncpg.Pool, bot_id: str) -> list[TaskDefinition]:
-    rows = await pool.fetch("SELECT * FROM bot_task_definitions WHERE bot_id = $1 ORDER BY id", bot_id)
-    return [_definition(row) for row in rows]
+    return [_definition(row) for row in await definitions_table.list_definitions(pool, bot_id)]
 
 
 async def get_task_definition(pool: asyncpg.Pool, bot_id: str, task_id: int) -> TaskDefinition | None:
-    row = await pool.fetchrow(
-        "SELECT * FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
-    )
+    row = await definitions_table.get_definition(pool, bot_id, task_id)
     return _definition(row) if row else None
 
 
@@ -298,17 +275,11 @@ async def create_task_definition(
     await check_task_urls(data, allow_private=allow_private_urls)
     values = data.model_dump()
     async with pool.acquire() as connection, connection.transaction():
-        if not await _lock_bot(connection, bot_id):
+        if not await lock_bot(connection, bot_id):
             raise BotNotFound(bot_id)
         await _check_dependencies(connection, bot_id, None, values["dependencies"])
         await _check_llm_choice(connection, values["config"])
-        columns = ", ".join(["bot_id", *values])
-        placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 2))
-        row = await connection.fetchrow(
-            f"INSERT INTO bot_task_definitions ({columns}) VALUES ({placeholders}) RETURNING *",
-            bot_id,
-            *values.values(),
-        )
+        row = await definitions_table.insert_definition(connection, bot_id, values)
     return _definition(row)
 
 
@@ -317,16 +288,14 @@ async def update_task_definition(
 ) -> TaskDefinition | None:
     changes = patch.changes()
     async with pool.acquire() as connection, connection.transaction():
-        if not await _lock_bot(connection, bot_id):
+        if not await lock_bot(connection, bot_id):
             raise BotNotFound(bot_id)
-        row = await connection.fetchrow(
-            "SELECT * FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
-        )
+        row = await definitions_table.get_definition(connection, bot_id, task_id)
         if row is None:
             return None
         if isinstance(changes.get("config"), dict):
             changes["config"] = restore_masked(changes["config"], row["config"])
-        merged = _validate_merged({**dict(row), **changes}, stored_task_type=row["task_type"])
+        merged = _validate_merged({**row, **changes}, stored_task_type=row["task_type"])
         if {"task_type", "config"} & changes.keys():
             # Under the bot's lock, so the URL checked is the URL saved (the lookup is bounded).
             await check_task_urls(merged, allow_private=allow_private_urls)
@@ -336,72 +305,21 @@ async def update_task_definition(
         if "config" in values:
             await _check_llm_choice(connection, values["config"])
         if values:
-            assignments = ", ".join(f"{column} = ${index}" for index, column in enumerate(values, start=3))
-            row = await connection.fetchrow(
-                f"UPDATE bot_task_definitions SET {assignments}{_schedule_edit(row, values)}, updated_at = now()"
-                " WHERE bot_id = $1 AND id = $2 RETURNING *",
-                bot_id,
-                task_id,
-                *values.values(),
-            )
-    return _definition(row)
-
-
-SCHEDULE_COLUMNS = ("interval_minutes", "interval_seconds", "cron_expression", "jitter_seconds")
-
-
-def _schedule_edit(stored: asyncpg.Record, values: Mapping[str, Any]) -> str:
-    """Extra assignments when a patch changes the schedule: the running scheduler applies it at once.
-
-    `schedule_version` grows (a run in flight then cannot write back the old plan), and a new
-    interval or cron without an explicit `next_planned_run_at` restarts from the last run rather
-    than from a time planned under the old schedule.
-    """
-    changed = {column for column in (*SCHEDULE_COLUMNS, "next_planned_run_at") if column in values}
-    changed = {column for column in changed if values[column] != stored[column]}
-    if not changed:
-        return ""
-    extra = ", schedule_version = schedule_version + 1"
-    if (
-        changed & {"interval_minutes", "interval_seconds", "cron_expression"}
-        and "next_planned_run_at" not in values
-    ):
-        extra += ", next_planned_run_at = NULL"
-    return extra
+            row = await definitions_table.update_definition(connection, bot_id, task_id, row, values)
+    return _definition(row) if row else None
 
 
 async def delete_task_definition(pool: asyncpg.Pool, bot_id: str, task_id: int) -> bool:
     async with pool.acquire() as connection, connection.transaction():
-        if not await _lock_bot(connection, bot_id):
+        if not await lock_bot(connection, bot_id):
             raise BotNotFound(bot_id)
-        dependents = await connection.fetch(
-            "SELECT id FROM bot_task_definitions WHERE bot_id = $1 AND $2 = ANY(dependencies) AND id <> $2",
-            bot_id,
-            task_id,
-        )
+        dependents = await definitions_table.dependents(connection, bot_id, task_id)
         if dependents:
-            ids = ", ".join(str(row["id"]) for row in dependents)
+            ids = ", ".join(str(item) for item in dependents)
             raise TaskDefinitionConflict(f"task definitions {ids} depend on task definition {task_id}")
-        result: str = await connection.execute(
-            "DELETE FROM bot_task_definitions WHERE bot_id = $1 AND id = $2", bot_id, task_id
-        )
-    return result.endswith(" 1")
+        return await definitions_table.delete_definition(connection, bot_id, task_id)
 
 
 async def set_paused(pool: asyncpg.Pool, bot_id: str, task_id: int, paused: bool) -> TaskDefinition | None:
-    row = await pool.fetchrow(
-        "UPDATE bot_task_definitions SET is_paused = $3, updated_at = now()"
-        " WHERE bot_id = $1 AND id = $2 RETURNING *",
-        bot_id,
-        task_id,
-        paused,
-    )
+    row = await definitions_table.set_paused(pool, bot_id, task_id, paused)
     return _definition(row) if row else None
-
-
-async def count_schedulable(pool: asyncpg.Pool, bot_id: str) -> int:
-    """Active definitions: without any, starting the scheduler has nothing to do."""
-    count: int = await pool.fetchval(
-        "SELECT count(*) FROM bot_task_definitions WHERE bot_id = $1 AND is_active", bot_id
-    )
-    return count

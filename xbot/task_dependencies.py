@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 
 import asyncpg
 
+from xbot.storage.task_definitions import dependency_graph
+
 
 def find_cycle(graph: Mapping[int, Iterable[int]]) -> list[int] | None:
     """A dependency cycle in `graph` (id -> ids it depends on) as a path, or None."""
@@ -41,10 +43,7 @@ async def dependency_problem(
     connection: asyncpg.Connection, bot_id: str, task_id: int | None, dependencies: list[int]
 ) -> str | None:
     """Why these dependencies cannot be saved for `task_id` (None: a new definition), or None."""
-    rows = await connection.fetch(
-        "SELECT id, dependencies FROM bot_task_definitions WHERE bot_id = $1", bot_id
-    )
-    graph: dict[int, list[int]] = {row["id"]: list(row["dependencies"]) for row in rows}
+    graph = await dependency_graph(connection, bot_id)
     missing = [item for item in dependencies if item not in graph]
     if missing:
         return f"dependencies: {', '.join(map(str, missing))} not a task definition of bot {bot_id}"

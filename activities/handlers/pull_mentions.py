@@ -27,6 +27,7 @@ from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, float_config, int_config
 from xbot.errors import NonRetryableTaskError
 from xbot.storage import bots, posts, users
+from xbot.storage import task_definitions as definitions_table
 from xbot.storage.bots import BotProfile
 from xbot.x import rate_limits
 from xbot.x.client import Page, XClient
@@ -108,7 +109,7 @@ class PullMentionsHandler(XHandlerBase):
             if ctx.config.get("backfill_hours") is not None
             else None
         )
-        guard = await bots.rate_limit_guard(self.deps.pool, ctx.bot_id, ctx.task_id)
+        guard = await definitions_table.rate_limit_guard(self.deps.pool, ctx.bot_id, ctx.task_id)
         definition_reserve = (
             guard.min_rate_limit_remaining
             if guard is not None and guard.rate_limit_endpoint == MENTIONS

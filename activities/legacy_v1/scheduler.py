@@ -5,7 +5,6 @@ flags are shared with v2 (`activities.bookkeeping`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeAlias
 
@@ -20,6 +19,8 @@ from workflows.legacy_v1.models import (
     SkipRunInput,
 )
 from xbot.settings import Settings
+from xbot.storage import legacy_v1 as frozen
+from xbot.storage.logs import write_log
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +35,6 @@ def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def close_stale_executions(
-    db: Executor, bot_id: str, keep_prefixes: Sequence[str], reason: str, task_id: int | None = None
-) -> int:
-    """Close `started` rows whose attempt is not running any more (its key matches no live prefix).
-
-    One workflow run owns a bot's executions, and the caller passes the keys of the attempts
-    that run still has in flight; every other `started` row belongs to a worker that died, an
-    earlier run, or a terminated workflow, so it will never finish by itself.
-    """
-    result: str = await db.execute(
-        """
-        UPDATE bot_task_executions
-        SET status = 'failed', completed_at = now(), error_message = $3,
-            duration_ms = greatest(0, (extract(epoch FROM now() - started_at) * 1000)::int)
-        WHERE bot_id = $1 AND status = 'started'
-          AND ($4::bigint IS NULL OR task_definition_id = $4)
-          AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS live(prefix)
-                          WHERE starts_with(coalesce(execution_key, ''), live.prefix))
-        """,
-        bot_id,
-        list(keep_prefixes),
-        reason,
-        task_id,
-    )
-    return int(result.split()[-1])
-
-
 async def count_final_failure(
     db: asyncpg.Connection,
     bot_id: str,
@@ -71,31 +45,17 @@ async def count_final_failure(
 ) -> SettleResult:
     """One more consecutive final failure; deactivate the definition at its error threshold."""
     async with db.transaction():
-        row = await db.fetchrow(
-            """
-            UPDATE bot_task_definitions
-            SET consecutive_failures = consecutive_failures + 1,
-                is_active = is_active AND consecutive_failures + 1 < error_threshold,
-                next_planned_run_at = coalesce($3, next_planned_run_at)
-            WHERE id = $1 AND bot_id = $2
-            RETURNING consecutive_failures, error_threshold, is_active, task_type, name
-            """,
-            task_id,
-            bot_id,
-            next_planned_run_at,
-        )
+        row = await frozen.count_final_failure(db, bot_id, task_id, next_planned_run_at)
         if row is None:
             return SettleResult(execution_id=execution_id)
         failures, threshold = row["consecutive_failures"], row["error_threshold"]
         if row["is_active"] or failures < threshold:
             return SettleResult(execution_id=execution_id, consecutive_failures=failures)
         label = f"{row['name'] or row['task_type']} #{task_id}"
-        log_id = await db.fetchval(
-            """
-            INSERT INTO logs (bot_id, level, content, context, task_execution_id)
-            VALUES ($1, 'warn', $2, $3, $4) RETURNING id
-            """,
+        log_id = await write_log(
+            db,
             bot_id,
+            "warn",
             f"Task {label} deactivated after {failures} consecutive failures "
             f"(error threshold {threshold}). Last error: {clip(error, 300)}",
             {"taskDefinitionId": task_id, "consecutiveFailures": failures, "errorThreshold": threshold},
@@ -117,39 +77,25 @@ class LegacySchedulerActivities:
     @activity.defn(name=ACTIVITY_RECORD_SKIPPED)
     async def record_skipped_run(self, request: SkipRunInput) -> SettleResult:
         async with self.pool.acquire() as db, db.transaction():
-            execution_id = await db.fetchval(
-                """
-                INSERT INTO bot_task_executions
-                    (bot_id, task_definition_id, task_type, status, due_at, started_at, completed_at,
-                     duration_ms, worker_id, error_message)
-                VALUES ($1, $2, $3, 'skipped', $4, now(), now(), 0, $5, $6)
-                RETURNING id
-                """,
+            execution_id = await frozen.record_skipped(
+                db,
                 request.bot_id,
                 request.task_id,
                 request.task_type,
                 request.due_at,
                 self.identity,
                 clip(f"not run: {request.reason}"),
-            )
-            await db.execute(
-                "UPDATE bot_task_definitions SET next_planned_run_at = $3 WHERE id = $1 AND bot_id = $2",
-                request.task_id,
-                request.bot_id,
                 request.next_planned_run_at,
             )
         return SettleResult(execution_id=execution_id)
 
     @activity.defn(name=ACTIVITY_SETTLE_LOST_RUN)
     async def settle_lost_run(self, request: LostRunInput) -> SettleResult:
-        healed = await close_stale_executions(
+        healed = await frozen.close_stale_executions(
             self.pool, request.bot_id, request.keep_execution_prefixes, clip(request.reason), request.task_id
         )
         if request.execution_id is not None:
-            await self.pool.execute(
-                "UPDATE bot_task_executions SET status = 'failed' WHERE id = $1 AND status = 'retrying'",
-                request.execution_id,
-            )
+            await frozen.fail_retrying(self.pool, request.execution_id)
         if not request.count_failure:
             return SettleResult(healed=healed)
         async with self.pool.acquire() as db:

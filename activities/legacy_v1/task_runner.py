@@ -36,17 +36,15 @@ from workflows.legacy_v1.models import (
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.settings import Settings
+from xbot.storage import legacy_v1 as frozen
+from xbot.storage import task_locks
+from xbot.storage.task_locks import BOT_LOCK_NAMESPACE, KEY_LOCK_NAMESPACE
 from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
 
-# Two-key advisory locks: (namespace, hashtext(name)). The migration lock uses the one-key form.
-BOT_LOCK_NAMESPACE = 0x78620001
-KEY_LOCK_NAMESPACE = 0x78620002
 # A rate-limit window ending this soon is waited out here instead of going back to the workflow.
 WAIT_OUT_RESET = timedelta(seconds=3)
-TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
-LOCK = "SELECT pg_advisory_lock($1, hashtext($2))"
 
 
 class LogicalClock:
@@ -113,11 +111,7 @@ class _Attempt:
 
     async def run(self) -> TaskRunResult:
         request = self.request
-        config = await self.pool.fetchval(
-            "SELECT config FROM bot_task_definitions WHERE id = $1 AND bot_id = $2 AND is_active",
-            request.task_id,
-            request.bot_id,
-        )
+        config = await frozen.active_config(self.pool, request.bot_id, request.task_id)
         if config is None:
             return self._result("gone", reason="definition deleted or deactivated")
         if self.attempt > 1:
@@ -165,23 +159,14 @@ class _Attempt:
         except Exception as error:
             await self._fail(f"{type(error).__name__}: {error}", "TaskError", self.last_attempt)
         finished = self.clock.now()
-        await self.pool.execute(
-            """
-            WITH done AS (
-                UPDATE bot_task_executions
-                SET status = 'completed', completed_at = $2, duration_ms = $3, result_data = $4
-                WHERE id = $1
-            )
-            UPDATE bot_task_definitions
-            SET last_successful_run_at = $2, next_planned_run_at = $5, consecutive_failures = 0
-            WHERE id = $6
-            """,
+        await frozen.complete_attempt(
+            self.pool,
             self.execution_id,
+            request.task_id,
             finished,
             self._duration_ms(),
             result_data or {},
             request.next_planned_run_at,
-            request.task_id,
         )
         return self._result("completed", last_success_at=finished, finished_at=finished)
 
@@ -195,12 +180,8 @@ class _Attempt:
         return max(0, int((time.monotonic() - self.started_monotonic) * 1000))
 
     async def _finish(self, status: str, error: str | None) -> None:
-        await self.pool.execute(
-            """
-            UPDATE bot_task_executions
-            SET status = $2, completed_at = $3, duration_ms = $4, error_message = $5
-            WHERE id = $1
-            """,
+        await frozen.finish_attempt(
+            self.pool,
             self.execution_id,
             status,
             self.clock.now(),
@@ -248,12 +229,8 @@ class _Attempt:
 
     async def _close_earlier_attempts(self) -> None:
         """Earlier attempts of this activity can no longer run: Temporal started this one."""
-        closed = await self.pool.execute(
-            """
-            UPDATE bot_task_executions
-            SET status = 'failed', completed_at = now(), error_message = $3
-            WHERE starts_with(execution_key, $1) AND status = 'started' AND attempt_number < $2
-            """,
+        closed = await frozen.close_earlier_attempts(
+            self.pool,
             self.key_prefix,
             self.attempt,
             f"worker lost during this attempt; attempt {self.attempt} replaced it",
@@ -298,29 +275,19 @@ class _Attempt:
     ) -> None:
         self.started_monotonic = time.monotonic()
         now = self.clock.now()
-        self.execution_id = await self.pool.fetchval(
-            """
-            INSERT INTO bot_task_executions
-                (bot_id, task_definition_id, task_type, status, due_at, started_at, attempt_number,
-                 worker_id, execution_key, rate_limit_remaining, error_message, completed_at, duration_ms)
-            VALUES ($1, $2, $3, $4::text, $5, $6::timestamptz, $7, $8, $9, $10, $11,
-                    CASE WHEN $4::text = 'started' THEN NULL ELSE $6::timestamptz END,
-                    CASE WHEN $4::text = 'started' THEN NULL ELSE 0 END)
-            ON CONFLICT (execution_key) DO UPDATE
-            SET status = EXCLUDED.status, started_at = EXCLUDED.started_at, error_message = EXCLUDED.error_message
-            RETURNING id
-            """,
-            self.request.bot_id,
-            self.request.task_id,
-            self.request.task_type,
-            status,
-            self.request.fire_at,
-            now,
-            self.attempt,
-            self.runner.identity,
-            f"{self.key_prefix}{self.attempt}",
-            remaining,
-            error,
+        self.execution_id = await frozen.upsert_attempt(
+            self.pool,
+            bot_id=self.request.bot_id,
+            task_id=self.request.task_id,
+            task_type=self.request.task_type,
+            status=status,
+            due_at=self.request.fire_at,
+            started_at=now,
+            attempt=self.attempt,
+            worker_id=self.runner.identity,
+            execution_key=f"{self.key_prefix}{self.attempt}",
+            rate_limit_remaining=remaining,
+            error=error,
         )
 
     @asynccontextmanager
@@ -338,9 +305,9 @@ class _Attempt:
         async with self.pool.acquire() as connection:
             try:
                 for namespace, name, label in wanted:
-                    if not await connection.fetchval(TRY_LOCK, namespace, name):
+                    if not await task_locks.try_lock(connection, namespace, name):
                         await self._report("waiting_lock", error=f"waiting for {label}")
-                        await connection.execute(LOCK, namespace, name)
+                        await task_locks.lock(connection, namespace, name)
                         await self._report("running")
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
@@ -350,7 +317,7 @@ class _Attempt:
                 yield
             finally:
                 try:
-                    await connection.execute("SELECT pg_advisory_unlock_all()")
+                    await task_locks.unlock_all(connection)
                 except Exception:
                     connection.terminate()
 

@@ -27,11 +27,11 @@ from xbot.bots import (
     TokenStorageUnavailable,
     check_bot_urls,
     create_bot,
-    delete_bot,
     get_bot,
     list_bots,
     update_bot,
 )
+from xbot.storage.bots import delete_bot
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.state import api_state
+from xbot.storage.pool import database_answers
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ async def _database_ok(request: Request) -> bool:
     if pool is None:
         return False
     try:
-        return await asyncio.wait_for(pool.fetchval("SELECT 1"), CHECK_TIMEOUT_SECONDS) == 1
+        return await asyncio.wait_for(database_answers(pool), CHECK_TIMEOUT_SECONDS)
     except Exception as error:
         log.warning("health: database check failed: %s", error)
         return False

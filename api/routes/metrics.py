@@ -20,21 +20,13 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, Pool, State
 from workflows.models import WORKFLOW_NAME
 from xbot.storage import llm_usage, posts, replies
+from xbot.storage import metrics as aggregates
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-_LATENESS_SQL = f"""
-SELECT task_type,
-       {", ".join(f"count(*) FILTER (WHERE lateness <= {bucket})" for bucket in LATENESS_BUCKETS)},
-       count(*) AS total, coalesce(sum(lateness), 0) AS total_seconds
-FROM (SELECT task_type, extract(epoch FROM started_at - due_at)::float8 AS lateness
-      FROM bot_task_executions WHERE due_at IS NOT NULL AND attempt_number = 1) AS first_attempts
-GROUP BY task_type ORDER BY task_type
-"""
 
 
 class _Snapshot:
@@ -53,16 +45,14 @@ async def _execution_families(pool: Pool) -> list[Metric]:
         "Task execution attempts by task type and outcome",
         labels=["task_type", "status"],
     )
-    for row in await pool.fetch(
-        "SELECT task_type, status, count(*) AS n FROM bot_task_executions GROUP BY 1, 2 ORDER BY 1, 2"
-    ):
+    for row in await aggregates.executions_by_type_and_status(pool):
         executions.add_metric([row["task_type"], row["status"]], row["n"])
     lateness = HistogramMetricFamily(
         "xbot_task_start_lateness_seconds",
         "How late first attempts started after their due time",
         labels=["task_type"],
     )
-    for row in await pool.fetch(_LATENESS_SQL):
+    for row in await aggregates.start_lateness(pool, LATENESS_BUCKETS):
         counts = list(row.values())[1 : 1 + len(LATENESS_BUCKETS)]
         buckets = [(str(bound), count) for bound, count in zip(LATENESS_BUCKETS, counts, strict=True)]
         buckets.append(("+Inf", row["total"]))
@@ -70,9 +60,9 @@ async def _execution_families(pool: Pool) -> list[Metric]:
     enabled = GaugeMetricFamily(
         "xbot_bots_scheduler_enabled", "Bots whose operator asked the scheduler to run"
     )
-    enabled.add_metric([], await pool.fetchval("SELECT count(*) FROM bots WHERE scheduler_enabled"))
+    enabled.add_metric([], await aggregates.count_bots(pool, scheduler_enabled_only=True))
     total = GaugeMetricFamily("xbot_bots", "Bots")
-    total.add_metric([], await pool.fetchval("SELECT count(*) FROM bots"))
+    total.add_metric([], await aggregates.count_bots(pool))
     return [executions, lateness, enabled, total, *await _reply_policy_families(pool)]
 
 

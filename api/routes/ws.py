@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from api.auth import token_matches, websocket_token
 from api.feed import FeedClient, now_iso
 from api.state import api_state
-from xbot.bots import BOT_ID_PATTERN, bot_exists
+from xbot.bots import BOT_ID_PATTERN
+from xbot.storage.bots import bot_exists
 
 log = logging.getLogger(__name__)
 

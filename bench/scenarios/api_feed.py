@@ -34,6 +34,7 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
 from bench.stats import latency_summary_ms, ratio
+from xbot.storage import bots as bots_table
 from xbot.storage.pool import create_pool
 
 NAME = "api_feed"
@@ -277,10 +278,7 @@ async def _control_load(url: str, token: str, bot_ids: list[str], cycles: int) -
 
 async def _insert_rows_only(pool: Any, count: int) -> None:
     """Bot rows without tasks or workflows (the list row's bulk)."""
-    await pool.execute(
-        "INSERT INTO bots (id, name) SELECT 'row-' || lpad(n::text, 6, '0'), 'row' FROM generate_series(1, $1) n",
-        count,
-    )
+    await bots_table.insert_bare_bots(pool, [f"row-{n:06d}" for n in range(1, count + 1)], name="row")
 
 
 async def _feed_clients(url: str, token: str, bot_id: str, clients: int, seconds: float) -> list[float]:
@@ -417,7 +415,9 @@ async def run(ctx: RunContext, result: Result) -> None:
             ctx.progress.set_phase(f"{NAME}: start/stop round trips", 10)
             control_bots = [BotPlan(f"control-{index:02d}", far) for index in range(CONTROL_BOTS)]
             await insert_project_bots(pool, control_bots, 3600, "noop", {})
-            await pool.execute("UPDATE bots SET scheduler_enabled = false WHERE id LIKE 'control-%'")
+            await bots_table.set_schedulers_enabled(
+                pool, dict.fromkeys((plan.bot_id for plan in control_bots), False)
+            )
             control = await _control_load(
                 url, token, [plan.bot_id for plan in control_bots], size["control_cycles"]
             )

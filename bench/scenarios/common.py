@@ -31,6 +31,9 @@ from bench.progress import Progress
 from bench.receiver import WebhookReceiver
 from bench.stats import latency_summary_ms
 from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput
+from xbot.storage import bots as bots_table
+from xbot.storage import metrics as aggregates
+from xbot.storage import task_definitions as definitions_table
 
 System = Literal["project", "bare", "schedules"]
 START_CONCURRENCY = 50
@@ -131,24 +134,11 @@ async def insert_project_bots(
 ) -> None:
     ids = [plan.bot_id for plan in plans]
     dues = [datetime.fromtimestamp(plan.first_due_epoch, UTC) for plan in plans]
+    every = max(1, round(interval_seconds))
     async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(
-            "INSERT INTO bots (id, name, scheduler_enabled) SELECT id, id, true FROM unnest($1::text[]) AS id",
-            ids,
-        )
-        await connection.execute(
-            """
-            INSERT INTO bot_task_definitions
-                (bot_id, task_type, name, interval_seconds, next_planned_run_at, config, max_retries,
-                 timeout_seconds)
-            SELECT bot_id, $3, 'bench', $4, due, $5::jsonb, 0, 60
-            FROM unnest($1::text[], $2::timestamptz[]) AS plan(bot_id, due)
-            """,
-            ids,
-            dues,
-            task_type,
-            max(1, round(interval_seconds)),
-            config,
+        await bots_table.insert_bare_bots(connection, ids, scheduler_enabled=True)
+        await definitions_table.insert_interval_definitions(
+            connection, ids, [every] * len(ids), dues, task_type, config
         )
 
 
@@ -171,15 +161,7 @@ async def start_project_bots(env: BenchEnv, task_queue: str, bot_ids: list[str])
 
 
 async def project_samples(pool: asyncpg.Pool, prefix: str) -> list[tuple[str, float, float]]:
-    rows = await pool.fetch(
-        """
-        SELECT bot_id, extract(epoch FROM due_at)::float8 AS due, extract(epoch FROM started_at)::float8 AS started
-        FROM bot_task_executions
-        WHERE bot_id LIKE $1 AND due_at IS NOT NULL AND attempt_number = 1
-        """,
-        prefix + "-%",
-    )
-    return [(row["bot_id"], row["due"], row["started"]) for row in rows]
+    return await aggregates.first_attempt_times(pool, prefix)
 
 
 async def _sleep_until(epoch: float) -> None:

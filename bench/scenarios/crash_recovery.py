@@ -41,6 +41,9 @@ from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import start_project_bots
 from bench.stats import percentile
+from xbot.storage import bots as bots_table
+from xbot.storage import metrics as aggregates
+from xbot.storage import task_definitions as definitions_table
 from xbot.storage.pool import create_pool
 
 NAME = "crash_recovery"
@@ -175,38 +178,21 @@ def make_schedules(prefix: str, bots: int, t0: float) -> list[BotSchedule]:
 
 
 async def insert_bots(pool: asyncpg.Pool, schedules: list[BotSchedule], url: str) -> None:
+    ids = [s.bot_id for s in schedules]
     async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(
-            "INSERT INTO bots (id, name, scheduler_enabled) SELECT id, id, true FROM unnest($1::text[]) AS id",
-            [s.bot_id for s in schedules],
-        )
-        await connection.execute(
-            """
-            INSERT INTO bot_task_definitions
-                (bot_id, task_type, name, interval_seconds, next_planned_run_at, config, max_retries,
-                 timeout_seconds)
-            SELECT bot_id, 'webhook', 'bench', every, due, $4::jsonb, 0, 60
-            FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS plan(bot_id, every, due)
-            """,
-            [s.bot_id for s in schedules],
+        await bots_table.insert_bare_bots(connection, ids, scheduler_enabled=True)
+        await definitions_table.insert_interval_definitions(
+            connection,
+            ids,
             [s.interval_seconds for s in schedules],
             [datetime.fromtimestamp(s.first_due_epoch, UTC) for s in schedules],
+            "webhook",
             {"url": url, "timeout_seconds": 30},
         )
 
 
 async def read_rows(pool: asyncpg.Pool, prefix: str) -> list[Row]:
-    records = await pool.fetch(
-        """
-        SELECT bot_id, status, execution_key, attempt_number, extract(epoch FROM due_at)::float8 AS due,
-               extract(epoch FROM started_at)::float8 AS started,
-               coalesce(extract(epoch FROM completed_at)::float8, 'NaN') AS completed,
-               coalesce(worker_id, '') AS worker_id
-        FROM bot_task_executions
-        WHERE bot_id LIKE $1 AND due_at IS NOT NULL
-        """,
-        prefix + "-%",
-    )
+    records = await aggregates.fleet_attempts(pool, prefix)
     return [
         Row(
             r["bot_id"],
@@ -336,28 +322,14 @@ def sigkill(worker: ManagedProcess) -> None:
 
 
 async def in_flight_handlers(pool: asyncpg.Pool, prefix: str) -> int:
-    count = await pool.fetchval(
-        "SELECT count(*) FROM bot_task_executions WHERE bot_id LIKE $1 AND status = 'started'"
-        " AND started_at <= now()",
-        prefix + "-%",
-    )
-    return int(count or 0)
+    return await aggregates.count_running_attempts(pool, prefix)
 
 
 async def wait_until_steady(pool: asyncpg.Pool, prefix: str, bots: int, timeout_epoch: float) -> bool:
     """Every bot has started an execution, and 90% of those due over the last 5 s started on time."""
     while time.time() < timeout_epoch:
-        row = await pool.fetchrow(
-            """
-            SELECT count(DISTINCT bot_id) AS bots,
-                   coalesce(percentile_disc(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - due_at))
-                            FILTER (WHERE due_at > now() - interval '5 seconds'), 0)::float8 AS worst
-            FROM bot_task_executions
-            WHERE bot_id LIKE $1 AND attempt_number = 1 AND status <> 'skipped'
-            """,
-            prefix + "-%",
-        )
-        if row is not None and row["bots"] >= bots and row["worst"] <= STEADY_LATENESS_SECONDS:
+        started, worst = await aggregates.fleet_steadiness(pool, prefix)
+        if started >= bots and worst <= STEADY_LATENESS_SECONDS:
             return True
         await asyncio.sleep(0.5)
     return False

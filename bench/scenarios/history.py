@@ -33,6 +33,7 @@ from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
 from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput, SchedulerOptions
 from xbot.settings import load_settings
+from xbot.storage import metrics as aggregates
 from xbot.storage.pool import create_pool
 
 NAME = "history"
@@ -140,7 +141,7 @@ async def _short_runs(ctx: RunContext, settings: Plan) -> tuple[dict[str, Any], 
                 await bare_handle.result()
                 # The project's bot never ends by itself: stop it once it has run as often.
                 for _ in range(count * interval * 4 + 20):  # bounded: at most ~2x the planned time
-                    if await pool.fetchval("SELECT count(*) FROM bot_task_executions") >= count:
+                    if await aggregates.count_executions(pool) >= count:
                         break
                     await asyncio.sleep(0.5)
                 await asyncio.sleep(interval / 2)
@@ -196,7 +197,7 @@ async def _long_operation(ctx: RunContext, settings: Plan) -> dict[str, Any]:
                 simulated += SIMULATION_STEP
             wall = time.monotonic() - began
             figures = _per_execution(await _runs(env.client, bot.bot_id))
-            figures["db_executions"] = await pool.fetchval("SELECT count(*) FROM bot_task_executions")
+            figures["db_executions"] = await aggregates.count_executions(pool)
     finally:
         await pool.close()
         await env.shutdown()

@@ -18,6 +18,7 @@ from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
 from bench.stats import ratio
 from workflows.models import WORKFLOW_NAME
+from xbot.storage import metrics as aggregates
 from xbot.storage.pool import create_pool
 
 NAME = "idle"
@@ -120,7 +121,7 @@ async def run(ctx: RunContext, result: Result) -> None:
             settle = await _wait_until_quiet(env, worker, bots)
             ctx.progress.set_phase(f"{NAME}: worker with {bots} idle bots", seconds)
             loaded = await _measure(worker, env.temporal, seconds)
-            executions = await pool.fetchval("SELECT count(*) FROM bot_task_executions")
+            executions = await aggregates.count_executions(pool)
         finally:
             await pool.close()
 

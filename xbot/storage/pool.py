@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from xbot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What a statement runs on: the pool, or a connection (inside a transaction).
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 # Held for the life of the process so the embedded server keeps running while we use it.
 _embedded_servers: dict[Path, Any] = {}
@@ -65,3 +68,8 @@ async def connect(dsn: str) -> asyncpg.Connection:
     connection = await asyncpg.connect(dsn)
     await _init_connection(connection)
     return connection
+
+
+async def database_answers(pool: asyncpg.Pool) -> bool:
+    """Whether the database runs a trivial query (the health check)."""
+    return bool(await pool.fetchval("SELECT 1") == 1)

@@ -30,7 +30,7 @@ import httpx
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.errors import NonRetryableTaskError
 from xbot.settings import Settings
-from xbot.storage import bots, connect_requests
+from xbot.storage import bots, connect_requests, task_definitions
 from xbot.storage.logs import write_log
 from xbot.x import scopes as x_scopes
 from xbot.x.client import XClient
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TTL = timedelta(minutes=10)
 _OAUTH_ERROR = re.compile(r"^[a-z_]{1,64}$")
+# A definition that last failed for one of these reasons starts afresh once the bot is connected again.
+NEEDS_NEW_AUTHORIZATION = "(needs re-authorization|lacks the scope)"
 
 
 class ConnectNotConfigured(Exception):
@@ -103,7 +105,7 @@ async def start_connect(
     pool: asyncpg.Pool, cipher: TokenCipher, settings: Settings, bot_id: str
 ) -> ConnectStart:
     redirect_uri = _redirect_uri(settings)
-    scopes = x_scopes.requested(await bots.active_task_types(pool, bot_id))
+    scopes = x_scopes.requested(await task_definitions.active_task_types(pool, bot_id))
     state = secrets.token_urlsafe(32)
     verifier, challenge = pkce_pair()
     expires_at = datetime.now(UTC) + CONNECT_TTL
@@ -256,8 +258,10 @@ async def _save_connection(
             scope=scope,
         )
         # X task definitions that failed for want of authorization (or of a scope) start afresh.
-        resumed = await bots.resume_unauthorized_tasks(conn, bot_id, list(x_scopes.TASK_SCOPES))
-        task_types = await bots.active_task_types(conn, bot_id)
+        resumed = await task_definitions.resume_failing(
+            conn, bot_id, list(x_scopes.TASK_SCOPES), NEEDS_NEW_AUTHORIZATION
+        )
+        task_types = await task_definitions.active_task_types(conn, bot_id)
     scopes = sorted(x_scopes.granted(scope) or [])
     missing = x_scopes.missing(scope, task_types)
     username = await _read_identity(pool, cipher, http, settings, bot_id, bot.plan_tier)
