@@ -44,6 +44,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level="info",
+        access_log=settings.api_access_log,
         ws_ping_interval=20,
     )
     return 0
