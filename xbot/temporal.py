@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
 
+from workflows.models import BOT_ID, NEXT_DUE_AT, SCHEDULER_RUNNING, SEARCH_ATTRIBUTES
 from xbot.crypto.codec import data_converter
 from xbot.settings import Settings
 
-BOT_ID = SearchAttributeKey.for_keyword("BotId")
-SCHEDULER_RUNNING = SearchAttributeKey.for_bool("SchedulerRunning")
-NEXT_DUE_AT = SearchAttributeKey.for_datetime("NextDueAt")
-SEARCH_ATTRIBUTES = (BOT_ID, SCHEDULER_RUNNING, NEXT_DUE_AT)
+# The keys live in the workflow's contract; re-exported for the tests and tools that import them here.
+__all__ = [
+    "BOT_ID",
+    "DEV_SERVER_DYNAMIC_CONFIG",
+    "NEXT_DUE_AT",
+    "SCHEDULER_RUNNING",
+    "SEARCH_ATTRIBUTES",
+    "connect_temporal",
+    "dev_server_args",
+    "ensure_search_attributes",
+]
 
 
 # Server settings the scheduler relies on, for every dev server this project starts (the compose
