@@ -40,9 +40,7 @@ from temporalio.converter import decode_typed_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.models import (
-    NEXT_DUE_AT,
     QUERY_STATUS,
-    SCHEDULER_RUNNING,
     SIGNAL_PAUSE_TASK,
     SIGNAL_RELOAD_TASKS,
     SIGNAL_RESUME_TASK,
@@ -64,6 +62,7 @@ from workflows.models import (
 from xbot.bots import BOT_ID_PATTERN, set_scheduler_enabled
 from xbot.storage.logs import write_log
 from xbot.task_definitions import count_schedulable
+from xbot.temporal import NEXT_DUE_AT, SCHEDULER_RUNNING
 
 log = logging.getLogger(__name__)
 
