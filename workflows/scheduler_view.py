@@ -13,6 +13,9 @@ from typing import Any
 from temporalio.common import SearchAttributeUpdate
 
 from workflows.models import (
+    BOT_ID,
+    NEXT_DUE_AT,
+    SCHEDULER_RUNNING,
     EventType,
     RunState,
     SchedulerCarry,
@@ -24,7 +27,6 @@ from workflows.models import (
     TaskState,
     TaskStatus,
 )
-from xbot.temporal import BOT_ID, NEXT_DUE_AT, SCHEDULER_RUNNING
 
 MAX_ERROR_TEXT = 300
 

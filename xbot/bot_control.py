@@ -35,7 +35,7 @@ from temporalio.client import (
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
 from temporalio.converter import decode_typed_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -45,6 +45,7 @@ from workflows.models import (
     SIGNAL_RELOAD_TASKS,
     SIGNAL_RESUME_TASK,
     SIGNAL_RUN_TASK,
+    SIGNAL_START,
     SIGNAL_STOP,
     UPDATE_START,
     UPDATE_STOP,
@@ -52,6 +53,7 @@ from workflows.models import (
     ControlAnswer,
     SchedulerCarry,
     SchedulerInput,
+    SchedulerOptions,
     SchedulerStatus,
     TaskIdArg,
     TaskState,
@@ -158,13 +160,28 @@ async def workflow_status(client: Client, bot_id: str) -> WorkflowExecutionStatu
 
 
 async def query_status(
-    client: Client, bot_id: str, timeout: timedelta = QUERY_TIMEOUT, query: str = QUERY_STATUS
+    client: Client,
+    bot_id: str,
+    timeout: timedelta | None = QUERY_TIMEOUT,
+    query: str = QUERY_STATUS,
+    *,
+    open_only: bool = False,
 ) -> SchedulerStatus | None:
-    """The workflow's `status` query (the CLI's view, and a fallback); None when never started."""
+    """The workflow's own `status` query: the live feed's poll, the CLI's view, a fallback.
+
+    The one error policy for every caller: None when there is no workflow to answer (never started,
+    or, with `open_only`, closed); WorkerUnavailable when it exists but no worker answered in time or
+    the query failed; any other RPC error propagates. `timeout` None: wait as long as the server does.
+    """
     try:
         result: SchedulerStatus = await _handle(client, bot_id).query(
-            query, result_type=SchedulerStatus, rpc_timeout=timeout
+            query,
+            result_type=SchedulerStatus,
+            reject_condition=QueryRejectCondition.NOT_OPEN if open_only else None,
+            rpc_timeout=timeout,
         )
+    except WorkflowQueryRejectedError:
+        return None  # closed, and only an open workflow's answer was wanted
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             return None
@@ -174,6 +191,19 @@ async def query_status(
     except WorkflowQueryFailedError as error:
         raise WorkerUnavailable(f"the status query of {bot_id} failed: {error}") from None
     return result
+
+
+async def signal_start(
+    client: Client, bot_id: str, task_queue: str, options: SchedulerOptions | None = None
+) -> WorkflowHandle[Any, Any]:
+    """Signal-with-start `start`, as a CLI user or a script does it (the API uses the `start_scheduler`
+    update instead): starts the workflow when there is none, and is idempotent otherwise."""
+    scheduler_input = (
+        SchedulerInput(bot_id=bot_id) if options is None else SchedulerInput(bot_id=bot_id, options=options)
+    )
+    return await client.start_workflow(
+        WORKFLOW_NAME, scheduler_input, id=bot_id, task_queue=task_queue, start_signal=SIGNAL_START
+    )
 
 
 def _running(stored: Stored) -> bool:

@@ -34,16 +34,15 @@ from xbot.masking import mask_config, restore_masked
 from xbot.storage import task_definitions as definitions_table
 from xbot.storage.bots import lock_bot
 from xbot.task_dependencies import dependency_problem
+from xbot.task_types import TASK_TYPES
 from xbot.x.rate_limits import ENDPOINTS
 
 MAX_DEPENDENCIES = 50
 
 
 def known_task_types() -> frozenset[str]:
-    """Task types the worker has a handler for (its registry is the single source)."""
-    from activities.handlers.registry import TASK_TYPES
-
-    return frozenset(TASK_TYPES)
+    """Task types the worker has a handler for (xbot.task_types is the catalogue its registry follows)."""
+    return TASK_TYPES
 
 
 class TaskDefinitionError(ValueError):

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 
+from workflows.models import BOT_ID, NEXT_DUE_AT, SCHEDULER_RUNNING, SEARCH_ATTRIBUTES
 from xbot.crypto.codec import data_converter
 from xbot.settings import Settings
 
-BOT_ID = SearchAttributeKey.for_keyword("BotId")
-SCHEDULER_RUNNING = SearchAttributeKey.for_bool("SchedulerRunning")
-NEXT_DUE_AT = SearchAttributeKey.for_datetime("NextDueAt")
-SEARCH_ATTRIBUTES = (BOT_ID, SCHEDULER_RUNNING, NEXT_DUE_AT)
+# The keys live in the workflow's contract; re-exported for the tests and tools that import them here.
+__all__ = [
+    "BOT_ID",
+    "DEV_SERVER_DYNAMIC_CONFIG",
+    "NEXT_DUE_AT",
+    "SCHEDULER_RUNNING",
+    "SEARCH_ATTRIBUTES",
+    "connect_temporal",
+    "dev_server_args",
+    "ensure_search_attributes",
+]
 
 
 # Server settings the scheduler relies on, for every dev server this project starts (the compose
@@ -21,13 +32,18 @@ SEARCH_ATTRIBUTES = (BOT_ID, SCHEDULER_RUNNING, NEXT_DUE_AT)
 DEV_SERVER_DYNAMIC_CONFIG = {"system.enableActivityEagerExecution": "true"}
 
 
+def _indexed_type(attribute: SearchAttributeKey[Any]) -> IndexedValueType.ValueType:
+    return IndexedValueType.ValueType(attribute.indexed_value_type)
+
+
 def dev_server_args() -> list[str]:
     """`temporal server start-dev` flags: the search attributes (registered at start) and the
     dynamic config above."""
-    kinds = {BOT_ID.name: "Keyword", SCHEDULER_RUNNING.name: "Bool", NEXT_DUE_AT.name: "Datetime"}
     args: list[str] = []
-    for name, kind in kinds.items():
-        args += ["--search-attribute", f"{name}={kind}"]
+    for attribute in SEARCH_ATTRIBUTES:
+        # INDEXED_VALUE_TYPE_DATETIME -> Datetime, the CLI's spelling
+        kind = IndexedValueType.Name(_indexed_type(attribute)).removeprefix("INDEXED_VALUE_TYPE_").title()
+        args += ["--search-attribute", f"{attribute.name}={kind}"]
     for key, value in DEV_SERVER_DYNAMIC_CONFIG.items():
         args += ["--dynamic-config-value", f"{key}={value}"]
     return args
@@ -50,17 +66,12 @@ async def ensure_search_attributes(client: Client) -> list[str]:
     `start-dev --search-attribute` only registers them when its database is new, so a dev server
     restarted on an older SQLite file (or a real cluster) gets them here.
     """
-    from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import (
         AddSearchAttributesRequest,
         ListSearchAttributesRequest,
     )
 
-    kinds = {
-        BOT_ID.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-        SCHEDULER_RUNNING.name: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-        NEXT_DUE_AT.name: IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
-    }
+    kinds = {attribute.name: _indexed_type(attribute) for attribute in SEARCH_ATTRIBUTES}
     existing = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=client.namespace)
     )

@@ -17,7 +17,7 @@ from api.deps import COMMON_ERRORS, BotIdPath, ExistingBotId, NotFound, Pool, St
 from api.errors import ApiError, ServiceUnavailable
 from api.feed import FeedHub
 from api.state import ApiState, RenderedStatus
-from xbot import bot_control as scheduler_client
+from xbot import bot_control
 from xbot.bots import (
     BOT_ID_PATTERN,
     Bot,
@@ -71,7 +71,7 @@ async def _with_state(client: Client | None, pool: asyncpg.Pool, bots: list[Bot]
     if client is None or not bots:
         return results
     try:
-        running = await scheduler_client.list_running(client, [bot.id for bot in bots])
+        running = await bot_control.list_running(client, [bot.id for bot in bots])
     except Exception as error:
         log.warning("scheduler states unavailable: %s", error)
         return results
@@ -85,7 +85,7 @@ async def _with_state(client: Client | None, pool: asyncpg.Pool, bots: list[Bot]
         result.nextAlarmTime = listed.next_due_at if listed.running else None
         if listed.running is not None and listed.running != result.scheduler_enabled:
             wanted[result.id] = result.scheduler_enabled = listed.running
-    await scheduler_client.mirror_enabled(pool, wanted)
+    await bot_control.mirror_enabled(pool, wanted)
     return results
 
 
@@ -154,41 +154,35 @@ async def patch(bot_id: ExistingBotId, body: BotPatch, pool: Pool, state: State)
 @router.delete("/bots/{botId}", status_code=204, response_class=Response, responses=error_docs(404))
 async def delete(bot_id: ExistingBotId, pool: Pool, client: Temporal) -> Response:
     """Stop the bot's scheduler (cancelling a running task), end its workflow, then delete the bot."""
-    await scheduler_client.shut_down_for_delete(client, bot_id)
+    await bot_control.shut_down_for_delete(client, bot_id)
     if not await delete_bot(pool, bot_id):
         raise NotFound(f"bot {bot_id} not found")
     return Response(status_code=204)
 
 
-@router.post(
-    "/bots/{botId}/start", response_model=scheduler_client.StartResult, responses=error_docs(400, 404)
-)
-async def start(
-    bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State
-) -> scheduler_client.StartResult:
+@router.post("/bots/{botId}/start", response_model=bot_control.StartResult, responses=error_docs(400, 404))
+async def start(bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State) -> bot_control.StartResult:
     """Start the scheduler: `Scheduler started`, or `No tasks to schedule` when it has no active task."""
     try:
-        return await scheduler_client.start(client, pool, bot_id, state.task_queue)
-    except scheduler_client.SchedulerConflict as error:
+        return await bot_control.start(client, pool, bot_id, state.task_queue)
+    except bot_control.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
     finally:
         state.status_flights.forget(bot_id)  # a read begun before the change is not reused
 
 
-@router.post("/bots/{botId}/stop", response_model=scheduler_client.StopResult, responses=error_docs(400, 404))
-async def stop(
-    bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State
-) -> scheduler_client.StopResult:
+@router.post("/bots/{botId}/stop", response_model=bot_control.StopResult, responses=error_docs(400, 404))
+async def stop(bot_id: ExistingBotId, pool: Pool, client: Temporal, state: State) -> bot_control.StopResult:
     """Stop the scheduler; a running task is cancelled and recorded as such."""
     try:
-        return await scheduler_client.stop(client, pool, bot_id)
-    except scheduler_client.SchedulerConflict as error:
+        return await bot_control.stop(client, pool, bot_id)
+    except bot_control.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
     finally:
         state.status_flights.forget(bot_id)
 
 
-@router.get("/bots/{botId}/status", response_model=scheduler_client.StatusResult, responses=error_docs(404))
+@router.get("/bots/{botId}/status", response_model=bot_control.StatusResult, responses=error_docs(404))
 async def status(bot_id: BotIdPath, pool: Pool, client: Temporal, state: State) -> Response:
     """The scheduler's state without asking the workflow: the running flag and next alarm it
     publishes (search attributes), per-task state from the database, or the live feed's fresh poll.
@@ -197,7 +191,7 @@ async def status(bot_id: BotIdPath, pool: Pool, client: Temporal, state: State) 
     hub = state.hub
     try:
         rendered = await status_flights_run(state, bot_id, client, pool, hub)
-    except scheduler_client.BotNotFound:
+    except bot_control.BotNotFound:
         raise NotFound(f"bot {bot_id} not found") from None
     return Response(rendered.body, media_type="application/json")
 
@@ -207,7 +201,7 @@ async def status_flights_run(
 ) -> RenderedStatus:
     # The bot's existence is checked inside the shared read, so a reused answer costs no I/O.
     async def read() -> RenderedStatus:
-        answer = await scheduler_client.status(client, pool, bot_id, state.task_queue, hub.snapshot)
+        answer = await bot_control.status(client, pool, bot_id, state.task_queue, hub.snapshot)
         return RenderedStatus(answer, answer.model_dump_json().encode())
 
     return await state.status_flights.run(

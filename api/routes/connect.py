@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, Pool, State, error_docs
 from api.errors import ServiceUnavailable
-from xbot import bot_control as scheduler_client
+from xbot import bot_control
 from xbot.crypto.at_rest import TokenCipher
 from xbot.x.connect import (
     ConnectNotConfigured,
@@ -111,7 +111,7 @@ async def _resume(state: State, result: ConnectResult) -> None:
     """Tasks that failed for want of authorization run again: the scheduler reloads its definitions."""
     try:
         client = await state.temporal.get()
-        await scheduler_client.reload_tasks(client, result.bot_id)
+        await bot_control.reload_tasks(client, result.bot_id)
     except Exception as error:  # best effort: a (re)started scheduler loads them from the database
         log.warning("could not signal the scheduler of %s after connecting: %s", result.bot_id, error)
 

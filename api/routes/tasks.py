@@ -13,7 +13,7 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, TaskIdPath, Temporal, error_docs
 from api.errors import ApiError
 from api.feed import entity_update
-from xbot import bot_control as scheduler_client
+from xbot import bot_control
 from xbot.task_definitions import (
     BotNotFound,
     TaskDefinition,
@@ -53,7 +53,7 @@ async def _tell_workflow(state: State, bot_id: str, signal: Callable[[Client], A
 async def _changed(state: State, bot_id: str, task_id: int, action: str) -> None:
     """Tell the workflow to reload, and the feed's clients what changed (the workflow reports
     only its own changes to definitions: pause, resume, deactivation)."""
-    await _tell_workflow(state, bot_id, lambda client: scheduler_client.reload_tasks(client, bot_id))
+    await _tell_workflow(state, bot_id, lambda client: bot_control.reload_tasks(client, bot_id))
     state.hub.publish(bot_id, entity_update(bot_id, "task_definition", action, task_id))
 
 
@@ -139,8 +139,8 @@ async def run_now(
     if await get_task_definition(pool, bot_id, task_id) is None:
         raise NotFound(f"task definition {task_id} not found")
     try:
-        await scheduler_client.run_task(client, bot_id, task_id)
-    except scheduler_client.SchedulerConflict as error:
+        await bot_control.run_task(client, bot_id, task_id)
+    except bot_control.SchedulerConflict as error:
         raise ApiError(400, str(error)) from None
     finally:
         state.status_flights.forget(bot_id)
@@ -151,7 +151,7 @@ async def _set_paused(state: State, pool: Pool, bot_id: str, task_id: int, pause
     definition = await set_paused(pool, bot_id, task_id, paused)
     if definition is None:
         raise NotFound(f"task definition {task_id} not found")
-    signal = scheduler_client.pause_task if paused else scheduler_client.resume_task
+    signal = bot_control.pause_task if paused else bot_control.resume_task
     if not await _tell_workflow(state, bot_id, lambda client: signal(client, bot_id, task_id)):
         # No workflow to report it: tell the feed's clients ourselves.
         state.hub.publish(

@@ -166,9 +166,9 @@ async def _status_load(url: str, token: str, bot_ids: list[str], seconds: float)
 
 async def _query_load(env: BenchEnv, bot_id: str, seconds: float) -> dict[str, Any]:
     """The workflow's `status` query from 50 concurrent callers: the old per-call cost, for reference."""
-    from workflows.models import QUERY_STATUS, SchedulerStatus
+    from xbot import bot_control
 
-    handle = (await env.project_client()).get_workflow_handle(bot_id)
+    client = await env.project_client()
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
@@ -178,7 +178,7 @@ async def _query_load(env: BenchEnv, bot_id: str, seconds: float) -> dict[str, A
         while time.monotonic() < deadline:
             began = time.perf_counter()
             try:
-                await handle.query(QUERY_STATUS, result_type=SchedulerStatus)
+                await bot_control.query_status(client, bot_id, timeout=None)
             except Exception:
                 errors += 1
                 continue

@@ -30,7 +30,8 @@ from bench.env import BenchEnv, ManagedProcess
 from bench.progress import Progress
 from bench.receiver import WebhookReceiver
 from bench.stats import latency_summary_ms
-from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput
+from workflows.models import WORKFLOW_NAME
+from xbot import bot_control
 from xbot.storage import bots as bots_table
 from xbot.storage import metrics as aggregates
 from xbot.storage import task_definitions as definitions_table
@@ -149,13 +150,7 @@ async def start_project_bots(env: BenchEnv, task_queue: str, bot_ids: list[str])
 
     async def start(bot_id: str) -> None:
         async with semaphore:
-            await client.start_workflow(
-                WORKFLOW_NAME,
-                SchedulerInput(bot_id=bot_id),
-                id=bot_id,
-                task_queue=task_queue,
-                start_signal=SIGNAL_START,
-            )
+            await bot_control.signal_start(client, bot_id, task_queue)
 
     await asyncio.gather(*(start(bot_id) for bot_id in bot_ids))
 

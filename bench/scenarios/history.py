@@ -31,7 +31,8 @@ from bench.env import BenchEnv, BenchError
 from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import insert_project_bots, start_project_bots
-from workflows.models import SIGNAL_START, WORKFLOW_NAME, SchedulerInput, SchedulerOptions
+from workflows.models import SchedulerOptions
+from xbot import bot_control
 from xbot.settings import load_settings
 from xbot.storage import metrics as aggregates
 from xbot.storage.pool import create_pool
@@ -182,13 +183,7 @@ async def _long_operation(ctx: RunContext, settings: Plan) -> dict[str, Any]:
             now = (await env.get_current_time()).timestamp()
             bot = BotPlan("history-year", now + INTERVAL.total_seconds())
             await insert_project_bots(pool, [bot], INTERVAL.total_seconds(), "noop", {})
-            await env.client.start_workflow(
-                WORKFLOW_NAME,
-                SchedulerInput(bot_id=bot.bot_id, options=TIME_SKIPPING_OPTIONS),
-                id=bot.bot_id,
-                task_queue=task_queue,
-                start_signal=SIGNAL_START,
-            )
+            await bot_control.signal_start(env.client, bot.bot_id, task_queue, TIME_SKIPPING_OPTIONS)
             began = time.monotonic()
             simulated = timedelta(0)
             # Short sleeps: each is one RPC, and the budget is checked between them.

