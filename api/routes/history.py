@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -12,6 +12,7 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, MAX_BIGINT, ExistingBotId, Pool, error_docs
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
+from workflows.models import ExecutionStatus
 from xbot.storage import executions as executions_table
 from xbot.storage import logs as logs_table
 from xbot.storage import task_definitions as definitions_table
@@ -19,10 +20,6 @@ from xbot.storage.executions import Execution
 from xbot.storage.logs import LogEntry, LogLevel
 
 router = APIRouter(tags=["history"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
-
-ExecutionStatus = Literal[
-    "started", "waiting_lock", "retrying", "completed", "failed", "cancelled", "skipped", "lost"
-]
 
 Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")]
