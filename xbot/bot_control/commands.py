@@ -1,15 +1,7 @@
-"""Starting, stopping, querying and signalling a bot's BotScheduler workflow, with the seed's semantics.
-
-Start and stop are Workflow Updates (start is update-with-start): the call returns the workflow's own
-answer once it has acted, so there is no polling. The `start`/`stop` signals stay for CLI users.
-
-One owner of the desired state: the workflow's running flag, published as the `SchedulerRunning`
-search attribute (no extra activity, no extra history event). `bots.scheduler_enabled` mirrors it: the
-API writes it on start/stop and reconciles it whenever a read sees the attribute disagree (e.g. after
-a CLI `stop` signal), and `status` heals a bot whose last run says it should run but whose workflow is
-gone. Status is served without a query: DescribeWorkflowExecution (search attributes, read from the
-execution's mutable state by the history service, so never stale and never queued behind the
-workflow) plus the task rows in PostgreSQL, or the live feed's snapshot when one is fresh.
+"""Talking to a bot's BotScheduler workflow: start and stop (Workflow Updates), signals, the status
+query, describe and list. Every call that reaches the workflow goes through here, with one error
+policy: SchedulerConflict (the request contradicts its state), WorkerUnavailable (no worker answered in
+time), None where there is no workflow; any other RPC error propagates.
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import (
@@ -56,12 +48,10 @@ from workflows.models import (
     SchedulerOptions,
     SchedulerStatus,
     TaskIdArg,
-    TaskState,
-    TaskStatus,
 )
 from xbot.bots import BOT_ID_PATTERN
 from xbot.storage import task_definitions as definitions_table
-from xbot.storage.bots import set_scheduler_enabled, set_schedulers_enabled
+from xbot.storage.bots import set_scheduler_enabled
 from xbot.storage.logs import write_log
 from xbot.temporal import NEXT_DUE_AT, SCHEDULER_RUNNING
 
@@ -92,23 +82,6 @@ class StartResult(BaseModel):
 
 class StopResult(BaseModel):
     message: str
-
-
-class StatusResult(BaseModel):
-    botId: str
-    isRunning: bool
-    nextAlarmTime: datetime | None
-    runningTasks: list[int] = Field(default_factory=list)
-    tasks: list[TaskStatus] = Field(default_factory=list)
-    lastEventSeq: int = 0
-    workflowStatus: str | None = Field(description="Temporal execution status; null when never started")
-    schedulerEnabled: bool
-    healed: bool = Field(default=False, description="The workflow should have run but did not: restarted")
-    schedulerReachable: bool = Field(
-        default=True,
-        description="False: the workflow has work no worker picked up; the answer is what is stored",
-    )
-    message: str | None = None
 
 
 @dataclass
@@ -206,7 +179,7 @@ async def signal_start(
     )
 
 
-def _running(stored: Stored) -> bool:
+def is_running(stored: Stored) -> bool:
     return stored.execution == WorkflowExecutionStatus.RUNNING and bool(stored.running)
 
 
@@ -217,7 +190,7 @@ async def _control(call: Awaitable[ControlAnswer], bot_id: str) -> ControlAnswer
         raise WorkerUnavailable(f"no worker answered the scheduler of {bot_id}") from None
 
 
-async def _update_with_start(client: Client, bot_id: str, task_queue: str) -> ControlAnswer:
+async def update_with_start(client: Client, bot_id: str, task_queue: str) -> ControlAnswer:
     """The `start_scheduler` update, starting the workflow first when there is none."""
     operation: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         WORKFLOW_NAME,
@@ -238,11 +211,11 @@ async def _update_with_start(client: Client, bot_id: str, task_queue: str) -> Co
 
 async def start(client: Client, pool: asyncpg.Pool, bot_id: str, task_queue: str) -> StartResult:
     if await definitions_table.count_active(pool, bot_id) == 0:
-        if _running(await describe(client, bot_id)):
+        if is_running(await describe(client, bot_id)):
             await set_scheduler_enabled(pool, bot_id, True)
             raise SchedulerConflict("Scheduler is already running")
         return StartResult(message="No tasks to schedule", isRunning=False)
-    answer = await _update_with_start(client, bot_id, task_queue)
+    answer = await update_with_start(client, bot_id, task_queue)
     await set_scheduler_enabled(pool, bot_id, answer.isRunning)
     if not answer.changed:
         raise SchedulerConflict("Scheduler is already running")
@@ -268,126 +241,6 @@ async def stop(client: Client, pool: asyncpg.Pool, bot_id: str) -> StopResult:
         raise SchedulerConflict("Scheduler is not running")
     await write_log(pool, bot_id, "info", "Scheduler stopped")
     return StopResult(message="Scheduler stopped")
-
-
-class BotNotFound(Exception):
-    """The bot has no row."""
-
-
-_IN_PROGRESS: dict[str, TaskState] = {
-    "started": "running",
-    "waiting_lock": "waiting_lock",
-    "retrying": "retrying",
-}
-
-
-def _stored_task(row: asyncpg.Record, now: datetime, running: bool) -> TaskStatus:
-    state: TaskState
-    reason: str | None = None
-    last = row["last_status"]
-    if running and last in _IN_PROGRESS:
-        state = _IN_PROGRESS[last]
-        reason = row["last_error"] if last == "retrying" else None
-    elif row["is_paused"]:
-        state = "paused"
-    elif row["next_planned_run_at"] is not None and row["next_planned_run_at"] <= now:
-        state = "due"
-    else:
-        state = "scheduled"
-        reason = None
-    if state in ("due", "paused") and last == "failed":
-        reason = row["last_error"]
-    return TaskStatus(
-        id=row["id"],
-        taskType=row["task_type"],
-        priority=row["priority"],
-        nextDueAt=row["next_planned_run_at"],
-        lastSuccessAt=row["last_successful_run_at"],
-        consecutiveFailures=row["consecutive_failures"],
-        state=state,
-        stateReason=reason[:MAX_REASON] if reason else None,
-    )
-
-
-async def _stored_tasks(pool: asyncpg.Pool, bot_id: str) -> tuple[bool, list[asyncpg.Record]]:
-    rows = await definitions_table.active_tasks_with_last_run(pool, bot_id)
-    if not rows:
-        raise BotNotFound(bot_id)
-    return bool(rows[0]["scheduler_enabled"]), [row for row in rows if row["id"] is not None]
-
-
-def should_run(stored: Stored, enabled: bool) -> bool:
-    """The desired state: the workflow's own last word when it published one, else the column."""
-    return stored.running if stored.running is not None else enabled
-
-
-# The live feed's latest `status` poll of the bot, when it has one young enough to trust.
-Snapshot = Callable[[str], SchedulerStatus | None]
-
-
-async def status(
-    client: Client,
-    pool: asyncpg.Pool,
-    bot_id: str,
-    task_queue: str,
-    snapshot: Snapshot | None = None,
-) -> StatusResult:
-    stored, (enabled, rows) = await asyncio.gather(describe(client, bot_id), _stored_tasks(pool, bot_id))
-    wanted = should_run(stored, enabled)
-    healed = False
-    message: str | None = None
-    if wanted and stored.execution != WorkflowExecutionStatus.RUNNING:
-        if rows:
-            log.warning(
-                "bot %s should be running but its workflow is %s: restarting it", bot_id, stored.execution
-            )
-            await _update_with_start(client, bot_id, task_queue)
-            stored = await describe(client, bot_id)
-            stored.running = True  # the update answered once running: the attribute may lag a task
-            healed = True
-            message = "Scheduler was enabled but its workflow was not running: restarted"
-            await write_log(pool, bot_id, "warn", message)
-            _, rows = await _stored_tasks(pool, bot_id)
-        else:
-            wanted = False
-            message = "Scheduler was enabled but has no tasks to schedule: disabled"
-    if wanted != enabled:
-        # The workflow was started or stopped some other way (CLI signal, Web UI): mirror it.
-        await set_scheduler_enabled(pool, bot_id, wanted)
-    running = _running(stored)
-    reachable = stored.stuck_for is None or stored.stuck_for < UNREACHABLE_AFTER
-    if not reachable and message is None:
-        seconds = stored.stuck_for.total_seconds() if stored.stuck_for else 0.0
-        message = f"Scheduler unreachable: no worker has picked up its work for {seconds:.0f} s; showing what is stored"
-    live = snapshot(bot_id) if snapshot is not None and reachable else None
-    # A poll older than a start or stop that the attribute already shows is not used.
-    if live is not None and stored.execution is not None and live.isRunning == running:
-        return StatusResult(
-            botId=bot_id,
-            isRunning=live.isRunning,
-            nextAlarmTime=live.nextAlarmTime,
-            runningTasks=live.runningTasks,
-            tasks=live.tasks,
-            lastEventSeq=live.lastEventSeq,
-            workflowStatus=stored.execution.name,
-            schedulerEnabled=wanted,
-            healed=healed,
-            message=message,
-        )
-    now = datetime.now(UTC)
-    tasks = [_stored_task(row, now, running) for row in rows]
-    return StatusResult(
-        botId=bot_id,
-        isRunning=running,
-        nextAlarmTime=stored.next_due_at if running else None,
-        runningTasks=sorted(task.id for task in tasks if task.state in ("running", "waiting_lock")),
-        tasks=tasks,
-        workflowStatus=stored.execution.name if stored.execution is not None else None,
-        schedulerEnabled=wanted,
-        healed=healed,
-        schedulerReachable=reachable,
-        message=message,
-    )
 
 
 LIST_TIMEOUT = timedelta(seconds=5)
@@ -428,11 +281,6 @@ async def list_running(client: Client, bot_ids: list[str]) -> dict[str, Listed]:
         request.next_page_token = response.next_page_token
 
 
-async def mirror_enabled(pool: asyncpg.Pool, wanted: dict[str, bool]) -> None:
-    """Set `bots.scheduler_enabled` to what the workflows say, in one statement."""
-    await set_schedulers_enabled(pool, wanted)
-
-
 async def _signal_if_running(client: Client, bot_id: str, signal: str, *args: Any) -> bool:
     """Signal the bot's workflow when it runs; False when there is none to signal."""
     try:
@@ -457,7 +305,7 @@ async def resume_task(client: Client, bot_id: str, task_id: int) -> bool:
 
 
 async def run_task(client: Client, bot_id: str, task_id: int) -> None:
-    if not _running(await describe(client, bot_id)):
+    if not is_running(await describe(client, bot_id)):
         raise SchedulerConflict("Scheduler is not running")
     await _handle(client, bot_id).signal(SIGNAL_RUN_TASK, TaskIdArg(task_id=task_id))
 
