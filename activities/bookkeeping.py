@@ -65,26 +65,23 @@ async def count_final_failure(
             db, bot_id, task_id, execution_key, next_planned_run_at, schedule_version
         )
         finished = datetime.now(UTC)
-        if row is None:  # counted before (a repeated write), or the definition is gone
-            current = await definitions_table.consecutive_failures(db, task_id)
+
+        def failed(consecutive_failures: int, **more: Any) -> AttemptResult:
             return AttemptResult(
                 outcome="failed",
                 final=True,
                 execution_id=execution_id,
                 finished_at=finished,
-                consecutive_failures=current or 0,
+                consecutive_failures=consecutive_failures,
                 reason=clip(error, 500),
+                **more,
             )
+
+        if row is None:  # counted before (a repeated write), or the definition is gone
+            return failed(await definitions_table.consecutive_failures(db, task_id) or 0)
         failures, threshold = row["consecutive_failures"], row["error_threshold"]
         if row["is_active"] or failures < threshold:
-            return AttemptResult(
-                outcome="failed",
-                final=True,
-                execution_id=execution_id,
-                finished_at=finished,
-                consecutive_failures=failures,
-                reason=clip(error, 500),
-            )
+            return failed(failures)
         label = f"{row['name'] or row['task_type']} #{task_id}"
         log_id = await write_log(
             db,
@@ -95,16 +92,7 @@ async def count_final_failure(
             {"taskDefinitionId": task_id, "consecutiveFailures": failures, "errorThreshold": threshold},
             execution_id,
         )
-    return AttemptResult(
-        outcome="failed",
-        final=True,
-        execution_id=execution_id,
-        finished_at=finished,
-        consecutive_failures=failures,
-        deactivated=True,
-        log_id=log_id,
-        reason=clip(error, 500),
-    )
+    return failed(failures, deactivated=True, log_id=log_id)
 
 
 def _plan_row(row: Mapping[str, Any]) -> TaskPlan | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from api.errors import ApiError
 
@@ -24,3 +26,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ApiError(422, "cursor: invalid cursor") from None
     return at, row_id
+
+
+Row = TypeVar("Row")
+
+
+def cut_page(
+    rows: list[Row], limit: int, key: Callable[[Row], tuple[datetime, int]]
+) -> tuple[list[Row], str | None]:
+    """The page from `limit + 1` rows fetched newest first, and the next page's cursor (None: the last)."""
+    items = rows[:limit]
+    return items, encode_cursor(*key(items[-1])) if len(rows) > limit else None

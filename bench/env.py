@@ -276,8 +276,9 @@ class BenchEnv:
         await self.wait_for_pollers(task_queue, worker)
         return worker
 
-    async def wait_for_pollers(self, task_queue: str, worker: ManagedProcess) -> None:
-        """Ready when the worker polls both the workflow and the activity task queue."""
+    async def wait_for_pollers(self, task_queue: str, worker: ManagedProcess, *, own: bool = False) -> None:
+        """Ready when the worker polls both the workflow and the activity task queue (`own`: this
+        process itself, not another worker still listed on the queue, e.g. one just killed)."""
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
         while time.monotonic() < deadline:
@@ -292,10 +293,11 @@ class BenchEnv:
                         task_queue_type=kind,
                     )
                 )
-                ready = ready and bool(response.pollers)
+                pid = f"{worker.popen.pid}@"
+                ready = ready and any(not own or p.identity.startswith(pid) for p in response.pollers)
             if ready:
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
         raise BenchError(f"{worker.name} did not poll {task_queue} within {READY_TIMEOUT_SECONDS:.0f}s")
 
     def stop_worker(self, worker: ManagedProcess) -> None:

@@ -28,8 +28,11 @@ class Arrival:
 class WebhookReceiver:
     host: str = "127.0.0.1"
     port: int = 0
+    # Answer this long after the body arrived: the webhook handler is in flight meanwhile (crash_recovery).
+    hold_seconds: float = 0.0
     arrivals: list[Arrival] = field(default_factory=list)
     _server: asyncio.Server | None = None
+    _connections: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -43,11 +46,19 @@ class WebhookReceiver:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Held answers would outlive the server (and be cancelled noisily at the loop's end).
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -66,10 +77,14 @@ class WebhookReceiver:
                     parsed = json.loads(body)
                     if isinstance(parsed, dict):
                         self.arrivals.append(Arrival(arrived, parsed))
+                if self.hold_seconds:
+                    await asyncio.sleep(self.hold_seconds)
                 writer.write(_RESPONSE)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
+        except asyncio.CancelledError:
+            pass  # `stop`: this connection task ends here, quietly
         finally:
             writer.close()
             with contextlib.suppress(Exception):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, MAX_BIGINT, ExistingBotId, Pool, error_docs
 from api.errors import ApiError
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import cut_page, decode_cursor
 from workflows.models import ExecutionStatus
 from xbot.storage import executions as executions_table
 from xbot.storage import logs as logs_table
@@ -86,11 +86,8 @@ async def executions(
         before=decode_cursor(cursor) if cursor is not None else None,
         limit=limit + 1,
     )
-    items = rows[:limit]
-    more = len(rows) > limit
-    return ExecutionPage(
-        items=items, next_cursor=encode_cursor(items[-1].started_at, items[-1].id) if more else None
-    )
+    items, next_cursor = cut_page(rows, limit, lambda row: (row.started_at, row.id))
+    return ExecutionPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/bots/{botId}/logs", response_model=LogPage, responses=error_docs(404))
@@ -113,11 +110,8 @@ async def logs(
         before=decode_cursor(cursor) if cursor is not None else None,
         limit=limit + 1,
     )
-    items = rows[:limit]
-    more = len(rows) > limit
-    return LogPage(
-        items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None
-    )
+    items, next_cursor = cut_page(rows, limit, lambda row: (row.created_at, row.id))
+    return LogPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/bots/{botId}/stats", response_model=StatsPage, responses=error_docs(404))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, ReplyIdPath, error_docs
 from api.errors import ApiError
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import cut_page, decode_cursor
 from xbot.storage import replies
 from xbot.storage.replies import Reply, ReplyError, ReplyNotFoundError, ReplyStateError, ReplyTextError
 
@@ -62,11 +62,8 @@ async def list_replies(
     """Reply drafts, newest first; `status=pending_approval` lists those waiting for approval."""
     before = decode_cursor(cursor) if cursor is not None else None
     rows = await replies.list_replies(pool, bot_id, status=status, before=before, limit=limit + 1)
-    items = rows[:limit]
-    more = len(rows) > limit
-    return ReplyPage(
-        items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None
-    )
+    items, next_cursor = cut_page(rows, limit, lambda row: (row.created_at, row.id))
+    return ReplyPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/bots/{botId}/replies/{replyId}", response_model=Reply, responses=error_docs(404))

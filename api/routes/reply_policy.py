@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, State, error_docs
 from api.errors import ApiError
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import cut_page, decode_cursor
 from xbot.reply_policy import ReplyPolicy
 from xbot.storage import bots, opt_outs, posts, reply_policies
 from xbot.storage.opt_outs import OptOut
@@ -60,11 +60,8 @@ async def skipped_mentions(
     rule, or `backlog` for mentions pull_mentions skipped as too old)."""
     before = decode_cursor(cursor) if cursor is not None else None
     rows = await posts.skipped_mentions(pool, bot_id, code=code, before=before, limit=limit + 1)
-    items = rows[:limit]
-    more = len(rows) > limit
-    return SkippedPage(
-        items=items, next_cursor=encode_cursor(items[-1].pulled_at, items[-1].id) if more else None
-    )
+    items, next_cursor = cut_page(rows, limit, lambda row: (row.pulled_at, row.id))
+    return SkippedPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/bots/{botId}/opt-outs", response_model=list[OptOut], responses=error_docs(404))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import signal
@@ -27,16 +26,15 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from temporalio.api.enums.v1 import TaskQueueType, TimeoutType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.enums.v1 import TimeoutType
 
-from bench.env import READY_TIMEOUT_SECONDS, BenchEnv, BenchError, ManagedProcess, spawn
+from bench.env import BenchEnv, ManagedProcess, spawn
+from bench.receiver import Arrival, WebhookReceiver
 from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
 from bench.scenarios.common import start_project_bots
@@ -208,73 +206,6 @@ async def read_rows(pool: asyncpg.Pool, prefix: str) -> list[Row]:
     ]
 
 
-# --------------------------------------------------------------------------------- receiver
-
-
-@dataclass
-class HoldingReceiver:
-    """A loopback HTTP/1.1 receiver that records each POST's arrival and answers `hold` s later,
-    so the webhook handler of each attempt takes that long (and is in flight meanwhile)."""
-
-    hold_seconds: float
-    arrivals: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    port: int = 0
-    _server: asyncio.Server | None = None
-    _connections: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def start(self) -> HoldingReceiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            # Held answers would outlive the server (and be cancelled noisily at the loop's end).
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = min(int(value.strip()), 64 * 1024)
-                body = await reader.readexactly(length) if length else b"{}"
-                with contextlib.suppress(ValueError):
-                    parsed = json.loads(body)
-                    if isinstance(parsed, dict):
-                        self.arrivals.append((time.time(), parsed))
-                await asyncio.sleep(self.hold_seconds)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass
-        except asyncio.CancelledError:
-            pass  # `stop`: this connection task ends here, quietly
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-
 # ---------------------------------------------------------------------------------- workers
 
 
@@ -286,33 +217,11 @@ async def start_worker(env: BenchEnv, task_queue: str, database_url: str, label:
     argv = [sys.executable, "-m", "launch.cli", "worker"]
     worker = spawn(label, argv, environment, env.workdir / f"{label}.log", profiled=True)
     try:
-        await _wait_for_own_pollers(env, task_queue, worker)
+        await env.wait_for_pollers(task_queue, worker, own=True)
     except BaseException:
         worker.stop()
         raise
     return worker
-
-
-async def _wait_for_own_pollers(env: BenchEnv, task_queue: str, worker: ManagedProcess) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
-    while time.monotonic() < deadline:
-        if not worker.alive():
-            raise BenchError(f"{worker.name} exited with {worker.popen.returncode}:\n{worker.log_tail()}")
-        ready = True
-        for kind in kinds:
-            response = await env.client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=env.client.namespace,
-                    task_queue=TaskQueue(name=task_queue),
-                    task_queue_type=kind,
-                )
-            )
-            ready = ready and any(p.identity.startswith(f"{worker.popen.pid}@") for p in response.pollers)
-        if ready:
-            return
-        await asyncio.sleep(0.1)
-    raise BenchError(f"{worker.name} did not poll {task_queue} within {READY_TIMEOUT_SECONDS:.0f}s")
 
 
 def sigkill(worker: ManagedProcess) -> None:
@@ -455,7 +364,7 @@ def _seconds(values: list[float]) -> dict[str, Any]:
 def analyse(
     schedules: list[BotSchedule],
     rows: list[Row],
-    arrivals: list[tuple[float, dict[str, Any]]],
+    arrivals: list[Arrival],
     window_start: float,
     kill_epoch: float,
     window_end: float,
@@ -465,7 +374,8 @@ def analyse(
     for row in rows:
         by_bot[row.bot_id].append(row)
     first_arrival: dict[str, float] = {}
-    for at, body in arrivals:
+    for arrival in arrivals:
+        at, body = arrival.at, arrival.body
         bot = str(body.get("botId", ""))
         if at >= kill_epoch and at < first_arrival.get(bot, math.inf):
             first_arrival[bot] = at
@@ -639,7 +549,7 @@ async def run(ctx: RunContext, result: Result) -> None:
     async with BenchEnv(ctx.postgres, ctx.workdir, NAME) as env:
         database_url = await ctx.postgres.new_database()
         pool = await create_pool(database_url, min_size=1, max_size=4)
-        receiver = await HoldingReceiver(HOLD_SECONDS).start()
+        receiver = await WebhookReceiver(hold_seconds=HOLD_SECONDS).start()
         workers: list[ManagedProcess] = []
         try:
             prefix = f"c{uuid.uuid4().hex[:6]}"

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel
 
-from xbot.storage.conditions import Conditions
+from xbot.storage.pages import Where, newest_first
 from xbot.storage.pool import Executor
 from xbot.storage.task_definitions import SET_NEXT_PLANNED
 
@@ -300,19 +300,12 @@ async def page_executions(
 ) -> list[Execution]:
     """The bot's executions newest first (by start), filtered, older than the (started_at, id)
     `before`; up to `limit` of them."""
-    where = Conditions("bot_id = $1", bot_id)
-    if task_id is not None:
-        where.add("task_definition_id = {}", task_id)
-    if status is not None:
-        where.add("status = {}", status)
-    if since is not None:
-        where.add("started_at >= {}", since)
-    if until is not None:
-        where.add("started_at < {}", until)
-    if before is not None:
-        where.add("(started_at, id) < ({}, {})", *before)
-    rows = await db.fetch(
-        f"SELECT * FROM bot_task_executions WHERE {where.sql} ORDER BY started_at DESC, id DESC LIMIT {limit}",
-        *where.args,
+    where = Where("bot_id = $1", args=(bot_id,))
+    where.equal("task_definition_id", task_id)
+    where.equal("status", status)
+    where.add("started_at >= {}", since)
+    where.add("started_at < {}", until)
+    rows = await newest_first(
+        db, "SELECT * FROM bot_task_executions", where, order=("started_at", "id"), before=before, limit=limit
     )
     return [Execution.model_validate(dict(row)) for row in rows]

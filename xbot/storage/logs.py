@@ -8,7 +8,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
-from xbot.storage.conditions import Conditions
+from xbot.storage.pages import Where, newest_first
 from xbot.storage.pool import Executor
 
 LogLevel = Literal["debug", "info", "warn", "error"]
@@ -80,18 +80,16 @@ async def page_logs(
 ) -> list[LogEntry]:
     """The bot's entries newest first: at least `level`, created in [since, until), older than the
     (created_at, id) `before`; up to `limit` of them."""
-    where = Conditions("bot_id = $1", bot_id)
-    if level is not None:
-        where.add("level = ANY({})", list(LEVELS[LEVELS.index(level) :]))
-    if since is not None:
-        where.add("created_at >= {}", since)
-    if until is not None:
-        where.add("created_at < {}", until)
-    if before is not None:
-        where.add("(created_at, id) < ({}, {})", *before)
-    rows = await db.fetch(
-        f"SELECT id, bot_id, level, content, context, task_execution_id, created_at FROM logs"
-        f" WHERE {where.sql} ORDER BY created_at DESC, id DESC LIMIT {limit}",
-        *where.args,
+    where = Where("bot_id = $1", args=(bot_id,))
+    where.add("level = ANY({})", list(LEVELS[LEVELS.index(level) :]) if level is not None else None)
+    where.add("created_at >= {}", since)
+    where.add("created_at < {}", until)
+    rows = await newest_first(
+        db,
+        "SELECT id, bot_id, level, content, context, task_execution_id, created_at FROM logs",
+        where,
+        order=("created_at", "id"),
+        before=before,
+        limit=limit,
     )
     return [LogEntry.model_validate(dict(row)) for row in rows]

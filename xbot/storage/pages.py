@@ -18,9 +18,13 @@ class Where:
 
     def equal(self, expression: str, value: Any) -> None:
         """`expression = value`, unless `value` is None (no filter)."""
+        self.add(f"{expression} = {{}}", value)
+
+    def add(self, template: str, value: Any) -> None:
+        """`template` with `{}` standing for `value`, unless `value` is None (no filter)."""
         if value is not None:
             self.args.append(value)
-            self.conditions.append(f"{expression} = ${len(self.args)}")
+            self.conditions.append(template.format(f"${len(self.args)}"))
 
 
 async def newest_first(
