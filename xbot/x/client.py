@@ -65,6 +65,13 @@ class Page:
     media: list[dict[str, Any]] = field(default_factory=list)  # `includes.media`, by media_key
 
 
+def _timeline_params(max_results: int, **optional: str | None) -> dict[str, str | int]:
+    """A page of posts (5 to 100 a request) with the fields we read; empty options are left out."""
+    params: dict[str, str | int] = {"max_results": _clamp(max_results, 5, 100), "tweet.fields": TWEET_FIELDS}
+    params.update({name: value for name, value in optional.items() if value})
+    return params
+
+
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
@@ -111,19 +118,14 @@ class XClient:
         pagination_token: str | None = None,
         max_results: int = 100,
     ) -> Page:
-        params: dict[str, str | int] = {
-            "max_results": _clamp(max_results, 5, 100),
-            "tweet.fields": TWEET_FIELDS,
-            "expansions": MENTION_EXPANSIONS,
-            "media.fields": MEDIA_FIELDS,
-            "user.fields": USER_FIELDS,
-        }
-        if since_id:
-            params["since_id"] = since_id
-        if until_id:
-            params["until_id"] = until_id
-        if pagination_token:
-            params["pagination_token"] = pagination_token
+        params = _timeline_params(
+            max_results,
+            expansions=MENTION_EXPANSIONS,
+            **{"media.fields": MEDIA_FIELDS, "user.fields": USER_FIELDS},
+            since_id=since_id,
+            until_id=until_id,
+            pagination_token=pagination_token,
+        )
         body = await self._request("mentions", "GET", f"/2/users/{user_id}/mentions", params=params)
         return _page(body, "mentions")
 
@@ -135,14 +137,11 @@ class XClient:
         pagination_token: str | None = None,
         max_results: int = 100,
     ) -> Page:
-        params: dict[str, str | int] = {
-            "max_results": _clamp(max_results, 5, 100),
-            "tweet.fields": TWEET_FIELDS,
-        }
-        if start_time is not None:
-            params["start_time"] = x_time(start_time)
-        if pagination_token:
-            params["pagination_token"] = pagination_token
+        params = _timeline_params(
+            max_results,
+            start_time=x_time(start_time) if start_time is not None else None,
+            pagination_token=pagination_token,
+        )
         body = await self._request("user_tweets", "GET", f"/2/users/{user_id}/tweets", params=params)
         return _page(body, "user_tweets")
 
