@@ -128,6 +128,13 @@ def _reply(row: asyncpg.Record) -> Reply:
 # --- drafting (generate_replies) ----------------------------------------------------------------
 
 
+def _draft_state(approved: bool, filtered: str | None) -> tuple[str, str | None]:
+    """A new text's status and error message: kept as `rejected_by_filter` when the filter refused it."""
+    if filtered:
+        return "rejected_by_filter", f"output filter: {filtered}"[:500]
+    return ("approved" if approved else "pending_approval"), None
+
+
 async def create_draft(
     db: asyncpg.Pool | asyncpg.Connection,
     bot_id: str,
@@ -144,7 +151,7 @@ async def create_draft(
 ) -> int | None:
     """The new reply id, or None when the mention already has a reply row (an overlapping run).
     `filtered`: why the output filter refused the text; it is kept as `rejected_by_filter`."""
-    status = "rejected_by_filter" if filtered else "approved" if approved else "pending_approval"
+    status, error = _draft_state(approved, filtered)
     reply_id: int | None = await db.fetchval(
         """
         INSERT INTO post_replies (bot_id, pulled_post_id, in_reply_to_x_post_id, status, text, llm_model,
@@ -160,7 +167,7 @@ async def create_draft(
         status,
         text,
         model,
-        f"output filter: {filtered}"[:500] if filtered else None,
+        error,
         tokens[0] if tokens else None,
         tokens[1] if tokens else None,
         None if filtered else x_cost_usd,
@@ -250,8 +257,7 @@ async def redraft(
         reply_id,
         text,
         model,
-        "rejected_by_filter" if filtered else "approved" if approved else "pending_approval",
-        f"output filter: {filtered}"[:500] if filtered else None,
+        *_draft_state(approved, filtered),
         tokens[0] if tokens else None,
         tokens[1] if tokens else None,
         *provenance.values(),

@@ -35,7 +35,8 @@ from xbot.storage.logs import write_log
 from xbot.x import scopes as x_scopes
 from xbot.x.client import XClient
 from xbot.x.errors import XApiError
-from xbot.x.tokens import TOKEN_PATH, TokenStore, client_auth, store_tokens
+from xbot.x.token_endpoint import TOKEN_PATH, client_auth
+from xbot.x.tokens import TokenStore, store_tokens
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ When the request left but its answer never came (client timeout, reset connectio
 waiting: its lease runs out), the row says `answer_lost`: the stored refresh token may be spent. The next
 refresh tries it once; X refusing it puts the bot in `needs_reauthorization` with that reason.
 
-Public clients (no `X_CLIENT_SECRET`) send `client_id` in the form; confidential ones use Basic auth.
-Token values never appear in exceptions, log rows or reprs.
+The call itself is xbot.x.token_endpoint's. Token values never appear in exceptions, log rows or reprs.
 """
 
 from __future__ import annotations
@@ -41,12 +40,12 @@ from xbot.settings import Settings
 from xbot.storage import bots
 from xbot.storage import tokens as token_rows
 from xbot.storage.logs import write_log
-from xbot.x.errors import ReauthorizationRequiredError, XRateLimitedError, XServerError, XTimeoutError
+from xbot.x import token_endpoint
+from xbot.x.errors import ReauthorizationRequiredError, XTimeoutError
+from xbot.x.token_endpoint import TOKEN_ENDPOINT, AnswerLost, client_auth
 
 log = logging.getLogger(__name__)
 
-TOKEN_PATH = "/2/oauth2/token"
-TOKEN_ENDPOINT = "POST /2/oauth2/token"
 REFRESH_MARGIN = timedelta(minutes=1)
 NEEDS_REAUTHORIZATION = "needs_reauthorization"
 ANSWER_LOST_NOTE = "refresh answer lost; the old refresh token may be spent"
@@ -103,26 +102,11 @@ class _NewPair:
     pool: asyncpg.Pool = field(repr=False, compare=False)
 
 
-class _AnswerLost(Exception):
-    """The refresh request may have reached X, but no usable answer arrived."""
-
-
 # Pairs X issued whose save failed every try, by (id(pool), bot_id): saved on the bot's next token use.
 _UNSAVED: dict[tuple[int, str], _NewPair] = {}
 # Refresh tasks still running, some perhaps for a caller that was cancelled; kept so they are not
 # garbage-collected, and so shutdown (and tests) can wait for them.
 _RUNNING: set[asyncio.Task[Any]] = set()
-
-
-def client_auth(settings: Settings, purpose: str) -> tuple[str, httpx.Auth | None]:
-    """The client id, and Basic auth for a confidential client (None: a public one)."""
-    client_id = settings.x_client_id
-    if not client_id:
-        raise NonRetryableTaskError(f"X_CLIENT_ID must be set to {purpose}")
-    secret = settings.x_client_secret
-    if secret is None or not secret.get_secret_value():
-        return client_id, None  # a public (PKCE-only) client
-    return client_id, httpx.BasicAuth(client_id, secret.get_secret_value())
 
 
 async def drain_refreshes(timeout: float | None = None) -> None:
@@ -211,7 +195,7 @@ class TokenStore:
 
     async def refresh(self, bot_id: str, stale_version: int) -> AccessToken:
         """Replace the pair whose version is `stale_version`; exactly one caller talks to X."""
-        self._client_auth()  # a configuration error, before anything is claimed
+        client_auth(self._settings, "refresh tokens")  # a configuration error, before anything is claimed
         delay = POLL_FIRST_SECONDS
         while True:
             task = asyncio.create_task(self._attempt(bot_id, stale_version), name=f"token-refresh:{bot_id}")
@@ -236,8 +220,11 @@ class TokenStore:
         if not isinstance(claim, _Claim):
             return claim
         try:
-            outcome = await self._call_token_endpoint(claim.refresh_token)
-        except _AnswerLost as lost:
+            # Step 2, with no transaction open.
+            outcome = await token_endpoint.refresh(
+                self._http, self._settings, claim.refresh_token, call_seconds=self._call_seconds
+            )
+        except AnswerLost as lost:
             await self._answer_lost(bot_id, claim, str(lost))
             raise TokenRefreshAnswerLostError(
                 TOKEN_ENDPOINT,
@@ -308,35 +295,6 @@ class TokenStore:
         claim = _Claim(uuid.uuid4(), row.version, self._cipher.decrypt(refresh_enc), after_lost_answer)
         await token_rows.take_lease(conn, bot_id, claim.claim_id, self._lease_seconds)
         return claim
-
-    # --- step 2: call X ---------------------------------------------------------------------------
-
-    def _client_auth(self) -> tuple[str, httpx.Auth | None]:
-        return client_auth(self._settings, "refresh tokens")
-
-    async def _call_token_endpoint(self, refresh_token: str) -> dict[str, Any] | str:
-        """The new token body, or the reason X gave for refusing the refresh token for good."""
-        client_id, auth = self._client_auth()
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        if auth is None:
-            form["client_id"] = client_id  # X's docs: public clients name themselves in the body
-        try:
-            async with asyncio.timeout(self._call_seconds):
-                response = await self._http.post(
-                    self._settings.x_api_base_url + TOKEN_PATH,
-                    data=form,
-                    auth=auth if auth is not None else httpx.Auth(),  # httpx.Auth(): no header at all
-                    timeout=self._settings.x_request_timeout_seconds,
-                )
-        except (httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise XTimeoutError(TOKEN_ENDPOINT, "timed out before the request was sent") from None
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as error:
-            raise XServerError(TOKEN_ENDPOINT, f"request not sent ({type(error).__name__})") from None
-        except (httpx.TimeoutException, TimeoutError):
-            raise _AnswerLost("timed out waiting for the answer") from None
-        except httpx.HTTPError as error:
-            raise _AnswerLost(f"no answer ({type(error).__name__})") from None
-        return _token_outcome(response)
 
     # --- step 3: save -----------------------------------------------------------------------------
 
@@ -523,37 +481,3 @@ def _report_orphan(task: asyncio.Task[Any]) -> None:
     error = task.exception()
     if error is not None:
         log.warning("a token refresh finished after its caller left: %s", error)
-
-
-def _token_outcome(response: httpx.Response) -> dict[str, Any] | str:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code == 200:
-        if isinstance(body, dict) and isinstance(body.get("access_token"), str):
-            return body
-        # X accepted the refresh token (200) but we cannot read the new one: as good as no answer.
-        raise _AnswerLost("malformed token response")
-    if response.status_code == 429:
-        reset = response.headers.get("x-rate-limit-reset", "")
-        reset_at = (
-            datetime.fromtimestamp(int(reset), UTC)
-            if reset.isdigit()
-            else datetime.now(UTC) + timedelta(minutes=1)
-        )
-        raise XRateLimitedError(TOKEN_ENDPOINT, reset_at, sent=True)
-    if response.status_code >= 500:
-        raise XServerError(TOKEN_ENDPOINT, f"HTTP {response.status_code}", response.status_code)
-    # Only the OAuth error code and description: the body of a token response is never echoed.
-    error = body.get("error") if isinstance(body, dict) else None
-    description = body.get("error_description") if isinstance(body, dict) else None
-    description_text = description.lower() if isinstance(description, str) else ""
-    if error == "invalid_grant" or (error == "invalid_request" and "token" in description_text):
-        return f"{error}"
-    if error in ("invalid_client", "unauthorized_client") or response.status_code == 401:
-        raise NonRetryableTaskError(
-            "X rejected the client credentials (X_CLIENT_ID, and X_CLIENT_SECRET for a confidential"
-            f" client): {error or response.status_code}"
-        )
-    raise NonRetryableTaskError(f"X token refresh failed: HTTP {response.status_code} {error or ''}".strip())
