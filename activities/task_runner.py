@@ -38,9 +38,9 @@ from workflows.models import (
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.settings import Settings
+from xbot.storage import advisory_locks
 from xbot.storage import executions as executions_table
-from xbot.storage import task_locks
-from xbot.storage.task_locks import KEY_LOCK_NAMESPACE
+from xbot.storage.advisory_locks import KEY_LOCK_NAMESPACE
 from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ class _Attempt:
         self.watchdog.phase(BOOKKEEPING_DEADLINE)
         async with self.runner.lock_pool.acquire(timeout=BOOKKEEPING_DEADLINE.total_seconds()) as connection:
             try:
-                if not await task_locks.try_lock(connection, KEY_LOCK_NAMESPACE, key):
+                if not await advisory_locks.try_lock(connection, KEY_LOCK_NAMESPACE, key):
                     await self._wait_for_lock(connection, key, timeout)
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
@@ -325,7 +325,7 @@ class _Attempt:
                 yield
             finally:
                 try:
-                    await task_locks.unlock_all(connection)
+                    await advisory_locks.unlock_all(connection)
                 except Exception:
                     connection.terminate()
 
@@ -334,7 +334,7 @@ class _Attempt:
         await executions_table.mark_waiting_lock(self.pool, self.execution_id, reason)
         await self._report("waiting_lock", reason)
         self.watchdog.phase(timeout + BOOKKEEPING_DEADLINE)
-        if not await task_locks.lock_within(connection, KEY_LOCK_NAMESPACE, key, timeout):
+        if not await advisory_locks.lock_within(connection, KEY_LOCK_NAMESPACE, key, timeout):
             await self._fail(
                 f"lock key {key!r} not acquired within the task's timeout of {self.request.timeout_seconds} s",
                 "LockTimeout",

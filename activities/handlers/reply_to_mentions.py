@@ -26,7 +26,7 @@ from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import discord, outbox
 from xbot.errors import RateLimitedError
-from xbot.storage import bots, named_locks, replies
+from xbot.storage import advisory_locks, bots, replies
 from xbot.storage.bots import BotProfile
 from xbot.storage.replies import PostableReply
 from xbot.x.client import XClient
@@ -69,12 +69,12 @@ class ReplyToMentionsHandler(XHandlerBase):
         """Session advisory lock: released by PostgreSQL if this process dies mid-run."""
         key = f"xbot.reply_to_mentions:{bot_id}"
         async with self.deps.pool.acquire() as conn:
-            acquired = await named_locks.try_lock(conn, key)
+            acquired = await advisory_locks.try_lock_named(conn, key)
             try:
                 yield acquired
             finally:
                 if acquired:
-                    await named_locks.unlock(conn, key)
+                    await advisory_locks.unlock_named(conn, key)
 
     async def _dry_run(self, ctx: TaskContext, pending: list[PostableReply]) -> dict[str, Any]:
         would_post = 0

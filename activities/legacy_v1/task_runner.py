@@ -36,9 +36,9 @@ from workflows.legacy_v1.models import (
 )
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.settings import Settings
+from xbot.storage import advisory_locks
 from xbot.storage import legacy_v1 as frozen
-from xbot.storage import task_locks
-from xbot.storage.task_locks import BOT_LOCK_NAMESPACE, KEY_LOCK_NAMESPACE
+from xbot.storage.advisory_locks import BOT_LOCK_NAMESPACE, KEY_LOCK_NAMESPACE
 from xbot.x.rate_limits import headroom
 
 log = logging.getLogger(__name__)
@@ -305,9 +305,9 @@ class _Attempt:
         async with self.pool.acquire() as connection:
             try:
                 for namespace, name, label in wanted:
-                    if not await task_locks.try_lock(connection, namespace, name):
+                    if not await advisory_locks.try_lock(connection, namespace, name):
                         await self._report("waiting_lock", error=f"waiting for {label}")
-                        await task_locks.lock(connection, namespace, name)
+                        await advisory_locks.lock(connection, namespace, name)
                         await self._report("running")
             except BaseException:
                 # A lock request interrupted mid-wait leaves the session unknown: end it, locks go too.
@@ -317,7 +317,7 @@ class _Attempt:
                 yield
             finally:
                 try:
-                    await task_locks.unlock_all(connection)
+                    await advisory_locks.unlock_all(connection)
                 except Exception:
                     connection.terminate()
 

@@ -1,6 +1,8 @@
-"""Session advisory locks that keep tasks apart: two-key locks (namespace, hashtext(name)).
+"""PostgreSQL session advisory locks: held by one connection, freed when it ends (a process that dies
+mid-run frees its locks).
 
-The migration lock uses the one-key form, so these never meet it. A lock lives as long as the
+Tasks are kept apart by two-key locks (namespace, hashtext(name)); the migration lock and the named
+locks below use the one-key form, so they never meet. A lock lives as long as the
 session holds it: the callers keep one connection for the whole run.
 """
 
@@ -43,3 +45,12 @@ async def lock_within(connection: asyncpg.Connection, namespace: int, name: str,
 
 async def unlock_all(connection: asyncpg.Connection) -> None:
     await connection.execute("SELECT pg_advisory_unlock_all()")
+
+
+async def try_lock_named(connection: asyncpg.Connection, name: str) -> bool:
+    """A one-key lock named by a string: take it now if nobody holds it; False otherwise (never waits)."""
+    return bool(await connection.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name))
+
+
+async def unlock_named(connection: asyncpg.Connection, name: str) -> None:
+    await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
