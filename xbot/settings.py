@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     temporal_tls: bool = Field(default=False, validation_alias="TEMPORAL_TLS")
     temporal_api_key: SecretStr | None = Field(default=None, validation_alias="TEMPORAL_API_KEY")
 
-    # Task attempts one worker runs at once; its database pools are sized from it (see worker_app).
+    # Task attempts one worker runs at once; its database pools are sized from it (see launch/worker.py).
     worker_concurrency: int = Field(default=40, ge=1, le=500, validation_alias="WORKER_CONCURRENCY")
 
     api_host: str = Field(default="127.0.0.1", validation_alias="API_HOST")
