@@ -2,9 +2,9 @@
 
 Temporal never retries it (the workflow owns retries). In order: load the definition and write
 the attempt's row in one statement (inside the workflow's early-wake window, before the due
-instant), wait for the exact instant, take the task's `lock_key` (visible as `waiting_lock`,
-bounded by the task's timeout), check rate-limit headroom, run the handler with its timeout, and
-record the outcome. A stop or a removed definition cancels it on its next heartbeat.
+instant), take the task's `lock_key` (visible as `waiting_lock`, bounded by the task's timeout),
+check rate-limit headroom, let the handler `prepare` (its checks), wait for the exact instant, run
+the handler with its timeout, and record the outcome. A stop or a removed definition cancels it on its next heartbeat.
 
 Heartbeats are tied to progress: each phase has a deadline and the heartbeat stops once it
 passes, so an attempt stuck anywhere (a blocked event loop, a query that never returns) times out
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -145,19 +145,17 @@ class _Attempt:
         if config is None:
             await self._close("cancelled", "cancelled: the task definition was deleted or deactivated")
             return self._result("gone", reason="definition deleted or deactivated")
-        delay = (request.fire_at - self.clock.now()).total_seconds()
-        if delay > 0:
-            self.watchdog.phase(timedelta(seconds=delay) + BOOKKEEPING_DEADLINE)
-            await asyncio.sleep(delay)
+        handler = self.runner.handlers.get(request.task_type)
+        if handler is None:
+            message = f"no handler registered for task type {request.task_type!r}"
+            await self._fail(message, policy.UNKNOWN_TASK_TYPE, final=True)
+        # The lock, the headroom check and the handler's own checks run inside the workflow's
+        # early-wake window, before the due instant: at the instant only the handler's work is left.
         async with self._lock():
             self.watchdog.phase(BOOKKEEPING_DEADLINE)
             postponed = await self._rate_limit_gate()
             if postponed is not None:
                 return postponed
-            handler = self.runner.handlers.get(request.task_type)
-            if handler is None:
-                message = f"no handler registered for task type {request.task_type!r}"
-                await self._fail(message, policy.UNKNOWN_TASK_TYPE, final=True)
             return await self._run_handler(handler, config)
 
     async def _run_handler(self, handler: TaskHandler, config: dict[str, Any]) -> AttemptResult:
@@ -173,9 +171,8 @@ class _Attempt:
             execution_id=self.execution_id,
             extra={"rate_limit_endpoint": request.rate_limit_endpoint, "plan_tier": request.plan_tier},
         )
-        self.watchdog.phase(timedelta(seconds=request.timeout_seconds) + BOOKKEEPING_DEADLINE)
         try:
-            result_data = await asyncio.wait_for(handler.run(context), timeout=request.timeout_seconds)
+            result_data = await self._at_instant(handler, context)
         except RateLimitedError as error:
             self.watchdog.phase(BOOKKEEPING_DEADLINE)
             await self._close("skipped", f"rate limited, postponed until the window resets: {error}")
@@ -208,6 +205,21 @@ class _Attempt:
     def _result(self, outcome: AttemptOutcome, **fields: Any) -> AttemptResult:
         fields.setdefault("finished_at", self.clock.now())
         return AttemptResult(outcome=outcome, execution_id=self.execution_id, **fields)
+
+    async def _at_instant(self, handler: TaskHandler, context: TaskContext) -> dict[str, Any]:
+        """The handler's `prepare` (if any) now, then its `run` at the due instant, each bounded by
+        the task's timeout."""
+        timeout = timedelta(seconds=self.request.timeout_seconds)
+        prepare: Callable[[TaskContext], Awaitable[None]] | None = getattr(handler, "prepare", None)
+        if prepare is not None:
+            self.watchdog.phase(timeout + BOOKKEEPING_DEADLINE)
+            await asyncio.wait_for(prepare(context), timeout=timeout.total_seconds())
+        delay = (self.request.fire_at - self.clock.now()).total_seconds()
+        if delay > 0:
+            self.watchdog.phase(timedelta(seconds=delay) + BOOKKEEPING_DEADLINE)
+            await asyncio.sleep(delay)
+        self.watchdog.phase(timeout + BOOKKEEPING_DEADLINE)
+        return await asyncio.wait_for(handler.run(context), timeout=timeout.total_seconds())
 
     def _duration_ms(self) -> int:
         return max(0, int((time.monotonic() - self.started_monotonic) * 1000))

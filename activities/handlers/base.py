@@ -43,3 +43,9 @@ class TaskHandler(Protocol):
     """
 
     async def run(self, ctx: TaskContext) -> dict[str, Any]: ...
+
+
+# A handler may also define `async def prepare(self, ctx: TaskContext) -> None`: the task runner
+# calls it before the due instant (checks, lookups), so that at the instant only `run`'s effect is
+# left. It raises like `run`; `run` must still work alone (it re-checks what `prepare` did not mark
+# done in `ctx.extra`).

@@ -2,7 +2,7 @@
 
 The generic task type that lets the scheduler drive work outside X. A 4xx answer is final (the
 request will not get better by repeating it) except 408 and 429; 5xx and network errors retry.
-The outbound URL policy is applied again right before the request (the API checked it when the
+The outbound URL policy is applied again moments before the due instant (the API checked it when the
 definition was saved, but a host name may resolve elsewhere by now): a refusal is final.
 """
 
@@ -19,6 +19,8 @@ from xbot.errors import NonRetryableTaskError, TaskError
 
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# Set in the context by `prepare` once the URL policy passed (moments before the due instant).
+CHECKED = "webhook_url_checked"
 
 
 class WebhookHandler:
@@ -29,7 +31,13 @@ class WebhookHandler:
         self.allow_private_urls = deps.settings.allow_private_urls
         self.resolver = resolver
 
-    async def run(self, ctx: TaskContext) -> dict[str, Any]:
+    async def prepare(self, ctx: TaskContext) -> None:
+        """Before the due instant: the config is checked and the URL policy applied (a DNS lookup),
+        so that at the instant only the request is left."""
+        await self._check(ctx)
+        ctx.extra[CHECKED] = True
+
+    async def _check(self, ctx: TaskContext) -> tuple[str, dict[str, str], float]:
         url = ctx.config.get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise NonRetryableTaskError("config.url must be an http(s) URL")
@@ -39,12 +47,19 @@ class WebhookHandler:
         timeout = ctx.config.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise NonRetryableTaskError("config.timeout_seconds must be a positive number")
-        try:
-            await url_policy.check_url(url, allow_private=self.allow_private_urls, resolver=self.resolver)
-        except url_policy.UrlPolicyError as error:
-            if error.retryable:  # e.g. a passing DNS failure
-                raise TaskError(f"webhook URL {error}") from None
-            raise NonRetryableTaskError(f"webhook URL refused by the outbound URL policy: {error}") from None
+        if not ctx.extra.get(CHECKED):
+            try:
+                await url_policy.check_url(url, allow_private=self.allow_private_urls, resolver=self.resolver)
+            except url_policy.UrlPolicyError as error:
+                if error.retryable:  # e.g. a passing DNS failure
+                    raise TaskError(f"webhook URL {error}") from None
+                raise NonRetryableTaskError(
+                    f"webhook URL refused by the outbound URL policy: {error}"
+                ) from None
+        return url, headers, float(timeout)
+
+    async def run(self, ctx: TaskContext) -> dict[str, Any]:
+        url, headers, timeout = await self._check(ctx)
         body = {
             "botId": ctx.bot_id,
             "taskId": ctx.task_id,
@@ -53,7 +68,7 @@ class WebhookHandler:
             "attempt": ctx.attempt,
         }
         try:
-            response = await self.http.post(url, json=body, headers=headers, timeout=float(timeout))
+            response = await self.http.post(url, json=body, headers=headers, timeout=timeout)
         except httpx.HTTPError as error:
             # The URL may carry a token in its query: name only the host.
             raise TaskError(f"webhook to {urlsplit(url).netloc} failed: {type(error).__name__}") from None
