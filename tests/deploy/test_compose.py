@@ -41,7 +41,14 @@ REQUIRED_SECRETS = {
 }
 LONG_RUNNING = {"postgres", "temporal", "temporal-ui", "api", "worker"}
 ONE_SHOT = {"temporal-schema", "temporal-setup"}
-API_ONLY_SETTINGS = {"API_HOST", "API_PORT", "API_TOKEN", "CODEC_CORS_ORIGINS", "CODEC_REQUIRE_TOKEN"}
+API_ONLY_SETTINGS = {
+    "API_HOST",
+    "API_PORT",
+    "API_TOKEN",
+    "API_ACCESS_LOG",
+    "CODEC_CORS_ORIGINS",
+    "CODEC_REQUIRE_TOKEN",
+}
 # Settings that only the one-command dev stack reads (the compose file maps it to a published port).
 DEV_ONLY_SETTINGS = {"TEMPORAL_UI_PORT"}
 SECRET_NAME = re.compile(r"PASSWORD|PWD|SECRET|TOKEN|API_KEY|ENCRYPTION_KEY")
