@@ -8,7 +8,6 @@ activity decrypts it (`load_for_run`), so it never travels through a workflow's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -88,10 +87,8 @@ class LlmConfigPatch(BaseModel):
         return f"LlmConfigPatch(fields={sorted(self.model_fields_set)})"
 
 
-class LlmConfig(BaseModel):
-    """As the API returns it: never the key."""
-
-    model_config = ConfigDict(extra="ignore")
+class LlmConfigFields(BaseModel):
+    """The columns every view of a stored configuration has (never the key)."""
 
     id: int
     name: str
@@ -99,22 +96,24 @@ class LlmConfig(BaseModel):
     model: str
     temperature: float | None
     max_tokens: int | None
+
+
+class LlmConfig(LlmConfigFields):
+    """As the API returns it: never the key."""
+
+    model_config = ConfigDict(extra="ignore")
+
     has_api_key: bool
     created_at: datetime
     updated_at: datetime
 
 
-@dataclass(frozen=True)
-class StoredLlmConfig:
+class StoredLlmConfig(LlmConfigFields):
     """What the worker needs to call the model; the key stays encrypted until the call."""
 
-    id: int
-    name: str
-    base_url: str | None
-    model: str
-    temperature: float | None
-    max_tokens: int | None
-    api_key_enc: bytes | None = field(default=None, repr=False)
+    model_config = ConfigDict(frozen=True)
+
+    api_key_enc: bytes | None = Field(default=None, repr=False)
 
 
 _SELECT = (
@@ -218,4 +217,4 @@ async def load_for_run(db: asyncpg.Pool | asyncpg.Connection, config_id: int) ->
         "SELECT id, name, base_url, model, temperature, max_tokens, api_key_enc FROM llm_configs WHERE id = $1",
         config_id,
     )
-    return StoredLlmConfig(**dict(row)) if row else None
+    return StoredLlmConfig.model_validate(dict(row)) if row else None
