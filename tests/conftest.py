@@ -8,13 +8,13 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.database import create_database, database_name, drop_database
 from xbot.storage.migrate import migrate
 from xbot.storage.pool import create_pool
 from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
@@ -23,12 +23,6 @@ from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 TEST_TOKEN_KEY = "yqQv5mKqzD0nq1t2o5mX9s6m3PZbqZ0B1Qy8yQy5m2U="
 os.environ.setdefault("TOKEN_ENCRYPTION_KEY", TEST_TOKEN_KEY)
 os.environ.setdefault("XBOT_ENV", "test")
-
-
-def with_database(url: str, database: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
@@ -49,39 +43,35 @@ def postgres_server_url() -> Iterator[str]:
         server.cleanup()
 
 
-async def _create_database(server_url: str) -> str:
-    name = f"xbot_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name
-
-
-async def _drop_database(server_url: str, name: str) -> None:
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
 async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
     """A fresh database with nothing in it, dropped after the test."""
-    name = await _create_database(postgres_server_url)
+    url = await create_database(postgres_server_url)
     try:
-        yield with_database(postgres_server_url, name)
+        yield url
     finally:
-        await _drop_database(postgres_server_url, name)
+        await drop_database(postgres_server_url, url)
+
+
+@pytest.fixture(scope="session")
+async def migrated_template(postgres_server_url: str) -> AsyncIterator[str]:
+    """The name of a database migrated once per session, which each test's database copies."""
+    url = await create_database(postgres_server_url, prefix="xbot_template")
+    try:
+        await migrate(url)
+        yield database_name(url)
+    finally:
+        await drop_database(postgres_server_url, url)
 
 
 @pytest.fixture
-async def database_url(empty_database_url: str) -> str:
-    """A fresh, migrated database for one test."""
-    await migrate(empty_database_url)
-    return empty_database_url
+async def database_url(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped after it."""
+    url = await create_database(postgres_server_url, template=migrated_template)
+    try:
+        yield url
+    finally:
+        await drop_database(postgres_server_url, url)
 
 
 @pytest.fixture

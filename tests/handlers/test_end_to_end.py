@@ -9,9 +9,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from launch.worker import build_worker
 from tests.handlers.conftest import World
-from tests.handlers.scheduling import add_task, completed_results, eventually, start_scheduler, unique_bot_id
+from tests.handlers.scheduling import add_task, completed_results, start_scheduler
+from tests.support.factories import new_bot_id
+from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
 
 async def test_mentions_are_answered_once_and_announced(
@@ -19,7 +21,7 @@ async def test_mentions_are_answered_once_and_announced(
 ) -> None:
     client = dev_server_env.client
     bot = await world.add_bot(
-        unique_bot_id(), discord_webhook_url=world.discord_url, persona_prompt="You are Helper."
+        new_bot_id(), discord_webhook_url=world.discord_url, persona_prompt="You are Helper."
     )
     for user_id, name in (("2001", "alice"), ("2002", "bob"), ("2003", "carol")):
         world.x.add_user(user_id, name)
@@ -108,7 +110,7 @@ async def test_stored_configurations_and_vision_keep_keys_out_of_the_history(
         world.pool, PromptTemplateCreate(name="e2e", system_text="Template text: {persona}")
     )
     client = dev_server_env.client
-    bot = await world.add_bot(unique_bot_id())
+    bot = await world.add_bot(new_bot_id())
     world.x.add_user("2001", "alice")
     world.x.mention(
         "2001",

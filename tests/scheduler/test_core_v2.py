@@ -24,7 +24,6 @@ from tests.scheduler.helpers import (
     ScriptedHandler,
     advance,
     definition,
-    eventually,
     executions,
     handlers_with,
     insert_bot,
@@ -33,6 +32,7 @@ from tests.scheduler.helpers import (
     start_bot,
     status,
 )
+from tests.support.waiting import eventually
 from workflows.models import SIGNAL_RELOAD_TASKS, SIGNAL_STOP, SettleAttemptInput, SkipInput
 from xbot.settings import load_settings
 from xbot.storage.pool import create_pool
