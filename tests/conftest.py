@@ -14,7 +14,9 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.database import create_database, database_name, drop_database
+from tests.support.database import DatabaseSupply, create_database, database_name, drop_database
+from tests.support.servers import finish_stopping
+from tests.support.tls import share_default_tls_context
 from xbot.storage.migrate import migrate
 from xbot.storage.pool import create_pool
 from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
@@ -23,6 +25,7 @@ from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 TEST_TOKEN_KEY = "yqQv5mKqzD0nq1t2o5mX9s6m3PZbqZ0B1Qy8yQy5m2U="
 os.environ.setdefault("TOKEN_ENCRYPTION_KEY", TEST_TOKEN_KEY)
 os.environ.setdefault("XBOT_ENV", "test")
+share_default_tls_context()
 
 
 @pytest.fixture(scope="session")
@@ -54,24 +57,28 @@ async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def migrated_template(postgres_server_url: str) -> AsyncIterator[str]:
-    """The name of a database migrated once per session, which each test's database copies."""
-    url = await create_database(postgres_server_url, prefix="xbot_template")
+async def database_supply(postgres_server_url: str) -> AsyncIterator[DatabaseSupply]:
+    """Copies of a database migrated once per session (migrating each test's took longer)."""
+    template = await create_database(postgres_server_url, prefix="xbot_template")
     try:
-        await migrate(url)
-        yield database_name(url)
+        await migrate(template)
+        supply = DatabaseSupply(postgres_server_url, database_name(template))
+        try:
+            yield supply
+        finally:
+            await supply.close()
     finally:
-        await drop_database(postgres_server_url, url)
+        await drop_database(postgres_server_url, template)
 
 
 @pytest.fixture
-async def database_url(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
+async def database_url(database_supply: DatabaseSupply) -> AsyncIterator[str]:
     """A fresh, migrated database for one test, dropped after it."""
-    url = await create_database(postgres_server_url, template=migrated_template)
+    url = await database_supply.take()
     try:
         yield url
     finally:
-        await drop_database(postgres_server_url, url)
+        database_supply.give_back(url)
 
 
 @pytest.fixture
@@ -119,6 +126,13 @@ async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def fakes_stopped() -> AsyncIterator[None]:
+    """Fake servers stop in the background after their test; all are stopped by the session's end."""
+    yield
+    await finish_stopping()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Databases for tests: one per test, created on a shared server and dropped afterwards.
 
 Migrating a database takes longer than copying one, so a session migrates a template once and every
-test's database is a copy of it (`CREATE DATABASE ... TEMPLATE`).
+test's database is a copy of it (`CREATE DATABASE ... TEMPLATE`). The copy for the next test is made
+while the current one runs, and used databases are dropped in the background.
 """
 
 from __future__ import annotations
@@ -49,3 +50,31 @@ async def drop_database(server_url: str, url: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+class DatabaseSupply:
+    """Copies of one template database, one made ahead, so that a test does not wait for its copy."""
+
+    def __init__(self, server_url: str, template: str) -> None:
+        self.server_url = server_url
+        self.template = template
+        self._next: asyncio.Task[str] | None = None
+        self._drops: list[asyncio.Task[None]] = []
+
+    def _copy(self) -> asyncio.Task[str]:
+        return asyncio.ensure_future(create_database(self.server_url, template=self.template))
+
+    async def take(self) -> str:
+        """A fresh copy (its URL); starts making the next one."""
+        ready = self._next or self._copy()
+        self._next = self._copy()
+        return await ready
+
+    def give_back(self, url: str) -> None:
+        """Drop the database in the background: its test is done with it."""
+        self._drops.append(asyncio.ensure_future(drop_database(self.server_url, url)))
+
+    async def close(self) -> None:
+        if self._next is not None:
+            self.give_back(await self._next)
+        await asyncio.gather(*self._drops)

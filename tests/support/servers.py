@@ -80,14 +80,25 @@ class FakeUrls:
     discord: str
 
 
+# Fakes still stopping: a uvicorn server takes ~0.2 s to notice it should stop, which the next test
+# need not wait for. `finish_stopping` waits for them (and reports their errors) at the session's end.
+_stopping: list[asyncio.Task[None]] = []
+
+
 @asynccontextmanager
 async def serve_fakes(x: Fake, llm: Fake, discord: Fake) -> AsyncIterator[FakeUrls]:
     """The fake X API, LLM and Discord, each on its own port; yields their base URLs.
 
-    Started and stopped together: a uvicorn server takes ~0.2 s to notice it should stop."""
+    Started together; stopped in the background once the test is done with them."""
     servers = [Uvicorn(fake.app(), force_exit=True) for fake in (x, llm, discord)]
     try:
         x_address, llm_address, discord_address = await asyncio.gather(*(s.start() for s in servers))
         yield FakeUrls(f"http://{x_address}", f"http://{llm_address}", f"http://{discord_address}")
     finally:
-        await asyncio.gather(*(s.stop() for s in servers if s.task is not None))
+        _stopping.extend(asyncio.ensure_future(s.stop()) for s in servers if s.task is not None)
+
+
+async def finish_stopping() -> None:
+    stopping = list(_stopping)
+    _stopping.clear()
+    await asyncio.gather(*stopping)
