@@ -53,28 +53,30 @@ async def drop_database(server_url: str, url: str) -> None:
 
 
 class DatabaseSupply:
-    """Copies of one template database, one made ahead, so that a test does not wait for its copy."""
+    """Copies of one template database, made ahead, so that a test seldom waits for its copy (a copy
+    takes ~0.1 s on a quiet machine, ~0.5 s beside a running test)."""
 
-    def __init__(self, server_url: str, template: str) -> None:
+    def __init__(self, server_url: str, template: str, ahead: int = 2) -> None:
         self.server_url = server_url
         self.template = template
-        self._next: asyncio.Task[str] | None = None
+        self.ahead = ahead
+        self._ready: list[asyncio.Task[str]] = []
         self._drops: list[asyncio.Task[None]] = []
 
-    def _copy(self) -> asyncio.Task[str]:
-        return asyncio.ensure_future(create_database(self.server_url, template=self.template))
-
     async def take(self) -> str:
-        """A fresh copy (its URL); starts making the next one."""
-        ready = self._next or self._copy()
-        self._next = self._copy()
-        return await ready
+        """A fresh copy (its URL); starts making the next ones."""
+        while len(self._ready) < self.ahead + 1:
+            self._ready.append(
+                asyncio.ensure_future(create_database(self.server_url, template=self.template))
+            )
+        return await self._ready.pop(0)
 
     def give_back(self, url: str) -> None:
         """Drop the database in the background: its test is done with it."""
         self._drops.append(asyncio.ensure_future(drop_database(self.server_url, url)))
 
     async def close(self) -> None:
-        if self._next is not None:
-            self.give_back(await self._next)
+        for ready in self._ready:
+            self.give_back(await ready)
+        self._ready.clear()
         await asyncio.gather(*self._drops)
