@@ -8,10 +8,15 @@ while the current one runs, and used databases are dropped in the background.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+T = TypeVar("T")
 
 
 def with_database(url: str, database: str) -> str:
@@ -52,6 +57,19 @@ async def drop_database(server_url: str, url: str) -> None:
         await admin.close()
 
 
+async def _in_background(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a copy or drop begun in the background; asyncpg times its connect in loop time, which
+    runs on while the loop sits idle between tests (a synchronous test may take minutes), so a
+    timeout there is not the server's: try again."""
+    for attempt in range(3):
+        try:
+            return await operation()
+        except TimeoutError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 class DatabaseSupply:
     """Copies of one template database, made ahead, so that a test seldom waits for its copy (a copy
     takes ~0.1 s on a quiet machine, ~0.5 s beside a running test)."""
@@ -66,14 +84,14 @@ class DatabaseSupply:
     async def take(self) -> str:
         """A fresh copy (its URL); starts making the next ones."""
         while len(self._ready) < self.ahead + 1:
-            self._ready.append(
-                asyncio.ensure_future(create_database(self.server_url, template=self.template))
-            )
+            copy = functools.partial(create_database, self.server_url, template=self.template)
+            self._ready.append(asyncio.ensure_future(_in_background(copy)))
         return await self._ready.pop(0)
 
     def give_back(self, url: str) -> None:
         """Drop the database in the background: its test is done with it."""
-        self._drops.append(asyncio.ensure_future(drop_database(self.server_url, url)))
+        drop = functools.partial(drop_database, self.server_url, url)
+        self._drops.append(asyncio.ensure_future(_in_background(drop)))
 
     async def close(self) -> None:
         for ready in self._ready:

@@ -40,11 +40,12 @@ class Uvicorn:
         port = self.server.servers[0].sockets[0].getsockname()[1]
         return f"127.0.0.1:{port}"
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop; with `force_exit`, within `timeout` seconds."""
         assert self.task is not None
         self.server.should_exit = True
         self.server.force_exit = self.force_exit
-        await asyncio.wait_for(self.task, timeout=10 if self.force_exit else None)
+        await asyncio.wait_for(self.task, timeout=timeout if self.force_exit else None)
 
 
 @asynccontextmanager
@@ -95,7 +96,9 @@ async def serve_fakes(x: Fake, llm: Fake, discord: Fake) -> AsyncIterator[FakeUr
         x_address, llm_address, discord_address = await asyncio.gather(*(s.start() for s in servers))
         yield FakeUrls(f"http://{x_address}", f"http://{llm_address}", f"http://{discord_address}")
     finally:
-        _stopping.extend(asyncio.ensure_future(s.stop()) for s in servers if s.task is not None)
+        # No timeout: the loop's clock runs on while it sits idle between tests, which a background
+        # stop would count against itself (a force-exiting server stops within ~0.2 s of loop time).
+        _stopping.extend(asyncio.ensure_future(s.stop(timeout=None)) for s in servers if s.task is not None)
 
 
 async def finish_stopping() -> None:
