@@ -3,15 +3,12 @@ Temporal dev server, with the registry's handlers talking to the loopback fakes.
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from launch.worker import build_worker
 from tests.handlers.conftest import World
-from tests.handlers.scheduling import add_task, completed_results, start_scheduler
+from tests.handlers.scheduling import add_task, completed_results, run_until_completed
 from tests.support.factories import new_bot_id
-from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
@@ -38,15 +35,7 @@ async def test_mentions_are_answered_once_and_announced(
         min_rate_limit_remaining=1,
     )
 
-    async with (
-        httpx.AsyncClient() as http,
-        build_worker(client, world.pool, world.settings, task_queue, http),
-    ):
-        handle = await start_scheduler(client, bot, task_queue)
-        try:
-            await eventually(lambda: completed_results(world.pool, reply), bool)
-        finally:
-            await handle.terminate("test finished")
+    handle = await run_until_completed(world, client, bot, task_queue, reply)
 
     assert await completed_results(world.pool, pull) == [{"mentions_pulled": 3}]
     assert await completed_results(world.pool, draft) == [{"replies_generated": 3, "replies_failed": 0}]
@@ -127,15 +116,7 @@ async def test_stored_configurations_and_vision_keep_keys_out_of_the_history(
         world.pool, bot, "generate_replies", priority=1, dependencies=[pull], config=config
     )
 
-    async with (
-        httpx.AsyncClient() as http,
-        build_worker(client, world.pool, world.settings, task_queue, http),
-    ):
-        handle = await start_scheduler(client, bot, task_queue)
-        try:
-            await eventually(lambda: completed_results(world.pool, draft), bool)
-        finally:
-            await handle.terminate("test finished")
+    handle = await run_until_completed(world, client, bot, task_queue, draft)
 
     assert await completed_results(world.pool, draft) == [
         {"replies_generated": 1, "replies_failed": 0, "images_described": 1}
