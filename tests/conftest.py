@@ -8,13 +8,15 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.database import DatabaseSupply, create_database, database_name, drop_database
+from tests.support.servers import finish_stopping
+from tests.support.tls import share_default_tls_context
 from xbot.storage.migrate import migrate
 from xbot.storage.pool import create_pool
 from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
@@ -23,12 +25,7 @@ from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 TEST_TOKEN_KEY = "yqQv5mKqzD0nq1t2o5mX9s6m3PZbqZ0B1Qy8yQy5m2U="
 os.environ.setdefault("TOKEN_ENCRYPTION_KEY", TEST_TOKEN_KEY)
 os.environ.setdefault("XBOT_ENV", "test")
-
-
-def with_database(url: str, database: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+share_default_tls_context()
 
 
 @pytest.fixture(scope="session")
@@ -49,39 +46,39 @@ def postgres_server_url() -> Iterator[str]:
         server.cleanup()
 
 
-async def _create_database(server_url: str) -> str:
-    name = f"xbot_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name
-
-
-async def _drop_database(server_url: str, name: str) -> None:
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
 async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
     """A fresh database with nothing in it, dropped after the test."""
-    name = await _create_database(postgres_server_url)
+    url = await create_database(postgres_server_url)
     try:
-        yield with_database(postgres_server_url, name)
+        yield url
     finally:
-        await _drop_database(postgres_server_url, name)
+        await drop_database(postgres_server_url, url)
+
+
+@pytest.fixture(scope="session")
+async def database_supply(postgres_server_url: str) -> AsyncIterator[DatabaseSupply]:
+    """Copies of a database migrated once per session (migrating each test's took longer)."""
+    template = await create_database(postgres_server_url, prefix="xbot_template")
+    try:
+        await migrate(template)
+        supply = DatabaseSupply(postgres_server_url, database_name(template))
+        try:
+            yield supply
+        finally:
+            await supply.close()
+    finally:
+        await drop_database(postgres_server_url, template)
 
 
 @pytest.fixture
-async def database_url(empty_database_url: str) -> str:
-    """A fresh, migrated database for one test."""
-    await migrate(empty_database_url)
-    return empty_database_url
+async def database_url(database_supply: DatabaseSupply) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped after it."""
+    url = await database_supply.take()
+    try:
+        yield url
+    finally:
+        database_supply.give_back(url)
 
 
 @pytest.fixture
@@ -129,6 +126,13 @@ async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def fakes_stopped() -> AsyncIterator[None]:
+    """Fake servers stop in the background after their test; all are stopped by the session's end."""
+    yield
+    await finish_stopping()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from bench.report import regenerate_docs
 from bench.scenarios import PROJECT_MODULES, SCENARIO_NAMES, missing_module
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 QUICK_RUN_TIMEOUT_SECONDS = 300

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
 
 def _free_port() -> int:

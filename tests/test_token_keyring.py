@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
+from tests.support.factories import insert_bot
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError, generate_key
 from xbot.crypto.reencrypt import EncryptedColumns, reencrypt_all
 from xbot.settings import SettingsError, load_settings
-from xbot.x.tokens import TokenStore, store_tokens
+from xbot.x.tokens import TokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A, KEY_B, KEY_C = generate_key(), generate_key(), generate_key()
@@ -61,11 +61,8 @@ def test_a_bad_key_ring_is_a_one_line_settings_error_without_the_key(
 
 
 async def add_bot(pool: asyncpg.Pool, cipher: TokenCipher, bot_id: str) -> None:
-    await pool.execute("INSERT INTO bots (id, name) VALUES ($1, $1)", bot_id)
-    expires = datetime.now(UTC) + timedelta(hours=2)
-    await store_tokens(
-        pool, cipher, bot_id, f"access-{bot_id}-secretvalue", f"refresh-{bot_id}-secretvalue", expires
-    )
+    tokens = (f"access-{bot_id}-secretvalue", f"refresh-{bot_id}-secretvalue")
+    await insert_bot(pool, bot_id, cipher=cipher, tokens=tokens)
 
 
 async def readable(pool: asyncpg.Pool, cipher: TokenCipher) -> list[tuple[str, str]]:
@@ -136,6 +133,7 @@ async def run_cli(*args: str, key: str, database_url: str) -> tuple[int, str, st
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.system  # the `xbot` CLI in a process of its own
 async def test_reencrypt_tokens_command(pool: asyncpg.Pool, database_url: str) -> None:
     for bot_id in ("bot-1", "bot-2"):
         await add_bot(pool, TokenCipher(KEY_A), bot_id)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from tests.support.factories import new_bot_id
+from tests.support.servers import serve_address
 from xbot.settings import Settings, load_settings
 
 API_TOKEN = "test-api-token-" + uuid.uuid4().hex
@@ -56,43 +55,10 @@ async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@asynccontextmanager
-async def serve(application: FastAPI) -> AsyncIterator[str]:
-    """Run the app on a real uvicorn server on 127.0.0.1 (for WebSockets and the browser); yields host:port."""
-    config = uvicorn.Config(application, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    if not server.started:
-        task.result()  # raises why it did not start
-        raise RuntimeError("uvicorn did not start")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture
 async def live_server(app: FastAPI) -> AsyncIterator[str]:
-    async with serve(app) as address:
+    async with serve_address(app) as address:
         yield address
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "") -> T:
-    """Poll `check` until it returns something truthy; bounded, so a broken feature fails, not hangs."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -112,4 +78,4 @@ async def worker(
 @pytest.fixture
 def bot_id() -> str:
     """Unique per test: workflow ids outlive a test on the shared dev server."""
-    return f"bot-{uuid.uuid4().hex[:10]}"
+    return new_bot_id()

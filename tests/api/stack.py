@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, contextmanager
 import httpx
 
 from api.app import create_app
-from tests.api.conftest import serve
+from tests.support.servers import serve_address
 from xbot.settings import Settings
 from xbot.storage.pool import create_pool
 from xbot.temporal import connect_temporal
@@ -42,7 +42,7 @@ async def _serve_until_stopped(settings: Settings, started: asyncio.Future[str],
         await stack.enter_async_context(worker)
         app = create_app(settings, pool=pool, temporal_client=client)
         await stack.enter_async_context(app.router.lifespan_context(app))
-        address = await stack.enter_async_context(serve(app))
+        address = await stack.enter_async_context(serve_address(app))
         started.set_result(address)
         await stop.wait()
 

@@ -20,10 +20,11 @@ from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from tests.api.conftest import api_settings, eventually
-from tests.api.helpers import insert_bot, insert_definition, insert_execution
+from tests.api.conftest import api_settings
 from tests.fakes.fake_x import CLIENT_ID, CLIENT_SECRET, FakeX
-from tests.fakes.serve import serve
+from tests.support.factories import insert_bot, insert_execution, insert_task
+from tests.support.servers import serve
+from tests.support.waiting import eventually
 from xbot.crypto.at_rest import cipher_from_settings
 from xbot.settings import Settings
 from xbot.x.connect import s256
@@ -136,7 +137,7 @@ async def test_the_callback_stores_the_tokens_reads_the_account_and_goes_back_to
     connect: Connect, pool: asyncpg.Pool, bot_id: str
 ) -> None:
     await insert_bot(pool, bot_id)
-    await insert_definition(pool, bot_id, "reply_to_mentions")
+    await insert_task(pool, bot_id, "reply_to_mentions")
     _, location = await connect.authorize(bot_id)
     answer = await connect.callback(location)
 
@@ -260,9 +261,9 @@ async def test_reconnecting_clears_needs_reauthorization_and_resumes_the_x_tasks
     )
     await pool.execute("UPDATE bots SET auth_state = 'needs_reauthorization' WHERE id = $1", bot_id)
     await pool.execute("UPDATE bot_tokens SET refresh_note = 'invalid_grant' WHERE bot_id = $1", bot_id)
-    await insert_definition(pool, bot_id, "noop", interval_minutes=60)
+    await insert_task(pool, bot_id, "noop", interval_minutes=60)
     later = datetime.now(UTC) + timedelta(hours=1)
-    x_task = await insert_definition(
+    x_task = await insert_task(
         pool, bot_id, "pull_mentions", is_active=False, consecutive_failures=5, next_planned_run_at=later
     )
     await insert_execution(
@@ -308,7 +309,7 @@ async def test_the_health_names_scopes_the_tasks_need_but_the_token_lacks(
     connect: Connect, pool: asyncpg.Pool, bot_id: str
 ) -> None:
     await insert_bot(pool, bot_id)
-    await insert_definition(pool, bot_id, "reply_to_mentions")
+    await insert_task(pool, bot_id, "reply_to_mentions")
     connect.x.granted_scope = "tweet.read users.read"  # the user unticked posting and offline access
     _, location = await connect.authorize(bot_id)
     assert (await connect.callback(location)).status_code == 303

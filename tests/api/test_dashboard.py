@@ -16,11 +16,11 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from tests.api.conftest import API_TOKEN, serve
-from tests.api.helpers import insert_bot, insert_definition, insert_reply
+from tests.api.conftest import API_TOKEN
 from tests.api.test_connect import connect_settings
 from tests.fakes.fake_x import FakeX
-from tests.fakes.serve import serve as serve_fake
+from tests.support.factories import insert_bot, insert_reply, insert_task
+from tests.support.servers import serve, serve_address
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
 ]
 
 pytestmark = [
+    pytest.mark.system,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
@@ -63,7 +64,7 @@ async def test_dashboard_start_live_log_and_approve(
 
     assert isinstance(page, Page)
     await insert_bot(pool, bot_id, approval_required=True)
-    await insert_definition(
+    await insert_task(
         pool, bot_id, "noop", interval_seconds=1, next_planned_run_at=datetime.now(UTC) + timedelta(seconds=1)
     )
     reply_id = await insert_reply(pool, bot_id, "555", mention="@demo is this thing on?", text="It is!")
@@ -102,10 +103,10 @@ async def test_dashboard_connects_an_x_account_through_x_and_back(
 
     await insert_bot(pool, bot_id)
     x = FakeX()
-    async with serve_fake(x.app()) as x_url:
+    async with serve(x.app()) as x_url:
         settings = connect_settings(task_queue, x_url)
         app = create_app(settings, pool=pool, temporal_client=dev_server_env.client)
-        async with app.router.lifespan_context(app), serve(app) as address:
+        async with app.router.lifespan_context(app), serve_address(app) as address:
             # The callback's address is known only now: X sends the browser back to this server.
             redirect = f"http://{address}/oauth/x/callback"
             app.state.api.settings = settings.model_copy(update={"x_redirect_uri": redirect})

@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from tests.api.conftest import API_TOKEN, api_settings, serve
-from tests.api.helpers import insert_bot
+from tests.api.conftest import API_TOKEN, api_settings
+from tests.support.factories import insert_bot
+from tests.support.servers import serve_address
 
 
 async def _refused(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
@@ -120,7 +121,7 @@ async def test_idle_connections_get_pings(
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))
-        address = await stack.enter_async_context(serve(app))
+        address = await stack.enter_async_context(serve_address(app))
         socket = await stack.enter_async_context(
             websockets.connect(f"ws://{address}/bots/{bot_id}/ws?token={API_TOKEN}")
         )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 
-from tests.api.helpers import insert_bot, insert_definition, insert_execution, insert_log
+from tests.support.factories import insert_bot, insert_execution, insert_log, insert_task
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -27,8 +27,8 @@ async def _all_pages(client: httpx.AsyncClient, path: str, **params: int) -> lis
 async def test_executions_filters_and_pagination(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     await insert_bot(pool, "b")
     await insert_bot(pool, "other")
-    pull = await insert_definition(pool, "b", "pull_mentions")
-    reply = await insert_definition(pool, "b", "reply_to_mentions")
+    pull = await insert_task(pool, "b", "pull_mentions")
+    reply = await insert_task(pool, "b", "reply_to_mentions")
     ids = []
     for minute in range(7):
         status = "failed" if minute % 3 == 0 else "completed"
@@ -80,8 +80,8 @@ async def test_logs_minimum_level_and_pagination(client: httpx.AsyncClient, pool
 
 async def test_stats_per_task(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     await insert_bot(pool, "b")
-    pull = await insert_definition(pool, "b", "pull_mentions", name="pull")
-    idle = await insert_definition(pool, "b", "user_fetch")
+    pull = await insert_task(pool, "b", "pull_mentions", name="pull")
+    idle = await insert_task(pool, "b", "user_fetch")
     for index, duration in enumerate([100, 200, 300, 400, 1000]):
         await insert_execution(
             pool, "b", pull, "completed", T0 + timedelta(minutes=index), duration_ms=duration

@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.api.conftest import API_TOKEN
-from tests.api.helpers import insert_bot, insert_definition
+from tests.support.factories import insert_bot, insert_task
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -34,7 +34,7 @@ async def test_start_execution_stop_sequence(
     bot_id: str, live_server: str, client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     await insert_bot(pool, bot_id)
-    task_id = await insert_definition(
+    task_id = await insert_task(
         pool,
         bot_id,
         "noop",

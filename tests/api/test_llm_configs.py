@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.api.helpers import insert_bot, insert_reply
 from tests.api.test_outbound_urls import strict  # noqa: F401 - the API refusing private addresses
+from tests.support.factories import insert_bot, insert_reply
 
 KEY = "sk-api-test-config-key-0123456789"
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.conftest import eventually
-from tests.api.helpers import insert_bot, insert_definition, insert_execution
+from tests.support.factories import insert_bot, insert_execution, insert_task
+from tests.support.waiting import eventually
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -28,7 +28,7 @@ async def test_metrics_from_the_database_and_temporal(
     client: httpx.AsyncClient, pool: asyncpg.Pool, bot_id: str
 ) -> None:
     await insert_bot(pool, bot_id)
-    pull = await insert_definition(pool, bot_id, "pull_mentions")
+    pull = await insert_task(pool, bot_id, "pull_mentions")
     for lateness_ms, status in [(2, "completed"), (40, "completed"), (3000, "failed")]:
         await insert_execution(
             pool,

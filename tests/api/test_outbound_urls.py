@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from tests.api.conftest import api_settings
-from tests.api.helpers import insert_bot
+from tests.support.factories import insert_bot
 from xbot.bots import encrypt_plain_webhook_urls
 from xbot.crypto.at_rest import TokenCipher
 from xbot.settings import get_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 
-from tests.api.helpers import insert_bot, insert_reply
+from tests.support.factories import insert_bot, insert_reply
 
 
 async def test_list_approve_reject_edit(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:

@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.helpers import insert_bot, insert_reply
+from tests.support.factories import insert_bot, insert_reply
 
 
 async def test_read_and_replace_a_policy(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:

@@ -11,8 +11,8 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from tests.api.conftest import eventually
-from tests.api.helpers import insert_bot
+from tests.support.factories import insert_bot
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -22,6 +22,9 @@ from schemathesis.specs.openapi.checks import (
 from tests.api.conftest import API_TOKEN, api_settings
 from tests.api.stack import threaded_stack
 
+# Fuzzes the API served by uvicorn with its worker, in a thread: a system test.
+pytestmark = pytest.mark.system
+
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 FUZZ_BOT = "fuzz"
 EXAMPLES_PER_OPERATION = 12

@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from tests.api.conftest import api_settings, eventually
-from tests.api.helpers import insert_bot, insert_definition
+from tests.api.conftest import api_settings
+from tests.support.factories import insert_bot, insert_task
+from tests.support.waiting import eventually
 from workflows.models import SIGNAL_START, SIGNAL_STOP, UPDATE_START, ControlAnswer
 
 FAR = datetime.now(UTC) + timedelta(days=30)
@@ -47,7 +48,7 @@ async def test_a_cli_stop_signal_shows_in_the_api_within_a_second(
     task_queue: str,
 ) -> None:
     await insert_bot(pool, bot_id)
-    await insert_definition(pool, bot_id, next_planned_run_at=FAR)
+    await insert_task(pool, bot_id, next_planned_run_at=FAR)
     assert (await client.post(f"/bots/{bot_id}/start")).json()["isRunning"] is True
     handle = dev_server_env.client.get_workflow_handle(bot_id)
 
@@ -104,7 +105,7 @@ async def test_start_and_stop_are_updates_that_answer_with_the_workflows_word(
     await insert_bot(pool, bot_id)
     never = await client.post(f"/bots/{bot_id}/stop")
     assert never.status_code == 400 and never.json() == {"error": "Scheduler is not running"}
-    task_id = await insert_definition(pool, bot_id, next_planned_run_at=FAR)
+    task_id = await insert_task(pool, bot_id, next_planned_run_at=FAR)
 
     started = await client.post(f"/bots/{bot_id}/start")
     assert started.status_code == 200 and started.json() == {
@@ -144,7 +145,7 @@ async def test_concurrent_status_calls_for_one_bot_share_one_read(
     bot_id: str, client: httpx.AsyncClient, pool: asyncpg.Pool, app: FastAPI
 ) -> None:
     await insert_bot(pool, bot_id)
-    await insert_definition(pool, bot_id, next_planned_run_at=FAR)
+    await insert_task(pool, bot_id, next_planned_run_at=FAR)
     await client.post(f"/bots/{bot_id}/start")
     flights = app.state.api.status_flights
     before = flights.shared
@@ -172,7 +173,7 @@ async def test_status_during_a_worker_outage_answers_from_what_is_stored(
     own_worker: Any,
 ) -> None:
     await insert_bot(pool, bot_id)
-    task_id = await insert_definition(pool, bot_id, next_planned_run_at=FAR)
+    task_id = await insert_task(pool, bot_id, next_planned_run_at=FAR)
     async with own_worker:
         assert (await client.post(f"/bots/{bot_id}/start")).json()["isRunning"] is True
     # The worker is gone; the workflow now has work nobody picks up.

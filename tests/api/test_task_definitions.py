@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.api.helpers import insert_bot
+from tests.support.factories import insert_bot
 
 
 async def _create(client: httpx.AsyncClient, bot_id: str = "b", **fields: Any) -> httpx.Response:

@@ -25,7 +25,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from tests.chaos.fleet import ChaosLlm, FleetX
 from tests.chaos.infra import RestartableTemporal, StoppablePostgres, wait_for_postgres
 from tests.fakes.fake_discord import FakeDiscord
-from tests.fakes.serve import serve
+from tests.support.database import create_database, drop_database
+from tests.support.servers import serve_fakes as serve_fake_apps
 from xbot.storage.migrate import migrate
 from xbot.storage.pool import create_pool
 
@@ -87,37 +88,19 @@ def chaos_temporal(chaos_root: Path) -> Iterator[RestartableTemporal]:
         server.stop()
 
 
-def with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+async def running_server(server: StoppablePostgres) -> str:
+    """The chaos PostgreSQL's URL, started again if a test left it down."""
+    if not server.running():
+        server.start()
+    await wait_for_postgres(server.url)
+    return server.url
 
 
 async def new_database(server: StoppablePostgres) -> str:
-    """A fresh, migrated database on the chaos PostgreSQL (started again if a test left it down)."""
-    if not server.running():
-        server.start()
-    await wait_for_postgres(server.url)
-    name = f"chaos_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server.url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server.url, name)
+    """A fresh, migrated database on the chaos PostgreSQL."""
+    url = await create_database(await running_server(server), prefix="chaos")
     await migrate(url)
     return url
-
-
-async def drop_database(server: StoppablePostgres, url: str) -> None:
-    if not server.running():
-        server.start()
-    await wait_for_postgres(server.url)
-    name = url.partition("?")[0].rsplit("/", 1)[1]
-    admin = await asyncpg.connect(server.url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture
@@ -127,7 +110,7 @@ async def chaos_database_url(chaos_postgres: StoppablePostgres) -> AsyncIterator
     try:
         yield url
     finally:
-        await drop_database(chaos_postgres, url)
+        await drop_database(await running_server(chaos_postgres), url)
 
 
 @pytest.fixture
@@ -171,8 +154,8 @@ async def serve_fakes() -> AsyncIterator[Fakes]:
     client_secret = "cs_" + uuid.uuid4().hex + uuid.uuid4().hex[:8]
     x = FleetX(client_id, client_secret)
     llm, discord = ChaosLlm(), FakeDiscord()
-    async with serve(x.app()) as x_url, serve(llm.app()) as llm_url, serve(discord.app()) as discord_url:
-        yield Fakes(x, x_url, llm, f"{llm_url}/v1", discord, discord_url, client_id, client_secret)
+    async with serve_fake_apps(x, llm, discord) as urls:
+        yield Fakes(x, urls.x, llm, f"{urls.llm}/v1", discord, urls.discord, client_id, client_secret)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from tests.fakes.fake_llm import API_KEY as FAKE_LLM_KEY
 from tests.fakes.fake_llm import FakeLlm
-from tests.fakes.fake_x import FakeX, RateWindow, Recorded
+from tests.fakes.fake_x import FakeX, RateWindow, Recorded, token_answer
 
 
 def whole_second(moment: datetime) -> datetime:
@@ -226,15 +226,7 @@ class FleetX:
         fake.refresh_token = None  # spent the moment X accepts it
         access, refresh = fake.issue_tokens()
         self.token_calls.append((fake.tag, 200))
-        return JSONResponse(
-            {
-                "token_type": "bearer",
-                "expires_in": 7200,
-                "access_token": access,
-                "refresh_token": refresh,
-                "scope": "tweet.read tweet.write users.read offline.access",
-            }
-        )
+        return JSONResponse(token_answer(access, refresh))
 
 
 @dataclass

@@ -8,7 +8,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,19 +18,10 @@ from temporalio.client import Client, WorkflowHandle
 from tests.chaos.conftest import Fakes, chaos_scale
 from tests.chaos.fleet import ChaosX
 from tests.chaos.infra import REPO, Proc
-from workflows.models import (
-    QUERY_STATUS,
-    SIGNAL_RELOAD_TASKS,
-    SIGNAL_START,
-    SIGNAL_STOP,
-    WORKFLOW_NAME,
-    SchedulerInput,
-    SchedulerOptions,
-    SchedulerStatus,
-)
-from xbot.bots import webhook_url_columns
+from tests.support import schedulers, waiting
+from tests.support.factories import insert_connected_bot, insert_task
+from workflows.models import SIGNAL_RELOAD_TASKS, SIGNAL_STOP, SchedulerOptions, SchedulerStatus
 from xbot.crypto.at_rest import TokenCipher
-from xbot.x.tokens import store_tokens
 
 T = TypeVar("T")
 
@@ -53,22 +44,14 @@ INHERITED_PREFIXES = (
 
 async def eventually(
     probe: Callable[[], Awaitable[T]],
-    check: Callable[[T], bool],
+    check: Callable[[T], object],
     timeout: float,
     what: str = "condition",
     interval: float = 0.2,
 ) -> T:
-    """Poll until `check` accepts the probed value; fail after `timeout` seconds of real time
-    (times the chaos scale: bigger runs get more patience, never less)."""
-    timeout *= chaos_scale()
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s; last value: {value!r}")
-        await asyncio.sleep(interval)
+    """`tests.support.waiting.eventually` with the timeout times the chaos scale: bigger runs get more
+    patience, never less."""
+    return await waiting.eventually(probe, check, timeout * chaos_scale(), what, interval)
 
 
 # ----------------------------------------------------------------------------------------- bots
@@ -83,37 +66,18 @@ async def add_bot(
     **columns: Any,
 ) -> str:
     """A bot whose X account is `account`, with a fresh token pair stored encrypted."""
-    if "discord_webhook_url" in columns:  # stored encrypted, as the API stores it
-        columns.update(webhook_url_columns(columns.pop("discord_webhook_url"), cipher))
-    values = {
-        "name": f"Bot {bot_id}",
-        "plan_tier": "pro",
-        "x_user_id": account.bot_user_id,
-        "x_username": account.bot_username,
-        **columns,
-    }
-    names = ", ".join(["id", *values])
-    marks = ", ".join(f"${i}" for i in range(1, len(values) + 2))
-    await pool.execute(f"INSERT INTO bots ({names}) VALUES ({marks})", bot_id, *values.values())
-    access, refresh = account.issue_tokens()
-    await store_tokens(pool, cipher, bot_id, access, refresh, datetime.now(UTC) + token_lifetime)
-    return bot_id
+    identity = {"x_user_id": account.bot_user_id, "x_username": account.bot_username}
+    return await insert_connected_bot(
+        pool, cipher, account, bot_id, expires_in=token_lifetime, **identity, **columns
+    )
 
 
 async def add_task(pool: asyncpg.Pool, bot_id: str, task_type: str, **columns: Any) -> int:
     """A definition due now; `interval_seconds` 5 unless the columns say otherwise."""
-    if not {"interval_minutes", "interval_seconds", "cron_expression"} & set(columns):
-        columns["interval_seconds"] = 5
     columns.setdefault("retry_delay_minutes", 0.01)
-    names = ", ".join(["bot_id", "task_type", *columns, "next_planned_run_at"])
-    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 3))
-    task_id: int = await pool.fetchval(
-        f"INSERT INTO bot_task_definitions ({names}) VALUES ({marks}, now()) RETURNING id",
-        bot_id,
-        task_type,
-        *columns.values(),
+    return await insert_task(
+        pool, bot_id, task_type, schedule={"interval_seconds": 5}, due_now=True, **columns
     )
-    return task_id
 
 
 async def add_x_round(
@@ -144,20 +108,11 @@ async def add_x_round(
 async def start_scheduler(
     client: Client, bot_id: str, task_queue: str, options: SchedulerOptions = FAST
 ) -> WorkflowHandle[Any, Any]:
-    return await client.start_workflow(
-        WORKFLOW_NAME,
-        SchedulerInput(bot_id=bot_id, options=options),
-        id=bot_id,
-        task_queue=task_queue,
-        start_signal=SIGNAL_START,
-    )
+    return await schedulers.start_scheduler(client, bot_id, task_queue, options)
 
 
 async def status(client: Client, bot_id: str) -> SchedulerStatus:
-    result: SchedulerStatus = await client.get_workflow_handle(bot_id).query(
-        QUERY_STATUS, result_type=SchedulerStatus
-    )
-    return result
+    return await schedulers.query_status(client.get_workflow_handle(bot_id))
 
 
 async def stop_and_heal(client: Client, bot_ids: Sequence[str], timeout: float = 60) -> None:

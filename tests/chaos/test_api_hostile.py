@@ -24,9 +24,10 @@ from tests.chaos.conftest import Fakes
 from tests.chaos.helpers import api_proc, eventually, service_env
 from tests.chaos.infra import RestartableTemporal, free_port, processes
 from tests.conftest import TEST_TOKEN_KEY
+from tests.support.factories import insert_bot, insert_task
 from xbot.settings import load_settings
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 TOKEN = "xbt_9c2f7e1a4b8d6f3e0a5c7b9d1e3f5a7c"
 BOT = "hostile-bot"
@@ -84,12 +85,8 @@ async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:
 
 async def seed(pool: asyncpg.Pool) -> dict[str, str]:
     """A bot with a task, an execution, a log row and a reply, so that every id in a path exists."""
-    await pool.execute("INSERT INTO bots (id, name) VALUES ($1, 'Hostile target')", BOT)
-    task = await pool.fetchval(
-        "INSERT INTO bot_task_definitions (bot_id, task_type, interval_minutes) VALUES ($1, 'noop', 60)"
-        " RETURNING id",
-        BOT,
-    )
+    await insert_bot(pool, BOT, name="Hostile target")
+    task = await insert_task(pool, BOT)
     await pool.execute(
         "INSERT INTO bot_task_executions (bot_id, task_definition_id, task_type, status) VALUES ($1, $2, 'noop', 'completed')",
         BOT,

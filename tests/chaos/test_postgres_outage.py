@@ -33,7 +33,7 @@ from tests.chaos.infra import RestartableTemporal, StoppablePostgres, free_port,
 from tests.conftest import TEST_TOKEN_KEY
 from xbot.crypto.at_rest import TokenCipher
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 API_TOKEN = "chaos-api-token-0f3c9a"
 # The client gives up after this long: an API that hangs fails the test instead of stalling it.

@@ -31,7 +31,7 @@ from tests.conftest import TEST_TOKEN_KEY
 from xbot.crypto.at_rest import TokenCipher
 from xbot.x.tokens import store_tokens
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 
 async def test_a_revoked_refresh_token_parks_one_bot_and_spares_the_others(

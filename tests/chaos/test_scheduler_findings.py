@@ -21,8 +21,9 @@ from tests.chaos.helpers import (
 )
 from tests.chaos.infra import RestartableTemporal, processes
 from tests.conftest import TEST_TOKEN_KEY
+from tests.support.factories import insert_bot
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 
 async def test_a_frequent_high_priority_task_does_not_starve_an_overdue_one(
@@ -38,7 +39,7 @@ async def test_a_frequent_high_priority_task_does_not_starve_an_overdue_one(
     that is due runs even when a higher-priority task recurs every second, because the bot is idle
     most of each second. Seen with pull_mentions every second starving reply_to_mentions."""
     bot = f"starve-{chaos_queue[-6:]}"
-    await chaos_pool.execute("INSERT INTO bots (id, name) VALUES ($1, $1)", bot)
+    await insert_bot(chaos_pool, bot)
     await add_task(chaos_pool, bot, "noop", priority=10, interval_seconds=1)
     low = await add_task(chaos_pool, bot, "noop", priority=0, interval_seconds=60)
     env = service_env(fakes, chaos_database_url, chaos_temporal.address, chaos_queue, TEST_TOKEN_KEY)

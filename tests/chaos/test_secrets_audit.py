@@ -27,12 +27,13 @@ import pytest
 import websockets
 from cryptography.fernet import Fernet
 
-from tests.chaos.conftest import drop_database, new_database, serve_fakes
+from tests.chaos.conftest import new_database, running_server, serve_fakes
 from tests.chaos.helpers import WORKER_READY, api_proc, eventually, service_env, wait_for_log, worker_proc
 from tests.chaos.infra import RestartableTemporal, StoppablePostgres, free_port, processes
+from tests.support.database import drop_database
 from xbot.storage.pool import create_pool
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 SOURCES = (
     "workflow histories",
@@ -173,7 +174,7 @@ async def _run(
         finally:
             await pool.close()
     finally:
-        await drop_database(postgres, database_url)
+        await drop_database(await running_server(postgres), database_url)
 
 
 async def _drive(

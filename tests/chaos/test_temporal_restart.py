@@ -28,9 +28,10 @@ from tests.chaos.helpers import (
 )
 from tests.chaos.infra import RestartableTemporal, processes
 from tests.conftest import TEST_TOKEN_KEY
+from tests.support.factories import insert_bot
 from workflows.models import SchedulerOptions
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 INTERVAL = 60
 SLEEPERS_DUE_IN = 15  # seconds: long enough to restart the server before they wake
@@ -56,10 +57,10 @@ async def test_bots_resume_with_their_due_times_after_a_temporal_restart(
     sleepers, busy = {}, {}
     for n in range(2 * scale):
         bot = f"{prefix}-sleep{n}"
-        await chaos_pool.execute("INSERT INTO bots (id, name) VALUES ($1, $1)", bot)
+        await insert_bot(chaos_pool, bot)
         sleepers[bot] = await add_task(chaos_pool, bot, "noop", interval_seconds=INTERVAL)
         bot = f"{prefix}-busy{n}"
-        await chaos_pool.execute("INSERT INTO bots (id, name) VALUES ($1, $1)", bot)
+        await insert_bot(chaos_pool, bot)
         busy[bot] = await add_task(
             chaos_pool, bot, "noop", interval_seconds=INTERVAL, config={"sleep_seconds": BUSY_SECONDS}
         )

@@ -36,7 +36,7 @@ from tests.chaos.infra import Proc, RestartableTemporal, processes
 from tests.conftest import TEST_TOKEN_KEY
 from xbot.crypto.at_rest import TokenCipher
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from tests.chaos.infra import RestartableTemporal, processes
 from tests.conftest import TEST_TOKEN_KEY
 from xbot.crypto.at_rest import TokenCipher
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.system]
 
 X_TIMEOUT = 1.5  # the workers' X_REQUEST_TIMEOUT_SECONDS; a "hang" outlasts it
 # What each fault must be called in the execution record.

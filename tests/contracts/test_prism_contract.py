@@ -51,10 +51,13 @@ def prism_binary() -> str | None:
     return str(local) if local.exists() else shutil.which("prism")
 
 
-pytestmark = pytest.mark.skipif(
-    prism_binary() is None,
-    reason="Stoplight Prism not installed: run `npm install --prefix .ci/node @stoplight/prism-cli@5.16.0`",
-)
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(
+        prism_binary() is None,
+        reason="Stoplight Prism not installed: run `npm install --prefix .ci/node @stoplight/prism-cli@5.16.0`",
+    ),
+]
 
 
 def free_port() -> int:

@@ -391,6 +391,7 @@ async def _temporal_cli(*args: str) -> str:
 
 
 @pytest.mark.devserver
+@pytest.mark.system
 async def test_temporal_cli_shows_plaintext_only_through_the_codec_endpoint(
     dev_server_env: WorkflowEnvironment, task_queue: str
 ) -> None:

@@ -294,6 +294,7 @@ def test_namespace_script_registers_what_the_code_uses() -> None:
 
 
 @pytest.mark.devserver
+@pytest.mark.system
 async def test_namespace_script_against_a_real_server_is_idempotent(
     dev_server_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:

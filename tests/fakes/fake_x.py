@@ -40,6 +40,17 @@ CLIENT_ID = "fake-client-id"
 CLIENT_SECRET = "fake-client-secret"
 
 
+def token_answer(access: str, refresh: str) -> dict[str, Any]:
+    """X's answer to a successful token request (a new pair for two hours)."""
+    return {
+        "token_type": "bearer",
+        "expires_in": 7200,
+        "access_token": access,
+        "refresh_token": refresh,
+        "scope": "tweet.read tweet.write users.read offline.access",
+    }
+
+
 @dataclass
 class RateWindow:
     limit: int
@@ -515,13 +526,7 @@ class FakeX:
         if fault == "rotate_then_hang":  # rotated, but the answer comes after the client gave up
             await asyncio.sleep(self.hang_seconds)
         return JSONResponse(
-            {
-                "token_type": "bearer",
-                "expires_in": 7200,
-                "access_token": access,
-                "refresh_token": refresh,
-                "scope": "tweet.read tweet.write users.read offline.access",
-            },
+            token_answer(access, refresh),
             background=BackgroundTask(self.token_answered.set),
         )
 

@@ -15,11 +15,10 @@ from activities.handlers.base import HandlerDeps, TaskContext
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_llm import API_KEY, FakeLlm
 from tests.fakes.fake_x import CLIENT_ID, CLIENT_SECRET, FakeX
-from tests.fakes.serve import serve
-from xbot.bots import webhook_url_columns
+from tests.support.factories import insert_connected_bot
+from tests.support.servers import serve_fakes
 from xbot.crypto.at_rest import TokenCipher, cipher_from_settings
 from xbot.settings import Settings, load_settings
-from xbot.x.tokens import store_tokens
 
 # Client timeout in the tests; the fake's "hang" fault outlasts it.
 X_TIMEOUT_SECONDS = 1.5
@@ -43,15 +42,10 @@ class World:
     async def add_bot(
         self, bot_id: str = "bot-1", *, expires_in: timedelta = timedelta(hours=2), **columns: Any
     ) -> str:
-        if "discord_webhook_url" in columns:  # stored encrypted, as the API stores it
-            columns.update(webhook_url_columns(columns.pop("discord_webhook_url"), self.cipher))
-        values = {"name": f"Bot {bot_id}", "plan_tier": "pro", **columns}
-        names = ", ".join(["id", *values])
-        marks = ", ".join(f"${i}" for i in range(1, len(values) + 2))
-        await self.pool.execute(f"INSERT INTO bots ({names}) VALUES ({marks})", bot_id, *values.values())
-        access, refresh = self.x.issue_tokens()
-        await store_tokens(self.pool, self.cipher, bot_id, access, refresh, datetime.now(UTC) + expires_in)
-        return bot_id
+        """A pro-tier bot with a fresh token pair from the fake X (webhook URL and key encrypted)."""
+        return await insert_connected_bot(
+            self.pool, self.cipher, self.x, bot_id, expires_in=expires_in, **columns
+        )
 
     def ctx(self, bot_id: str, task_type: str, **config: Any) -> TaskContext:
         return TaskContext(
@@ -81,13 +75,8 @@ def make_settings(x_url: str, llm_url: str) -> Settings:
 @pytest.fixture
 async def world(pool: asyncpg.Pool) -> AsyncIterator[World]:
     x, llm, discord = FakeX(), FakeLlm(), FakeDiscord()
-    async with (
-        serve(x.app()) as x_url,
-        serve(llm.app()) as llm_url,
-        serve(discord.app()) as discord_url,
-        httpx.AsyncClient() as http,
-    ):
-        settings = make_settings(x_url, llm_url)
+    async with serve_fakes(x, llm, discord) as urls, httpx.AsyncClient() as http:
+        settings = make_settings(urls.x, urls.llm)
         yield World(
             pool=pool,
             settings=settings,
@@ -95,6 +84,6 @@ async def world(pool: asyncpg.Pool) -> AsyncIterator[World]:
             x=x,
             llm=llm,
             discord=discord,
-            discord_url=f"{discord_url}/api/webhooks/42/webhook-secret",
+            discord_url=f"{urls.discord}/api/webhooks/42/webhook-secret",
             cipher=cipher_from_settings(settings),
         )

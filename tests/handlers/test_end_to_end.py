@@ -3,15 +3,14 @@ Temporal dev server, with the registry's handlers talking to the loopback fakes.
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from launch.worker import build_worker
 from tests.handlers.conftest import World
-from tests.handlers.scheduling import add_task, completed_results, eventually, start_scheduler, unique_bot_id
+from tests.handlers.scheduling import add_task, completed_results, run_until_completed
+from tests.support.factories import new_bot_id
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
 
 async def test_mentions_are_answered_once_and_announced(
@@ -19,7 +18,7 @@ async def test_mentions_are_answered_once_and_announced(
 ) -> None:
     client = dev_server_env.client
     bot = await world.add_bot(
-        unique_bot_id(), discord_webhook_url=world.discord_url, persona_prompt="You are Helper."
+        new_bot_id(), discord_webhook_url=world.discord_url, persona_prompt="You are Helper."
     )
     for user_id, name in (("2001", "alice"), ("2002", "bob"), ("2003", "carol")):
         world.x.add_user(user_id, name)
@@ -36,15 +35,7 @@ async def test_mentions_are_answered_once_and_announced(
         min_rate_limit_remaining=1,
     )
 
-    async with (
-        httpx.AsyncClient() as http,
-        build_worker(client, world.pool, world.settings, task_queue, http),
-    ):
-        handle = await start_scheduler(client, bot, task_queue)
-        try:
-            await eventually(lambda: completed_results(world.pool, reply), bool)
-        finally:
-            await handle.terminate("test finished")
+    handle = await run_until_completed(world, client, bot, task_queue, reply)
 
     assert await completed_results(world.pool, pull) == [{"mentions_pulled": 3}]
     assert await completed_results(world.pool, draft) == [{"replies_generated": 3, "replies_failed": 0}]
@@ -108,7 +99,7 @@ async def test_stored_configurations_and_vision_keep_keys_out_of_the_history(
         world.pool, PromptTemplateCreate(name="e2e", system_text="Template text: {persona}")
     )
     client = dev_server_env.client
-    bot = await world.add_bot(unique_bot_id())
+    bot = await world.add_bot(new_bot_id())
     world.x.add_user("2001", "alice")
     world.x.mention(
         "2001",
@@ -125,15 +116,7 @@ async def test_stored_configurations_and_vision_keep_keys_out_of_the_history(
         world.pool, bot, "generate_replies", priority=1, dependencies=[pull], config=config
     )
 
-    async with (
-        httpx.AsyncClient() as http,
-        build_worker(client, world.pool, world.settings, task_queue, http),
-    ):
-        handle = await start_scheduler(client, bot, task_queue)
-        try:
-            await eventually(lambda: completed_results(world.pool, draft), bool)
-        finally:
-            await handle.terminate("test finished")
+    handle = await run_until_completed(world, client, bot, task_queue, draft)
 
     assert await completed_results(world.pool, draft) == [
         {"replies_generated": 1, "replies_failed": 0, "images_described": 1}

@@ -12,8 +12,8 @@ import pytest
 from activities.handlers.generate_replies import GenerateRepliesHandler
 from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.fakes.fake_llm import API_KEY, FakeLlm
-from tests.fakes.serve import serve
 from tests.handlers.conftest import World
+from tests.support.servers import serve
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.llm.client import SHORTER_REPLY_CHARS, LlmConfigurationError, LlmUnavailableError, ReplyGenerator
 from xbot.storage.posts import mentions_needing_reply
@@ -148,7 +148,7 @@ async def test_own_base_url_gets_the_bots_own_key(world: World) -> None:
             world,
             llm_base_url=f"{own_url}/v1",
             llm_model="own-model",
-            llm_api_key_enc=world.cipher.encrypt("sk-bot-own-key"),
+            llm_api_key="sk-bot-own-key",
         )
 
         assert (await generate(world, bot))["replies_generated"] == 1
@@ -183,7 +183,7 @@ async def test_own_base_url_without_a_key_sends_none_not_the_global_one(
 
 async def test_a_bots_key_without_its_own_base_url_goes_to_the_global_server(world: World) -> None:
     world.llm.accepted_keys = {API_KEY, "sk-bot-billing"}
-    bot, _ = await one_mention(world, llm_api_key_enc=world.cipher.encrypt("sk-bot-billing"))
+    bot, _ = await one_mention(world, llm_api_key="sk-bot-billing")
 
     assert (await generate(world, bot))["replies_generated"] == 1
 

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
+from tests.support.factories import insert_bot
 from xbot.errors import RateLimitedError
 from xbot.storage.bots import load_bot
 from xbot.x import quota, rate_limits
 from xbot.x.client import XClient
 from xbot.x.errors import XRateLimitedError, XServerError, XTimeoutError
 from xbot.x.rate_limits import StaticLimit
-from xbot.x.tokens import TokenStore, store_tokens
+from xbot.x.tokens import TokenStore
 
 APP = "fake-client-id"  # X_CLIENT_ID of the handler tests' settings
 BASIC_MENTIONS = StaticLimit(10, timedelta(minutes=15))
@@ -47,15 +48,16 @@ async def x_client(world: World, bot_id: str) -> XClient:
 
 async def add_bot_as_user(world: World, bot_id: str, x_user_id: str) -> str:
     """A bot whose token belongs to another X user of the same app (own 24-hour allowance)."""
-    await world.pool.execute(
-        "INSERT INTO bots (id, name, plan_tier, x_user_id) VALUES ($1, $1, 'pro', $2)", bot_id, x_user_id
-    )
     access, refresh = world.x.issue_tokens()
     world.x.token_users[access] = x_user_id
-    await store_tokens(
-        world.pool, world.cipher, bot_id, access, refresh, datetime.now(UTC) + timedelta(hours=2)
+    return await insert_bot(
+        world.pool,
+        bot_id,
+        plan_tier="pro",
+        x_user_id=x_user_id,
+        cipher=world.cipher,
+        tokens=(access, refresh),
     )
-    return bot_id
 
 
 async def endpoint_row(pool: asyncpg.Pool, bot_id: str, endpoint: str) -> dict[str, object]:
@@ -84,7 +86,7 @@ async def test_concurrent_reservations_take_exactly_the_free_slots(
 ) -> None:
     bot = f"race-{next(_bot_serial)}"
     app = f"app-of-{bot}"  # each example its own app: app windows are shared by every bot of one
-    await pool.execute("INSERT INTO bots (id, name, plan_tier) VALUES ($1, $1, 'pro')", bot)
+    await insert_bot(pool, bot, plan_tier="pro")
     now = datetime.now(UTC)
     resets = {"bot 15m": now + timedelta(minutes=10), "bot 24h": now + timedelta(hours=20)}
     resets["app 24h"] = now + timedelta(hours=21)
@@ -141,7 +143,7 @@ async def test_concurrent_reservations_take_exactly_the_free_slots(
 
 
 async def test_a_slot_held_by_a_dead_worker_stops_counting_after_its_lease(pool: asyncpg.Pool) -> None:
-    await pool.execute("INSERT INTO bots (id, name) VALUES ('b', 'b')")
+    await insert_bot(pool, "b")
     now = datetime.now(UTC)
     await pool.execute(
         "INSERT INTO rate_limit_tracking (bot_id, endpoint, limit_total, remaining, reset_at)"

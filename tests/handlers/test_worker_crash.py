@@ -22,9 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 from activities.handlers.generate_replies import GenerateRepliesHandler
 from activities.handlers.pull_mentions import PullMentionsHandler
 from tests.handlers.conftest import World
-from tests.handlers.scheduling import add_task, completed_results, eventually, start_scheduler, unique_bot_id
+from tests.handlers.scheduling import add_task, completed_results, start_scheduler
+from tests.support.factories import new_bot_id
+from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.devserver, pytest.mark.chaos]
+pytestmark = [pytest.mark.devserver, pytest.mark.chaos, pytest.mark.system]
 
 REPO = Path(__file__).resolve().parents[2]
 DROPPED_ENV = {"DATABASE_URL", "ENCRYPTION_KEY", "API_TOKEN", "TEMPORAL_API_KEY", "TEMPORAL_TLS"}
@@ -71,7 +73,7 @@ async def test_reply_is_posted_once_across_a_worker_killed_mid_post(
     world: World, database_url: str, dev_server_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
 ) -> None:
     client = dev_server_env.client
-    bot = await world.add_bot(unique_bot_id(), x_user_id=world.x.bot_user_id)
+    bot = await world.add_bot(new_bot_id(), x_user_id=world.x.bot_user_id)
     world.x.add_user("2001", "alice")
     mention = world.x.mention("2001", "@helperbot are you there?")
     await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions"))

@@ -1,4 +1,4 @@
-"""Scheduler test helpers: plain-SQL fixtures, scripted task handlers, starting bots."""
+"""Scheduler test helpers: bots and tasks for the time-skipping tests, scripted task handlers, starting bots."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,14 +24,10 @@ from temporalio.worker import Worker
 from activities.handlers.base import TaskContext, TaskHandler
 from activities.handlers.noop import NoopHandler
 from launch.worker import build_worker
-from workflows.models import (
-    QUERY_STATUS,
-    SIGNAL_START,
-    WORKFLOW_NAME,
-    SchedulerInput,
-    SchedulerOptions,
-    SchedulerStatus,
-)
+from tests.support import factories
+from tests.support.factories import new_bot_id
+from tests.support.schedulers import query_status, start_scheduler
+from workflows.models import SchedulerOptions, SchedulerStatus
 from xbot.errors import NonRetryableTaskError, RateLimitedError, TaskError
 from xbot.settings import load_settings
 
@@ -46,34 +41,17 @@ SKIP_RPC_TIMEOUT = timedelta(minutes=3)
 TEST_OPTIONS = SchedulerOptions(early_wake_ms=0, heartbeat_timeout_seconds=5.0, search_attributes=False)
 
 
-def new_bot_id() -> str:
-    return f"bot-{uuid.uuid4().hex[:10]}"
-
-
 async def insert_bot(pool: asyncpg.Pool, bot_id: str | None = None, plan_tier: str = "basic") -> str:
+    """A bot whose operator asked its scheduler to run."""
     bot_id = bot_id or new_bot_id()
-    await pool.execute(
-        "INSERT INTO bots (id, name, plan_tier, scheduler_enabled) VALUES ($1, $2, $3, true)",
-        bot_id,
-        f"Test {bot_id}",
-        plan_tier,
+    return await factories.insert_bot(
+        pool, bot_id, name=f"Test {bot_id}", plan_tier=plan_tier, scheduler_enabled=True
     )
-    return bot_id
 
 
 async def insert_task(pool: asyncpg.Pool, bot_id: str, task_type: str = "noop", **columns: Any) -> int:
     """A task definition; every minute unless the columns say otherwise."""
-    if not {"interval_minutes", "interval_seconds", "cron_expression"} & set(columns):
-        columns["interval_minutes"] = 1
-    names = ", ".join(["bot_id", "task_type", *columns])
-    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 3))
-    task_id: int = await pool.fetchval(
-        f"INSERT INTO bot_task_definitions ({names}) VALUES ({marks}) RETURNING id",
-        bot_id,
-        task_type,
-        *columns.values(),
-    )
-    return task_id
+    return await factories.insert_task(pool, bot_id, task_type, schedule={"interval_minutes": 1}, **columns)
 
 
 async def executions(pool: asyncpg.Pool, bot_id: str, task_id: int | None = None) -> list[asyncpg.Record]:
@@ -193,34 +171,13 @@ async def terminate_started(task_queue: str) -> None:
 async def start_bot(
     client: Client, bot_id: str, task_queue: str, options: SchedulerOptions = TEST_OPTIONS
 ) -> WorkflowHandle[Any, Any]:
-    handle = await client.start_workflow(
-        WORKFLOW_NAME,
-        SchedulerInput(bot_id=bot_id, options=options),
-        id=bot_id,
-        task_queue=task_queue,
-        start_signal=SIGNAL_START,
-    )
+    handle = await start_scheduler(client, bot_id, task_queue, options)
     _started.setdefault(task_queue, []).append(handle)
     return handle
 
 
 async def status(handle: WorkflowHandle[Any, Any]) -> SchedulerStatus:
-    result: SchedulerStatus = await handle.query(QUERY_STATUS, result_type=SchedulerStatus)
-    return result
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 60.0
-) -> T:
-    """Poll `probe` in real time until `check` accepts its value; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s; last value: {value!r}")
-        await asyncio.sleep(0.05)
+    return await query_status(handle)
 
 
 def event_actions(current: SchedulerStatus, entity_type: str = "task_execution") -> list[tuple[int, str]]:

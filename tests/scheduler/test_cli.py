@@ -14,7 +14,6 @@ from temporalio.testing import WorkflowEnvironment
 from tests.scheduler.helpers import (
     ScriptedHandler,
     definition,
-    eventually,
     executions,
     insert_bot,
     insert_task,
@@ -23,10 +22,11 @@ from tests.scheduler.helpers import (
     start_bot,
     status,
 )
+from tests.support.waiting import eventually
 from workflows.models import SchedulerOptions
 from xbot.temporal import BOT_ID, NEXT_DUE_AT, SCHEDULER_RUNNING
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
 
 async def temporal_cli(env: WorkflowEnvironment, *args: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,6 @@ from tests.scheduler.helpers import (
     advance,
     definition,
     event_actions,
-    eventually,
     executions,
     handlers_with,
     insert_bot,
@@ -26,6 +26,7 @@ from tests.scheduler.helpers import (
     start_bot,
     status,
 )
+from tests.support.waiting import eventually
 from workflows.models import (
     SIGNAL_PAUSE_TASK,
     SIGNAL_RELOAD_TASKS,
@@ -174,6 +175,8 @@ async def test_a_signal_during_a_plan_load_is_acted_on(
             await eventually(lambda: signal_handled(handle), bool)
             await blocking.rollback()  # the load finishes with a plan that lacks the task
             await eventually(lambda: executions(pool, bot, task), lambda rows: len(rows) == 1)
+            # The row is written just before the handler is called.
+            await asyncio.wait_for(handler.started.wait(), 30)
             assert handler.order() == [task]
             history = await handle.fetch_history()
             loads = [

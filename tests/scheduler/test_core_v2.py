@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +27,6 @@ from tests.scheduler.helpers import (
     ScriptedHandler,
     advance,
     definition,
-    eventually,
     executions,
     handlers_with,
     insert_bot,
@@ -33,6 +35,7 @@ from tests.scheduler.helpers import (
     start_bot,
     status,
 )
+from tests.support.waiting import eventually
 from workflows.models import SIGNAL_RELOAD_TASKS, SIGNAL_STOP, SettleAttemptInput, SkipInput
 from xbot.settings import load_settings
 from xbot.storage.pool import create_pool
@@ -78,9 +81,20 @@ async def test_deleting_a_running_task_cancels_its_run_and_the_bot_goes_on(
         assert await workflow_task_failures(handle) == 0
 
 
-async def test_an_edit_of_next_planned_run_at_moves_the_next_run_at_once(
+@dataclass
+class InFlight:
+    bot: str
+    task: int
+    now: datetime
+    handler: ScriptedHandler
+    handle: WorkflowHandle[Any, Any]
+
+
+@asynccontextmanager
+async def first_run_in_flight(
     env: WorkflowEnvironment, pool: asyncpg.Pool, task_queue: str
-) -> None:
+) -> AsyncIterator[InFlight]:
+    """A running bot with an hourly task due now, whose first run (a 1 s nap) has started."""
     bot = await insert_bot(pool)
     now = await env.get_current_time()
     task = await insert_task(pool, bot, "scripted", interval_minutes=60, next_planned_run_at=now)
@@ -88,6 +102,14 @@ async def test_an_edit_of_next_planned_run_at_moves_the_next_run_at_once(
     async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
         handle = await start_bot(env.client, bot, task_queue)
         await handler.started.wait()
+        yield InFlight(bot, task, now, handler, handle)
+
+
+async def test_an_edit_of_next_planned_run_at_moves_the_next_run_at_once(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, task_queue: str
+) -> None:
+    async with first_run_in_flight(env, pool, task_queue) as run:
+        bot, task, now, handler, handle = run.bot, run.task, run.now, run.handler, run.handle
         # While the first run is still in flight, the operator moves the next run 5 minutes out.
         wanted = now + timedelta(minutes=5)
         await update_task_definition(
@@ -106,13 +128,8 @@ async def test_an_edit_of_next_planned_run_at_moves_the_next_run_at_once(
 async def test_an_interval_edit_applies_at_once_and_is_not_undone_by_the_run_in_flight(
     env: WorkflowEnvironment, pool: asyncpg.Pool, task_queue: str
 ) -> None:
-    bot = await insert_bot(pool)
-    now = await env.get_current_time()
-    task = await insert_task(pool, bot, "scripted", interval_minutes=60, next_planned_run_at=now)
-    handler = ScriptedHandler(script={task: ["nap"]}, nap_seconds=1.0)
-    async with running_worker(env.client, pool, task_queue, handlers_with(handler)):
-        handle = await start_bot(env.client, bot, task_queue)
-        await handler.started.wait()
+    async with first_run_in_flight(env, pool, task_queue) as run:
+        bot, task, handler, handle = run.bot, run.task, run.handler, run.handle
         await update_task_definition(
             pool, bot, task, TaskDefinitionPatch(interval_minutes=2), allow_private_urls=True
         )

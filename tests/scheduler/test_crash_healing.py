@@ -9,13 +9,13 @@ import sys
 from datetime import timedelta
 
 import asyncpg
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
     TEST_OPTIONS,
     ScriptedHandler,
     definition,
-    eventually,
     executions,
     insert_bot,
     insert_task,
@@ -23,10 +23,12 @@ from tests.scheduler.helpers import (
     start_bot,
     status,
 )
+from tests.support.waiting import eventually
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.system  # a worker subprocess, SIGKILLed
 async def test_attempts_of_a_killed_worker_are_closed_and_retried(
     env: WorkflowEnvironment, pool: asyncpg.Pool, database_url: str, task_queue: str
 ) -> None:

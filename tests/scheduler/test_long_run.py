@@ -8,12 +8,17 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.handlers.noop import NoopHandler
 from tests.scheduler.helpers import advance, insert_bot, insert_task, running_worker, start_bot, status
+
+# A day of minutely runs (1,440 executions through the worker and PostgreSQL, ~1 min): the soak
+# test of the system tier.
+pytestmark = pytest.mark.system
 
 # Temporal warns at 10,240 events per run (and refuses at 51,200).
 HISTORY_WARNING_LIMIT = 10_240

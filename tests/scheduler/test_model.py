@@ -97,7 +97,6 @@ from tests.scheduler.helpers import (
     TEST_OPTIONS,
     ScriptedHandler,
     advance,
-    eventually,
     executions,
     handlers_with,
     insert_bot,
@@ -105,6 +104,7 @@ from tests.scheduler.helpers import (
     status,
     terminate_started,
 )
+from tests.support.waiting import eventually
 from workflows.bot_scheduler import BotScheduler
 from workflows.models import (
     SIGNAL_PAUSE_TASK,
@@ -134,6 +134,9 @@ from xbot.task_definitions import (
 )
 
 T = TypeVar("T")
+
+# A worker subprocess SIGKILLed mid-attempt: a system test.
+pytestmark = pytest.mark.system
 
 EXAMPLES = int(os.environ.get("XBOT_MODEL_EXAMPLES", "3"))
 STEPS = int(os.environ.get("XBOT_MODEL_STEPS", "12"))

@@ -17,8 +17,8 @@ from activities.handlers.base import HandlerDeps, TaskContext
 from activities.handlers.registry import TASK_TYPES
 from activities.handlers.webhook import WebhookHandler
 from launch.worker import build_worker
-from tests.fakes.serve import serve
 from tests.scheduler.helpers import advance, executions, insert_bot, insert_task, start_bot, terminate_started
+from tests.support.servers import serve
 from xbot.errors import NonRetryableTaskError, TaskError
 from xbot.settings import load_settings
 

@@ -14,16 +14,16 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.scheduler.helpers import (
-    eventually,
     executions,
     insert_bot,
     insert_task,
     start_bot,
     terminate_started,
 )
+from tests.support.waiting import eventually
 from workflows.models import SchedulerOptions
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.system]
 
 REPO = Path(__file__).resolve().parents[2]
 
