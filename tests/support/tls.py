@@ -27,4 +27,4 @@ def share_default_tls_context() -> None:
         return build(verify=verify, cert=cert, trust_env=trust_env)
 
     create_ssl_context.shared = True  # type: ignore[attr-defined]
-    httpx_transport.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+    httpx_transport.create_ssl_context = create_ssl_context
