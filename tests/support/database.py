@@ -12,17 +12,13 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from xbot.localstack import with_database
+
 T = TypeVar("T")
-
-
-def with_database(url: str, database: str) -> str:
-    """The same server URL (query included: the embedded server's socket) pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 def database_name(url: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from xbot.bots import BotCreate, BotTokensIn, create_bot, set_scheduler_enabled
+from xbot.bots import BotCreate, BotTokensIn, create_bot
 from xbot.crypto.at_rest import TokenCipher
-from xbot.storage.bots import advance_mentions_cursor
+from xbot.storage.bots import advance_mentions_cursor, set_scheduler_enabled
 
 SCHEDULE_COLUMNS = {"interval_minutes", "interval_seconds", "cron_expression"}
 

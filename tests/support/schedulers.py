@@ -6,27 +6,16 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
-from workflows.models import (
-    QUERY_STATUS,
-    SIGNAL_START,
-    WORKFLOW_NAME,
-    SchedulerInput,
-    SchedulerOptions,
-    SchedulerStatus,
-)
+from workflows.models import QUERY_STATUS, SchedulerOptions, SchedulerStatus
+from xbot import bot_control
 
 
 async def start_scheduler(
     client: Client, bot_id: str, task_queue: str, options: SchedulerOptions
 ) -> WorkflowHandle[Any, Any]:
-    """Signal-with-start: the workflow id is the bot id, running once the start signal arrives."""
-    return await client.start_workflow(
-        WORKFLOW_NAME,
-        SchedulerInput(bot_id=bot_id, options=options),
-        id=bot_id,
-        task_queue=task_queue,
-        start_signal=SIGNAL_START,
-    )
+    """Signal-with-start through the front door: the workflow id is the bot id, running once the
+    start signal arrives."""
+    return await bot_control.signal_start(client, bot_id, task_queue, options)
 
 
 async def query_status(handle: WorkflowHandle[Any, Any]) -> SchedulerStatus:

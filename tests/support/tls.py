@@ -12,11 +12,15 @@ import functools
 import ssl
 from typing import Any
 
-import httpx._transports.default as httpx_transport
-
 
 def share_default_tls_context() -> None:
-    build = httpx_transport.create_ssl_context
+    """Only a speed-up: an httpx whose internals moved (a private name) keeps building its own."""
+    try:
+        import httpx._transports.default as httpx_transport
+
+        build = httpx_transport.create_ssl_context
+    except (ImportError, AttributeError):
+        return
     if getattr(build, "shared", False):
         return
     default = functools.cache(lambda: build())
