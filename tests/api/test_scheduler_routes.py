@@ -47,6 +47,16 @@ async def test_start_stop_status_with_the_seed_semantics(
     assert status["isRunning"] is True and status["healed"] is False and status["workflowStatus"] == "RUNNING"
     assert [item["id"] for item in status["tasks"]] == [task["id"]]
     assert status["nextAlarmTime"] is not None
+    # A task that never ran has its due time from the workflow (its row has none until the first run).
+    unplanned = await _task(client, bot_id)
+    await eventually(
+        lambda: client.get(f"/bots/{bot_id}/status"),
+        lambda response: (
+            all(item["nextDueAt"] is not None for item in response.json()["tasks"])
+            and unplanned["id"] in [item["id"] for item in response.json()["tasks"]]
+        ),
+        timeout=10,
+    )
 
     again = await client.post(f"/bots/{bot_id}/start")
     assert again.status_code == 400 and again.json() == {"error": "Scheduler is already running"}

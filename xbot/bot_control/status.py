@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -16,6 +16,7 @@ from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
 )
+from temporalio.service import RPCError
 
 from workflows.models import (
     SchedulerStatus,
@@ -26,8 +27,10 @@ from xbot.bot_control.commands import (
     MAX_REASON,
     UNREACHABLE_AFTER,
     Stored,
+    WorkerUnavailable,
     describe,
     is_running,
+    query_status,
     update_with_start,
 )
 from xbot.storage import task_definitions as definitions_table
@@ -35,6 +38,9 @@ from xbot.storage.bots import set_scheduler_enabled, set_schedulers_enabled
 from xbot.storage.logs import write_log
 
 log = logging.getLogger(__name__)
+
+# Bounded: a slow worker must not hold up a status answer that stands without it.
+PLANNED_TIMES_QUERY_TIMEOUT = timedelta(seconds=2)
 
 
 class StatusResult(BaseModel):
@@ -105,6 +111,23 @@ def should_run(stored: Stored, enabled: bool) -> bool:
     return stored.running if stored.running is not None else enabled
 
 
+async def _with_planned_times(client: Client, bot_id: str, tasks: list[TaskStatus]) -> list[TaskStatus]:
+    """A task that has not run yet has no planned time stored (its first run writes it); the
+    workflow knows it: one `status` query, only then. Without an answer the rows stand as they are."""
+    try:
+        live = await query_status(client, bot_id, timeout=PLANNED_TIMES_QUERY_TIMEOUT)
+    except (WorkerUnavailable, RPCError) as error:
+        log.debug("status of %s: no planned times from the workflow: %s", bot_id, error)
+        return tasks
+    if live is None:
+        return tasks
+    due = {task.id: task.nextDueAt for task in live.tasks}
+    return [
+        task if task.nextDueAt is not None else task.model_copy(update={"nextDueAt": due.get(task.id)})
+        for task in tasks
+    ]
+
+
 # The live feed's latest `status` poll of the bot, when it has one young enough to trust.
 Snapshot = Callable[[str], SchedulerStatus | None]
 
@@ -160,6 +183,8 @@ async def status(
         )
     now = datetime.now(UTC)
     tasks = [_stored_task(row, now, running) for row in rows]
+    if running and reachable and any(task.nextDueAt is None for task in tasks):
+        tasks = await _with_planned_times(client, bot_id, tasks)
     return StatusResult(
         botId=bot_id,
         isRunning=running,
