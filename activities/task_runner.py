@@ -79,10 +79,13 @@ class Watchdog:
         self.deadline = time.monotonic() + max(allowed, timedelta(0)).total_seconds()
 
     async def beat(self) -> None:
+        # The first beat comes after one period, not at the start: an attempt that ends sooner
+        # (most do) costs the server no heartbeat call at all, and a dead worker is noticed just
+        # as soon, because the heartbeat timeout runs from the attempt's start.
         while True:
+            await asyncio.sleep(self.period)
             if time.monotonic() <= self.deadline:
                 activity.heartbeat()
-            await asyncio.sleep(self.period)
 
 
 class TaskRunner:

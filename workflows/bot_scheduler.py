@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_SET_PAUSED,
         ACTIVITY_SETTLE_ATTEMPT,
         PATCH_CORE_V2,
+        PATCH_LOCAL_PLAN_LOAD,
         QUERY_STATUS,
         QUERY_STATUS_BRIEF,
         SIGNAL_PAUSE_TASK,
@@ -152,7 +153,7 @@ class BotScheduler:
         state.reload_requested = False
         asked_before = state.pending_ids()
         request = LoadPlanInput(bot_id=state.bot_id, keep_execution_prefixes=self._live_prefixes())
-        plan: BotPlan = await bookkeeping(ACTIVITY_LOAD_PLAN, request, BotPlan, "load task definitions")
+        plan = await self._fetch_plan(request)
         if not plan.exists:
             state.emit_log(workflow.now(), "warn", "bot no longer exists; scheduler exits")
             for run in list(state.runs.values()):
@@ -167,6 +168,23 @@ class BotScheduler:
                 state.cancel_run(orphan, REASON_REMOVED)
                 self._cancel_attempt(orphan)
         return True
+
+    async def _fetch_plan(self, request: LoadPlanInput) -> BotPlan:
+        """The definitions from PostgreSQL, by a local activity: it runs inside the workflow task
+        that needs it, so a bot's first round (and every reload) is one workflow task instead of
+        two plus an activity task. Runs begun before the patch replay with their activity."""
+        if not workflow.patched(PATCH_LOCAL_PLAN_LOAD):
+            plan: BotPlan = await bookkeeping(ACTIVITY_LOAD_PLAN, request, BotPlan, "load task definitions")
+            return plan
+        plan = await workflow.execute_local_activity(
+            ACTIVITY_LOAD_PLAN,
+            request,
+            result_type=BotPlan,
+            summary="load task definitions",
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+        return plan
 
     def _in_flight(self) -> int:
         return len(self.handles)

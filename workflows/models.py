@@ -100,6 +100,9 @@ ACTIVITY_RECORD_SKIP = "record_skipped_occurrence"
 SIGNAL_TASK_PROGRESS = "task_progress"
 # Marker of the core v2 code path (`workflow.patched`); runs without it replay on `legacy_v1`.
 PATCH_CORE_V2 = "core-v2"
+# Marker of the plan loaded by a local activity (inside the workflow task that needs it); runs
+# without it replay with the `load_bot_plan` activity tasks they scheduled.
+PATCH_LOCAL_PLAN_LOAD = "plan-load-local"
 
 RunTrigger = Literal["schedule", "run_task", "dependency"]
 

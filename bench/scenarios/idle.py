@@ -29,6 +29,8 @@ DESCRIPTION = (
 )
 GOAL_CPU_RATIO = 1.05
 GOAL_RSS_MB = 500.0
+# Issue 15: from the first start call until every bot has had its first round and the worker is quiet.
+GOAL_SETTLED_SECONDS = 120.0
 SETTLE_TIMEOUT_SECONDS = 600.0
 CPU_TICKS_SECONDS = 0.02
 
@@ -179,6 +181,12 @@ async def run(ctx: RunContext, result: Result) -> None:
             f"<= {GOAL_RSS_MB:.0f} MB",
             loaded["worker_rss_mb"],
             loaded["worker_rss_mb"] <= GOAL_RSS_MB,
+        ),
+        goal(
+            f"{bots:,} bots started, worker quiet again",
+            f"≤ {GOAL_SETTLED_SECONDS:.0f} s after the first start call",
+            round(start_calls + settle, 1),
+            start_calls + settle <= GOAL_SETTLED_SECONDS,
         ),
     ]
     result["notes"] += [

@@ -19,6 +19,9 @@ DESCRIPTION = (
     "receiver, whose arrival lateness is shown too); both baselines run a no-op activity."
 )
 GOAL_P99_MS = 25.0
+# Issue 15: the effect a user sees (the webhook's arrival) on time, at about the bare loop's cost.
+GOAL_WEBHOOK_P99_MS = 10.0
+GOAL_CPU_RATIO = 1.25
 SYSTEM_NAMES: tuple[tuple[System, str], ...] = (
     ("project", "project"),
     ("bare", "bare Temporal"),
@@ -121,12 +124,33 @@ async def run(ctx: RunContext, result: Result) -> None:
         "project p99 / bare p99": ratio(p99.get("project"), p99.get("bare")),
         "project p99 / schedules p99": ratio(p99.get("project"), p99.get("schedules")),
     }
+    cpu = {system: _cpu_ms_per_execution(figures) for system, figures in loads.items()}
+    cpu_ratio = ratio(cpu.get("project"), cpu.get("bare"))
+    result["ratios"]["project CPU per execution / bare CPU per execution"] = cpu_ratio
     if project is not None:
         value = p99["project"]
         met = project.missing == 0 and value <= GOAL_P99_MS
         result["goals"].append(goal("project lateness p99", f"≤ {GOAL_P99_MS:.0f} ms", value, met))
+        arrival = project.summary().get("webhook_arrival_lateness", {}).get("p99_ms")
+        if arrival is not None:
+            met = project.missing == 0 and arrival <= GOAL_WEBHOOK_P99_MS
+            target = f"≤ {GOAL_WEBHOOK_P99_MS:.0f} ms"
+            result["goals"].append(goal("webhook arrival p99", target, arrival, met))
+        if cpu_ratio is not None:
+            met = cpu_ratio <= GOAL_CPU_RATIO
+            target = f"≤ {GOAL_CPU_RATIO}× bare"
+            result["goals"].append(goal("worker + server CPU per execution", target, cpu_ratio, met))
+    for system, value in cpu.items():
+        if value is not None:
+            result["notes"].append(f"{system}: worker + server CPU {value:.2f} ms per execution")
     for system, figures in loads.items():
         if figures.missing:
             result["notes"].append(
                 f"{system}: {figures.missing} of {figures.expected} due runs never started"
             )
+
+
+def _cpu_ms_per_execution(load: LoadResult) -> float | None:
+    if not load.executed:
+        return None
+    return 1000 * (load.worker_cpu_seconds + load.server_cpu_seconds) / load.executed

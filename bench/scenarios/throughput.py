@@ -23,10 +23,14 @@ DESCRIPTION = (
     "Load raised step by step (bots x one task every 5 s) until p99 lateness exceeds 1 s; each step runs "
     "25 s and measures the last 20 s; a failing step runs once more (other sessions share the cores); after the first failing step, two more steps halve the gap. Sustained = the highest step whose p99 lateness (a run that never "
     "started counts as infinitely late) stayed within 1 s. The project runs `noop` tasks with its real "
-    "bookkeeping in PostgreSQL."
+    "bookkeeping in PostgreSQL. The two ramps (project, then bare) run twice, one round after the other, "
+    "and both rounds are reported."
 )
 THRESHOLD_SECONDS = 1.0
-GOAL_SHARE_OF_BARE = 0.8
+# Issue 15: the project sustains at least 1.2x the bare loop's rate (its early wake absorbs queueing).
+GOAL_RATIO_TO_BARE = 1.2
+# Ramps per system in a full run: the ceiling moves with the machine's noise, so it is measured twice.
+ROUNDS = 2
 FULL_RATES = (20, 40, 60, 80, 100, 125, 150, 200, 250, 300)
 INTERVAL_SECONDS = 5
 REFINEMENTS = 2
@@ -57,10 +61,10 @@ def _step_seconds(load: LoadSpec) -> float:
 
 
 def estimate_seconds(quick: bool) -> float:
-    # Full: assume both systems stop around the 6th step.
+    # Full: assume both systems stop around the 6th step, in each round.
     plan = steps(quick)
     per_system = sum(_step_seconds(load) for load in plan[: 1 if quick else 6 + REFINEMENTS]) + 5
-    return 5 + (1 if quick else 2.5) * per_system
+    return 5 + (1 if quick else 2.5 * ROUNDS) * per_system
 
 
 def _passes(load: LoadResult) -> bool:
@@ -129,36 +133,34 @@ async def run(ctx: RunContext, result: Result) -> None:
         "rates_per_second": list(FULL_RATES),
         "interval_seconds": INTERVAL_SECONDS,
         "threshold_seconds": THRESHOLD_SECONDS,
+        "rounds": 1 if ctx.quick else ROUNDS,
     }
     missing = missing_module(*PROJECT_MODULES)
+    rounds: list[dict[System, list[LoadResult]]] = []
     async with BenchEnv(ctx.postgres, ctx.workdir, NAME) as env:
-        runners: dict[System, LoadRunner] = {}
         pool = None
         if missing is None:
             database_url = await ctx.postgres.new_database()
             pool = await create_pool(database_url, min_size=1, max_size=4)
-            runners["project"] = LoadRunner(env, "project", ctx.progress, pool, database_url, "noop")
         else:
             result["notes"].append(f"project not available yet ({missing} is missing); baseline only")
-        runners["bare"] = LoadRunner(env, "bare", ctx.progress)
         try:
-            if ctx.quick:  # quick mode only proves the figures are produced: share the machine
-                outcomes = await asyncio.gather(*(_ramp(runner, True) for runner in runners.values()))
-                ramps = dict(zip(runners, outcomes, strict=True))
-            else:
-                ramps = {system: await _ramp(runner, False) for system, runner in runners.items()}
+            for _ in range(1 if ctx.quick else ROUNDS):
+                runners: dict[System, LoadRunner] = {}
+                if pool is not None:
+                    runners["project"] = LoadRunner(env, "project", ctx.progress, pool, database_url, "noop")
+                runners["bare"] = LoadRunner(env, "bare", ctx.progress)
+                if ctx.quick:  # quick mode only proves the figures are produced: share the machine
+                    outcomes = await asyncio.gather(*(_ramp(runner, True) for runner in runners.values()))
+                    rounds.append(dict(zip(runners, outcomes, strict=True)))
+                else:
+                    rounds.append({system: await _ramp(runner, False) for system, runner in runners.items()})
         finally:
             if pool is not None:
                 await pool.close()
 
-    ceilings = {system: _ceiling(steps_run) for system, steps_run in ramps.items()}
-    result["systems"] = {
-        system: {
-            "sustained_executions_per_second": ceilings[system],
-            "steps": [step.summary() for step in steps_run],
-        }
-        for system, steps_run in ramps.items()
-    }
+    result["systems"] = {}
+    result["ratios"] = {}
     result["table"] = {
         "columns": [
             "system",
@@ -172,21 +174,36 @@ async def run(ctx: RunContext, result: Result) -> None:
             "server CPU ms/exec",
             "sustained",
         ],
-        "rows": _rows("project", ramps.get("project", [])) + _rows("bare Temporal", ramps["bare"]),
+        "rows": [],
     }
+    for number, ramps in enumerate(rounds, start=1):
+        _report_round(result, number if len(rounds) > 1 else None, ramps)
+
+
+def _report_round(result: Result, number: int | None, ramps: dict[System, list[LoadResult]]) -> None:
+    suffix = f", ramp {number}" if number is not None else ""
+    ceilings = {system: _ceiling(steps_run) for system, steps_run in ramps.items()}
+    for system, steps_run in ramps.items():
+        result["systems"][f"{system}{suffix}"] = {
+            "sustained_executions_per_second": ceilings[system],
+            "steps": [step.summary() for step in steps_run],
+        }
+    result["table"]["rows"] += _rows(f"project{suffix}", ramps.get("project", [])) + _rows(
+        f"bare Temporal{suffix}", ramps["bare"]
+    )
     share = ratio(ceilings.get("project"), ceilings.get("bare"))
-    result["ratios"] = {"project ceiling / bare ceiling": share}
+    result["ratios"][f"project ceiling / bare ceiling{suffix}"] = share
     for system, ceiling in ceilings.items():
         top = max((step.spec.rate for step in ramps[system]), default=None)
         if top is not None and any(_passes(step) for step in ramps[system] if step.spec.rate == top):
-            result["notes"].append(f"{system}: still within 1 s at the last step; its ceiling is higher")
-        result["notes"].append(f"{system}: sustained {ceiling} executions/s")
+            result["notes"].append(f"{system}{suffix}: still within 1 s at the last step; its ceiling is higher")
+        result["notes"].append(f"{system}{suffix}: sustained {ceiling} executions/s")
     if "project" in ramps:
         result["goals"].append(
             goal(
-                "project ceiling vs bare",
-                f">= {GOAL_SHARE_OF_BARE:.0%} of bare",
+                f"project ceiling vs bare{suffix}",
+                f">= {GOAL_RATIO_TO_BARE}x bare",
                 share,
-                None if share is None else share >= GOAL_SHARE_OF_BARE,
+                None if share is None else share >= GOAL_RATIO_TO_BARE,
             )
         )
