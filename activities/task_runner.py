@@ -82,10 +82,12 @@ class Watchdog:
         # The first beat comes after one period, not at the start: an attempt that ends sooner
         # (most do) costs the server no heartbeat call at all, and a dead worker is noticed just
         # as soon, because the heartbeat timeout runs from the attempt's start.
+        beats = 0
         while True:
             await asyncio.sleep(self.period)
             if time.monotonic() <= self.deadline:
-                activity.heartbeat()
+                beats += 1
+                activity.heartbeat(beats)  # the count shows in the Web UI's pending activity
 
 
 class TaskRunner:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import TypeAdapter
 from temporalio.client import Client
 
 from api.auth import require_token
@@ -44,6 +45,9 @@ LIST_MAX_LIMIT = 1000
 class BotWithState(Bot):
     isRunning: bool | None = None
     nextAlarmTime: datetime | None = None
+
+
+PAGE = TypeAdapter(list[BotWithState])
 
 
 def _encode_cursor(bot_id: str) -> str:
@@ -113,10 +117,9 @@ async def create(body: BotCreate, pool: Pool, state: State) -> Bot:
 async def list_all(
     pool: Pool,
     state: State,
-    response: Response,
     limit: Annotated[int, Query(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> list[BotWithState]:
+) -> Response:
     """A page of bots in id order, with their scheduler's running state and next alarm (one
     Temporal list call per page). When more follow, the `X-Next-Cursor` header holds the `cursor`
     of the next page (also given as a `Link: <...>; rel="next"` header)."""
@@ -124,11 +127,14 @@ async def list_all(
     bots = await list_bots(pool, limit=limit + 1, after=after)
     more = len(bots) > limit
     bots = bots[:limit]
+    headers: dict[str, str] = {}
     if more:
         next_cursor = _encode_cursor(bots[-1].id)
-        response.headers["X-Next-Cursor"] = next_cursor
-        response.headers["Link"] = f'</bots?limit={limit}&cursor={next_cursor}>; rel="next"'
-    return await _with_state(await _optional_client(state), pool, bots)
+        headers["X-Next-Cursor"] = next_cursor
+        headers["Link"] = f'</bots?limit={limit}&cursor={next_cursor}>; rel="next"'
+    page = await _with_state(await _optional_client(state), pool, bots)
+    # Rendered here in one pass: returned as models, FastAPI would validate the page once more.
+    return Response(PAGE.dump_json(page), media_type="application/json", headers=headers)
 
 
 @router.get("/bots/{botId}", response_model=BotWithState, responses=error_docs(404))

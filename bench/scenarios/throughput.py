@@ -196,7 +196,9 @@ def _report_round(result: Result, number: int | None, ramps: dict[System, list[L
     for system, ceiling in ceilings.items():
         top = max((step.spec.rate for step in ramps[system]), default=None)
         if top is not None and any(_passes(step) for step in ramps[system] if step.spec.rate == top):
-            result["notes"].append(f"{system}{suffix}: still within 1 s at the last step; its ceiling is higher")
+            result["notes"].append(
+                f"{system}{suffix}: still within 1 s at the last step; its ceiling is higher"
+            )
         result["notes"].append(f"{system}{suffix}: sustained {ceiling} executions/s")
     if "project" in ramps:
         result["goals"].append(

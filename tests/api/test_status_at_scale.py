@@ -52,6 +52,15 @@ async def test_a_cli_stop_signal_shows_in_the_api_within_a_second(
     assert (await client.post(f"/bots/{bot_id}/start")).json()["isRunning"] is True
     handle = dev_server_env.client.get_workflow_handle(bot_id)
 
+    async def running_in_list() -> bool:
+        listed = (await client.get("/bots")).json()[0]
+        due = listed["nextAlarmTime"]
+        return bool(
+            listed["isRunning"] is True and due and abs(datetime.fromisoformat(due) - FAR) < timedelta(seconds=1)
+        )
+
+    await _within(1.0, running_in_list, "GET /bots shows the running bot and its next due time")
+
     await handle.signal(SIGNAL_STOP)  # what `temporal workflow signal --name stop` sends
 
     async def stopped_in_status() -> bool:

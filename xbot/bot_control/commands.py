@@ -7,6 +7,7 @@ time), None where there is no workflow; any other RPC error propagates.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import (
@@ -28,7 +30,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
-from temporalio.converter import decode_typed_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.models import (
@@ -272,13 +273,44 @@ async def list_running(client: Client, bot_ids: list[str]) -> dict[str, Listed]:
             request, retry=True, timeout=LIST_TIMEOUT
         )
         for execution in response.executions:
-            attributes = decode_typed_search_attributes(execution.search_attributes)
+            fields = execution.search_attributes.indexed_fields
             found[execution.execution.workflow_id] = Listed(
-                attributes.get(SCHEDULER_RUNNING), attributes.get(NEXT_DUE_AT)
+                _published_bool(fields.get(SCHEDULER_RUNNING.name)),
+                _published_datetime(fields.get(NEXT_DUE_AT.name)),
             )
         if not response.next_page_token:
             return found
         request.next_page_token = response.next_page_token
+
+
+# A page's rows are decoded here, two attributes each: the SDK's decoder converts every attribute of
+# every row (a third of the list call's time for a page of 100 running bots).
+def _published_value(payload: Payload | None) -> Any:
+    if payload is None or not payload.data:
+        return None
+    try:
+        value = json.loads(payload.data)
+    except ValueError:
+        return None
+    if isinstance(value, list):  # visibility may answer a one-element list
+        return value[0] if len(value) == 1 else None
+    return value
+
+
+def _published_bool(payload: Payload | None) -> bool | None:
+    value = _published_value(payload)
+    return value if isinstance(value, bool) else None
+
+
+def _published_datetime(payload: Payload | None) -> datetime | None:
+    value = _published_value(payload)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 async def _signal_if_running(client: Client, bot_id: str, signal: str, *args: Any) -> bool:
