@@ -138,7 +138,7 @@ async def run(ctx: RunContext, result: Result) -> None:
             result["goals"].append(goal("webhook arrival p99", target, arrival, met))
         if cpu_ratio is not None:
             met = cpu_ratio <= GOAL_CPU_RATIO
-            target = f"≤ {GOAL_CPU_RATIO}× bare"
+            target = f"≤ {GOAL_CPU_RATIO}x bare"
             result["goals"].append(goal("worker + server CPU per execution", target, cpu_ratio, met))
     for system, value in cpu.items():
         if value is not None:
