@@ -117,16 +117,19 @@ class SchedulerActivities:
 
     @activity.defn(name=ACTIVITY_LOAD_PLAN)
     async def load_bot_plan(self, request: LoadPlanInput) -> BotPlan:
-        tier = await bots_table.plan_tier(self.pool, request.bot_id)
-        if tier is None:
-            return BotPlan(bot_id=request.bot_id, exists=False)
-        healed = await close_stale_executions(
-            self.pool,
-            request.bot_id,
-            request.keep_execution_prefixes,
-            "worker lost: the attempt stopped without recording a result (closed when the plan loaded)",
-        )
-        rows = await definitions_table.active_with_last_started(self.pool, request.bot_id)
+        # One connection for the whole load: each release costs the pool a reset round trip.
+        async with self.pool.acquire() as db:
+            tier = await bots_table.plan_tier(db, request.bot_id)
+            if tier is None:
+                return BotPlan(bot_id=request.bot_id, exists=False)
+            healed = await close_stale_executions(
+                db,
+                request.bot_id,
+                request.keep_execution_prefixes,
+                "worker lost: the attempt stopped without recording a result (closed when the plan loaded)",
+            )
+            rows = await definitions_table.active_with_last_started(db, request.bot_id)
+            lead_seconds = await self._lead_seconds(db)
         tasks = []
         for row in rows:
             task = _plan_row(row)
@@ -137,7 +140,7 @@ class SchedulerActivities:
         return BotPlan(
             bot_id=request.bot_id,
             plan_tier=tier,
-            lead_seconds=await self._lead_seconds(),
+            lead_seconds=lead_seconds,
             tasks=tasks,
             healed_executions=healed,
         )
@@ -217,8 +220,8 @@ class SchedulerActivities:
                 outcome=outcome, execution_id=execution_id, finished_at=finished, reason=request.reason
             )
 
-    async def _lead_seconds(self) -> float:
-        value: Any = await get_setting(self.pool, LEAD_SECONDS_SETTING)
+    async def _lead_seconds(self, db: asyncpg.Connection) -> float:
+        value: Any = await get_setting(db, LEAD_SECONDS_SETTING)
         try:
             return max(0.0, float(value))
         except (TypeError, ValueError):
