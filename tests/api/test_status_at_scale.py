@@ -56,7 +56,9 @@ async def test_a_cli_stop_signal_shows_in_the_api_within_a_second(
         listed = (await client.get("/bots")).json()[0]
         due = listed["nextAlarmTime"]
         return bool(
-            listed["isRunning"] is True and due and abs(datetime.fromisoformat(due) - FAR) < timedelta(seconds=1)
+            listed["isRunning"] is True
+            and due
+            and abs(datetime.fromisoformat(due) - FAR) < timedelta(seconds=1)
         )
 
     await _within(1.0, running_in_list, "GET /bots shows the running bot and its next due time")
