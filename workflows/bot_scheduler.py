@@ -84,9 +84,13 @@ ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 IMMINENT = timedelta(seconds=5)
 
 
-async def bookkeeping(name: str, arg: Any, result_type: type | None, summary: str) -> Any:
-    """A small idempotent database activity (plan load, skipped row, settling an attempt)."""
-    return await workflow.execute_activity(
+async def bookkeeping(
+    name: str, arg: Any, result_type: type | None, summary: str, *, local: bool = False
+) -> Any:
+    """A small idempotent database activity (plan load, skipped row, settling an attempt); `local`
+    runs it inside the workflow task that asks for it (no activity task, no second workflow task)."""
+    execute = workflow.execute_local_activity if local else workflow.execute_activity
+    return await execute(
         name,
         arg,
         result_type=result_type,
@@ -170,19 +174,12 @@ class BotScheduler:
         return True
 
     async def _fetch_plan(self, request: LoadPlanInput) -> BotPlan:
-        """The definitions from PostgreSQL, by a local activity: it runs inside the workflow task
-        that needs it, so a bot's first round (and every reload) is one workflow task instead of
-        two plus an activity task. Runs begun before the patch replay with their activity."""
-        if not workflow.patched(PATCH_LOCAL_PLAN_LOAD):
-            plan: BotPlan = await bookkeeping(ACTIVITY_LOAD_PLAN, request, BotPlan, "load task definitions")
-            return plan
-        plan = await workflow.execute_local_activity(
-            ACTIVITY_LOAD_PLAN,
-            request,
-            result_type=BotPlan,
-            summary="load task definitions",
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=BOOKKEEPING_RETRY,
+        """The definitions from PostgreSQL, by a local activity: a bot's first round (and every
+        reload) is one workflow task instead of two plus an activity task. Runs begun before the
+        patch replay with their activity."""
+        local = workflow.patched(PATCH_LOCAL_PLAN_LOAD)
+        plan: BotPlan = await bookkeeping(
+            ACTIVITY_LOAD_PLAN, request, BotPlan, "load task definitions", local=local
         )
         return plan
 

@@ -284,7 +284,7 @@ async def list_running(client: Client, bot_ids: list[str]) -> dict[str, Listed]:
 
 
 # A page's rows are decoded here, two attributes each: the SDK's decoder converts every attribute of
-# every row (a third of the list call's time for a page of 100 running bots).
+# every row (about a quarter of the list call's time for a page of 100 running bots).
 def _published_value(payload: Payload | None) -> Any:
     if payload is None or not payload.data:
         return None
