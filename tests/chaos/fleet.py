@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tests.fakes.fake_llm import API_KEY as FAKE_LLM_KEY
 from tests.fakes.fake_llm import FakeLlm
@@ -162,7 +162,9 @@ class FleetX:
         self._apps: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self.token_calls: list[tuple[str, int]] = []  # (account tag, HTTP status)
-        self.unknown_bearers: list[str] = []  # requests whose token no account knows (answered 401)
+        # (bearer token, arrival time) of requests answered 401: unknown at arrival, or revoked
+        # while the request waited out the account's latency (the account's own app refuses those).
+        self.refused_bearers: list[tuple[str, float]] = []
 
     def account(self, tag: str, **knobs: Any) -> ChaosX:
         """A new X account; its posts and users have ids that no other account uses."""
@@ -198,12 +200,19 @@ class FleetX:
                 return
             headers = dict(scope["headers"])
             bearer = headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
+            arrived = time.time()
             for tag, fake in self.accounts.items():
                 if bearer in fake.access_tokens:
+
+                    async def noting_refusals(message: Message) -> None:
+                        if message["type"] == "http.response.start" and message["status"] == 401:
+                            self.refused_bearers.append((bearer, arrived))
+                        await send(message)
+
                     with contextlib.suppress(ClientDisconnect):  # a killed worker hung up mid-request
-                        await self._apps[tag](scope, receive, send)
+                        await self._apps[tag](scope, receive, noting_refusals)
                     return
-            self.unknown_bearers.append(bearer)
+            self.refused_bearers.append((bearer, arrived))
             body = JSONResponse({"title": "Unauthorized", "status": 401, "detail": "Unauthorized"}, 401)
             await body(scope, receive, send)
 
