@@ -24,21 +24,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import policy
+    from workflows.attempts import Attempts, bookkeeping
     from workflows.legacy_v1.bot_scheduler import LegacySchedulerV1
     from workflows.legacy_v1.models import SchedulerInput as LegacyInput
     from workflows.legacy_v1.models import TaskIdArg as LegacyTaskId
     from workflows.legacy_v1.models import TaskProgress as LegacyProgress
     from workflows.models import (
         ACTIVITY_LOAD_PLAN,
-        ACTIVITY_RECORD_SKIP,
-        ACTIVITY_RUN_ATTEMPT,
         ACTIVITY_SET_PAUSED,
-        ACTIVITY_SETTLE_ATTEMPT,
         PATCH_CORE_V2,
         PATCH_LOCAL_PLAN_LOAD,
         QUERY_STATUS,
@@ -53,8 +48,6 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_START,
         UPDATE_STOP,
         WORKFLOW_NAME,
-        AttemptRequest,
-        AttemptResult,
         BotPlan,
         ControlAnswer,
         LoadPlanInput,
@@ -63,8 +56,6 @@ with workflow.unsafe.imports_passed_through():
         SchedulerInput,
         SchedulerStatus,
         SetPausedInput,
-        SettleAttemptInput,
-        SkipInput,
         TaskIdArg,
         TaskProgress,
     )
@@ -73,31 +64,10 @@ with workflow.unsafe.imports_passed_through():
         REASON_REMOVED,
         REASON_STOPPED,
         SchedulerState,
-        Skip,
     )
 
-# Bookkeeping activities are idempotent, so they are retried until they land.
-BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
-# Each attempt runs once: the workflow decides what happens after it.
-ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 # A timer this close to firing is never cancelled (see `_set_alarm`).
 IMMINENT = timedelta(seconds=5)
-
-
-async def bookkeeping(
-    name: str, arg: Any, result_type: type | None, summary: str, *, local: bool = False
-) -> Any:
-    """A small idempotent database activity (plan load, skipped row, settling an attempt); `local`
-    runs it inside the workflow task that asks for it (no activity task, no second workflow task)."""
-    execute = workflow.execute_local_activity if local else workflow.execute_activity
-    return await execute(
-        name,
-        arg,
-        result_type=result_type,
-        summary=summary,
-        start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=BOOKKEEPING_RETRY,
-    )
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -110,8 +80,8 @@ class BotScheduler:
             self.legacy = LegacySchedulerV1(LegacyInput.model_validate(input.model_dump(mode="json")))
         carry = input.carry or SchedulerCarry()
         self.state = SchedulerState(input.bot_id, input.options, carry)
-        self.handles: dict[str, workflow.ActivityHandle[AttemptResult]] = {}
         self.side_jobs: set[asyncio.Task[None]] = set()
+        self.attempts = Attempts(self.state, self._spawn)
         self.paused_writes: list[SetPausedInput] = []
         self.wake = False
         self.alarms: dict[datetime, asyncio.Task[None]] = {}
@@ -139,7 +109,7 @@ class BotScheduler:
             now = workflow.now()
             # Start/stop is told before the executions it lets start (the feed's order).
             state.announce(now)
-            self._close_cancelled_runs()
+            self.attempts.close_cancelled_runs()
             if state.running and not self._draining():
                 self._dispatch(now)
             self._set_alarm(now)
@@ -156,14 +126,14 @@ class BotScheduler:
         state = self.state
         state.reload_requested = False
         asked_before = state.pending_ids()
-        request = LoadPlanInput(bot_id=state.bot_id, keep_execution_prefixes=self._live_prefixes())
+        request = LoadPlanInput(bot_id=state.bot_id, keep_execution_prefixes=self.attempts.live_prefixes())
         plan = await self._fetch_plan(request)
         if not plan.exists:
             state.emit_log(workflow.now(), "warn", "bot no longer exists; scheduler exits")
             for run in list(state.runs.values()):
                 state.cancel_run(run, REASON_BOT_DELETED)
                 self._cancel_attempt(run)
-            await workflow.wait_condition(lambda: not self.handles and not self.side_jobs)
+            await workflow.wait_condition(lambda: not self.attempts.handles and not self.side_jobs)
             return False
         removed = state.merge_plan(plan, workflow.now(), workflow.random(), asked_before)
         for task_id in removed:
@@ -183,9 +153,6 @@ class BotScheduler:
         )
         return plan
 
-    def _in_flight(self) -> int:
-        return len(self.handles)
-
     def _draining(self) -> bool:
         return workflow.info().get_current_history_length() >= self.state.options.drain_after_events
 
@@ -196,7 +163,7 @@ class BotScheduler:
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self.state.options.continue_after_events
         )
-        idle = not self.handles and not self.side_jobs and not self.paused_writes
+        idle = not self.attempts.handles and not self.side_jobs and not self.paused_writes
         cancelling = any(run.cancel_reason for run in self.state.runs.values())
         return wanted and idle and not cancelling and not self.state.reload_requested
 
@@ -208,8 +175,8 @@ class BotScheduler:
         busy = {task_id: run.phase for task_id, run in state.runs.items()}
         decision = state.plan_dispatch(now, horizon, busy)
         for skip in decision.skips:
-            self._skip(skip, now)
-        exclusive_busy = self._exclusive_executing()
+            self.attempts.skip(skip, now)
+        exclusive_busy = self.attempts.exclusive_executing()
         # Runs waiting to retry whose time has come go first: they were due before anything new.
         for run in sorted(state.runs.values(), key=lambda r: (r.retry_at or now, -r.task.priority)):
             if run.in_flight or run.cancel_reason or run.retry_at is None or run.retry_at > horizon:
@@ -219,7 +186,7 @@ class BotScheduler:
                     run.reason = "waiting for the bot's running task to finish"
                     continue
                 exclusive_busy = True
-            self._start_attempt(run, max(run.retry_at, now), now)
+            self.attempts.start(run, max(run.retry_at, now), now)
         for start in decision.starts:
             if not start.task.allow_overlap:
                 if exclusive_busy:
@@ -229,165 +196,8 @@ class BotScheduler:
                 exclusive_busy = True
             run = state.new_run(start.task, start.trigger, now, workflow.random())
             state.emit_entity(now, "task_execution", "started", None, start.task.id)
-            self._start_attempt(run, run.fire_at, now)
-        self._record_missed(now)
-
-    def _record_missed(self, now: datetime) -> None:
-        """One `skipped` row per occurrence jumped over, written by one activity per task."""
-        missed, self.state.missed = self.state.missed, []
-        for task, due_ats, reason in missed:
-            rt = self.state.tasks.get(task.id)
-            request = SkipInput(
-                bot_id=self.state.bot_id,
-                task_id=task.id,
-                task_type=task.task_type,
-                execution_key=self.state.next_skip_key(),
-                due_at=due_ats[0],
-                reason=reason,
-                schedule_version=rt.schedule_version if rt is not None else 0,
-                more_due_at=due_ats[1:],
-            )
-            self._spawn(self._record_skipped(request))
-
-    def _exclusive_executing(self) -> bool:
-        return any(run.in_flight and not run.task.allow_overlap for run in self.state.runs.values())
-
-    def _start_attempt(self, run: RunState, fire_at: datetime, now: datetime) -> None:
-        request = self.state.attempt_request(run, fire_at, now)
-        handle = workflow.start_activity(
-            ACTIVITY_RUN_ATTEMPT,
-            request,
-            result_type=AttemptResult,
-            activity_id=request.execution_key,
-            start_to_close_timeout=policy.start_to_close(run.task, self.state.early_wake),
-            heartbeat_timeout=timedelta(seconds=self.state.options.heartbeat_timeout_seconds),
-            retry_policy=ONE_ATTEMPT,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{run.task.label} ({run.trigger}, attempt {run.attempt})",
-        )
-        self.handles[request.execution_key] = handle
-        self._spawn(self._await_attempt(run, request, handle))
-
-    async def _await_attempt(
-        self, run: RunState, request: AttemptRequest, handle: workflow.ActivityHandle[AttemptResult]
-    ) -> None:
-        try:
-            result = await handle
-        except ActivityError as error:
-            result = await self._unreported(run, request, error)
-        except asyncio.CancelledError:
-            result = await self._settle(run, request, "cancelled", run.cancel_reason or REASON_STOPPED)
-        finally:
-            self.handles.pop(request.execution_key, None)
-        if run.cancel_reason and result.outcome == "failed" and not result.final:
-            # Failed while being cancelled: there is no retry to wait for.
-            result = await self._settle(run, request, "cancelled", run.cancel_reason)
-        self.state.on_attempt_result(run, result, workflow.now())
-
-    async def _unreported(
-        self, run: RunState, request: AttemptRequest, error: ActivityError
-    ) -> AttemptResult:
-        """An attempt that ended without a result: the runner's failure, a timeout or a cancel."""
-        cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.details:
-            try:
-                return AttemptResult.model_validate(cause.details[0])
-            except ValueError:
-                pass
-        if run.cancel_reason is not None or isinstance(cause, CancelledError):
-            return await self._settle(run, request, "cancelled", run.cancel_reason or REASON_STOPPED)
-        if isinstance(cause, TimeoutError):
-            reason = "worker lost: the attempt stopped heartbeating"
-        elif isinstance(cause, ApplicationError) and cause.type == policy.ATTEMPT_LOST:
-            reason = cause.message
-        else:
-            # The runner itself failed (e.g. the database was unreachable): not the handler's fault.
-            reason = f"the attempt could not run: {cause or error}"
-        if run.losses + 1 < policy.LOSSES_PER_FAILURE:
-            return await self._settle(run, request, "lost", reason)
-        # Attempts of this run keep vanishing (a handler that kills its worker): one failure.
-        final = policy.is_final_failure(run.task, run.failures + 1)
-        reason = f"{policy.LOSSES_PER_FAILURE} attempts lost in a row; last: {reason}"
-        return await self._settle(run, request, "failed" if final else "retrying", reason)
-
-    async def _settle(
-        self, run: RunState, request: AttemptRequest, status: str, reason: str
-    ) -> AttemptResult:
-        """Write (or read back) the row of an attempt that did not report, idempotently."""
-        return await self._settle_key(
-            run, request.execution_key, request.attempt, request.fire_at, status, reason
-        )
-
-    async def _settle_key(
-        self, run: RunState, execution_key: str, attempt: int, due_at: datetime, status: str, reason: str
-    ) -> AttemptResult:
-        rt = self.state.tasks.get(run.task.id)
-        settle = SettleAttemptInput(
-            bot_id=self.state.bot_id,
-            task_id=run.task.id,
-            task_type=run.task.task_type,
-            execution_key=execution_key,
-            attempt=attempt,
-            due_at=due_at,
-            status=status,
-            reason=reason,
-            next_planned_run_at=run.next_planned_run_at,
-            schedule_version=rt.schedule_version if rt is not None else 0,
-        )
-        result: AttemptResult = await bookkeeping(
-            ACTIVITY_SETTLE_ATTEMPT, settle, AttemptResult, f"settle attempt {attempt} ({status})"
-        )
-        return result
-
-    def _close_cancelled_runs(self) -> None:
-        """A run told to stop while waiting to retry ends now, its last row closed as cancelled."""
-        for run in list(self.state.runs.values()):
-            if run.cancel_reason is None or run.in_flight or run.phase == "starting":
-                continue
-            self.state.end_run(run)
-            if run.attempt == 0:
-                continue
-            self._spawn(self._close_waiting_run(run))
-
-    async def _close_waiting_run(self, run: RunState) -> None:
-        reason = run.cancel_reason or REASON_STOPPED
-        result = await self._settle_key(
-            run, run.execution_key(), run.attempt, run.fire_at, "cancelled", reason
-        )
-        self.state.emit_entity(
-            workflow.now(),
-            "task_execution",
-            "cancelled",
-            result.execution_id,
-            run.task.id,
-            reason=run.cancel_reason,
-        )
-
-    def _skip(self, skip: Skip, now: datetime) -> None:
-        due_at, next_planned = self.state.on_skipped(skip, now, workflow.random())
-        rt = self.state.tasks[skip.task.id]
-        request = SkipInput(
-            bot_id=self.state.bot_id,
-            task_id=skip.task.id,
-            task_type=skip.task.task_type,
-            execution_key=self.state.next_skip_key(),
-            due_at=due_at,
-            reason=skip.reason,
-            next_planned_run_at=next_planned if skip.consumes else None,
-            schedule_version=rt.schedule_version,
-        )
-        self._spawn(self._record_skipped(request))
-
-    async def _record_skipped(self, request: SkipInput) -> None:
-        result: AttemptResult = await bookkeeping(ACTIVITY_RECORD_SKIP, request, AttemptResult, "record skip")
-        self.state.emit_entity(
-            workflow.now(),
-            "task_execution",
-            "skipped",
-            result.execution_id,
-            request.task_id,
-            reason=request.reason,
-        )
+            self.attempts.start(run, run.fire_at, now)
+        self.attempts.record_missed()
 
     # --------------------------------------------------------------------------- side jobs
 
@@ -400,20 +210,15 @@ class BotScheduler:
         self.side_jobs.discard(job)
         self.wake = True
 
+    def _cancel_attempt(self, run: RunState) -> None:
+        self.attempts.cancel(run)
+        self.wake = True
+
     def _start_side_jobs(self) -> None:
         writes, self.paused_writes = self.paused_writes, []
         for write in writes:
             summary = f"{'pause' if write.paused else 'resume'} #{write.task_id}"
             self._spawn(bookkeeping(ACTIVITY_SET_PAUSED, write, None, summary))
-
-    def _cancel_attempt(self, run: RunState) -> None:
-        handle = self.handles.get(run.execution_key())
-        if run.in_flight and handle is not None and not handle.done():
-            handle.cancel()
-        self.wake = True
-
-    def _live_prefixes(self) -> list[str]:
-        return [f"{run.key}/" for run in self.state.runs.values() if run.in_flight]
 
     # ------------------------------------------------------------------------- alarm, web UI
 
