@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 
-from xbot.x import quota
+from xbot.x import quota, quota_readings
 from xbot.x.rate_limits import static_limit
 
 APP = quota.app_key(None)  # the API tests run without X_CLIENT_ID
@@ -34,16 +34,18 @@ async def test_quota_lists_bot_and_app_windows_with_caps(
     }
     posted = await quota.reserve(pool, bot_id="poster", app=APP, endpoint="create_post", plan_tier="basic")
     static = static_limit("basic", "create_post")
-    await quota.settle(pool, posted, quota.read_response(201, headers, None, static=static, now=now))
+    await quota.settle(pool, posted, quota_readings.read_response(201, headers, None, static=static, now=now))
     capped = await quota.reserve(pool, bot_id="poster", app=APP, endpoint="mentions", plan_tier="basic")
     problem = {
-        "type": quota.USAGE_CAPPED,
+        "type": quota_readings.USAGE_CAPPED,
         "period": "Monthly",
         "scope": "Product",
         "detail": "Monthly product cap",
     }
     mentions_static = static_limit("basic", "mentions")
-    await quota.settle(pool, capped, quota.read_response(429, {}, problem, static=mentions_static, now=now))
+    await quota.settle(
+        pool, capped, quota_readings.read_response(429, {}, problem, static=mentions_static, now=now)
+    )
     in_flight = await quota.reserve(pool, bot_id="poster", app=APP, endpoint="create_post", plan_tier="basic")
     assert in_flight.ledger  # held in the 24-hour windows too
 
@@ -86,7 +88,7 @@ async def test_quota_lists_bot_and_app_windows_with_caps(
         None,
         0,
     )
-    assert monthly["resets_at"].startswith(quota.first_of_next_month(now).date().isoformat())
+    assert monthly["resets_at"].startswith(quota_readings.first_of_next_month(now).date().isoformat())
     assert "Monthly product cap" in monthly["reason"]
 
     # A bot of the same app that never called X still sees the app's windows, not the other bot's.

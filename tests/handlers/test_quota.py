@@ -20,7 +20,7 @@ from tests.handlers.conftest import World
 from tests.support.factories import insert_bot
 from xbot.errors import RateLimitedError
 from xbot.storage.bots import load_bot
-from xbot.x import quota, rate_limits
+from xbot.x import quota, quota_readings, rate_limits
 from xbot.x.client import XClient
 from xbot.x.errors import XRateLimitedError, XServerError, XTimeoutError
 from xbot.x.rate_limits import StaticLimit
@@ -187,10 +187,10 @@ def test_a_monthly_usage_cap_closes_the_app_window_until_the_first_of_next_month
         "period": "Monthly",
         "scope": "Product",
         "detail": "Usage cap exceeded: Monthly product cap",
-        "type": quota.USAGE_CAPPED,
+        "type": quota_readings.USAGE_CAPPED,
     }
 
-    observation = quota.read_response(429, headers, body, static=BASIC_MENTIONS, now=NOW)
+    observation = quota_readings.read_response(429, headers, body, static=BASIC_MENTIONS, now=NOW)
 
     assert observation.retry_at == datetime(2025, 4, 1, tzinfo=UTC)
     assert observation.endpoint_window == (40000, 39999, datetime.fromtimestamp(1741965266, UTC))
@@ -198,7 +198,7 @@ def test_a_monthly_usage_cap_closes_the_app_window_until_the_first_of_next_month
     assert (closed.scope, closed.window, closed.remaining) == ("app", "month", 0)
     assert "Monthly product cap" in (closed.reason or "")
     # X's own reset, when it gives one, wins.
-    with_retry = quota.read_response(
+    with_retry = quota_readings.read_response(
         429, {**headers, "retry-after": "3600"}, body, static=BASIC_MENTIONS, now=NOW
     )
     assert with_retry.retry_at == NOW + timedelta(hours=1)
@@ -214,9 +214,14 @@ def test_a_daily_usage_cap_with_the_users_day_spent_closes_the_bots_day() -> Non
         "x-app-limit-24hour-remaining": "1500",
         "x-app-limit-24hour-reset": epoch(app_reset),
     }
-    body = {"title": "UsageCapExceeded", "period": "Daily", "scope": "Account", "type": quota.USAGE_CAPPED}
+    body = {
+        "title": "UsageCapExceeded",
+        "period": "Daily",
+        "scope": "Account",
+        "type": quota_readings.USAGE_CAPPED,
+    }
 
-    observation = quota.read_response(429, headers, body, static=BASIC_MENTIONS, now=NOW)
+    observation = quota_readings.read_response(429, headers, body, static=BASIC_MENTIONS, now=NOW)
 
     assert observation.retry_at == user_reset
     readings = {(r.scope, r.window): r for r in observation.readings}
@@ -226,15 +231,15 @@ def test_a_daily_usage_cap_with_the_users_day_spent_closes_the_bots_day() -> Non
 
 
 def test_a_daily_usage_cap_without_headers_closes_the_apps_day() -> None:
-    body = {"errors": [{"type": quota.USAGE_CAPPED, "period": "Daily", "title": "UsageCapExceeded"}]}
-    observation = quota.read_response(429, {}, body, static=BASIC_MENTIONS, now=NOW)
+    body = {"errors": [{"type": quota_readings.USAGE_CAPPED, "period": "Daily", "title": "UsageCapExceeded"}]}
+    observation = quota_readings.read_response(429, {}, body, static=BASIC_MENTIONS, now=NOW)
     assert observation.retry_at == NOW + timedelta(hours=24)
     assert [(r.scope, r.window, r.remaining) for r in observation.readings] == [("app", "24h", 0)]
 
 
 def test_a_429_while_the_bots_windows_had_room_closes_the_apps_15_minutes() -> None:
     headers = {"x-rate-limit-limit": "300", "x-rate-limit-remaining": "120", "x-rate-limit-reset": epoch(NOW)}
-    observation = quota.read_response(
+    observation = quota_readings.read_response(
         429, headers, {"title": "Too Many Requests"}, static=BASIC_MENTIONS, now=NOW
     )
     assert observation.retry_at == NOW + timedelta(minutes=15)
@@ -242,14 +247,16 @@ def test_a_429_while_the_bots_windows_had_room_closes_the_apps_15_minutes() -> N
 
 
 def test_a_429_without_headers_spends_the_plans_window() -> None:
-    observation = quota.read_response(429, {"retry-after": "60"}, None, static=BASIC_MENTIONS, now=NOW)
+    observation = quota_readings.read_response(
+        429, {"retry-after": "60"}, None, static=BASIC_MENTIONS, now=NOW
+    )
     assert observation.endpoint_window == (10, 0, NOW + timedelta(seconds=60))
     assert observation.retry_at == NOW + timedelta(seconds=60) and observation.readings == ()
 
 
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)))
 def test_first_of_next_month_is_the_next_months_first_midnight(now: datetime) -> None:
-    reset = quota.first_of_next_month(now)
+    reset = quota_readings.first_of_next_month(now)
     assert (reset.day, reset.hour, reset.minute, reset.second, reset.microsecond) == (1, 0, 0, 0, 0)
     assert reset.tzinfo == UTC
     assert timedelta(0) < reset - now <= timedelta(days=31)
@@ -283,7 +290,7 @@ async def test_a_usage_cap_postpones_until_next_month_for_every_bot_of_the_app(w
     bot = await world.add_bot()
     other = await world.add_bot("bot-2")
     world.x.cap("mentions", "Monthly", "Product")
-    next_month = quota.first_of_next_month(datetime.now(UTC))
+    next_month = quota_readings.first_of_next_month(datetime.now(UTC))
 
     with pytest.raises(RateLimitedError) as raised:
         await PullMentionsHandler(world.deps).run(world.ctx(bot, "pull_mentions"))

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 
 from xbot.settings import Settings
-from xbot.x import quota, rate_limits
+from xbot.x import quota, quota_readings, rate_limits
 from xbot.x.errors import (
     XApiError,
     XBadRequestError,
@@ -288,7 +288,7 @@ class XClient:
                 body = response.json()
             except ValueError:
                 body = None
-        observation = quota.read_response(
+        observation = quota_readings.read_response(
             response.status_code,
             response.headers,
             body,
