@@ -30,7 +30,8 @@ from xbot.storage import bots, posts, users
 from xbot.storage import task_definitions as definitions_table
 from xbot.storage.bots import BotProfile
 from xbot.x import rate_limits
-from xbot.x.client import Page, XClient
+from xbot.x.client import XClient
+from xbot.x.responses import Page
 
 MENTIONS = "mentions"
 HOURS_IN_TEN_YEARS = 24 * 366 * 10

@@ -12,8 +12,9 @@ import asyncpg
 from xbot.llm.client import ContextPost
 from xbot.storage import posts, users
 from xbot.storage.posts import StoredPost
-from xbot.x.client import MAX_IDS_PER_LOOKUP, XClient, missing_posts
+from xbot.x.client import MAX_IDS_PER_LOOKUP, XClient
 from xbot.x.errors import XForbiddenError, XNotFoundError
+from xbot.x.responses import missing_posts
 
 
 @dataclass

@@ -13,7 +13,7 @@ from tests.fakes.fake_x import RateWindow
 from tests.handlers.conftest import World
 from xbot.errors import NonRetryableTaskError, RateLimitedError
 from xbot.storage.bots import load_bot
-from xbot.x.client import XClient, missing_posts
+from xbot.x.client import XClient
 from xbot.x.errors import (
     XBadRequestError,
     XForbiddenError,
@@ -24,6 +24,7 @@ from xbot.x.errors import (
     XTimeoutError,
     XTransientError,
 )
+from xbot.x.responses import missing_posts
 from xbot.x.tokens import TokenStore
 
 
