@@ -15,7 +15,7 @@ from tests.support.factories import insert_bot
 from xbot.crypto.at_rest import TokenCipher, TokenCipherError, generate_key
 from xbot.crypto.reencrypt import EncryptedColumns, reencrypt_all
 from xbot.settings import SettingsError, load_settings
-from xbot.x.tokens import TokenStore
+from xbot.x.token_store import TokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A, KEY_B, KEY_C = generate_key(), generate_key(), generate_key()

@@ -54,7 +54,7 @@ from xbot.storage import bots, llm_usage, opt_outs, posts, replies, reply_polici
 from xbot.storage.bots import BotProfile
 from xbot.storage.posts import StoredPost
 from xbot.storage.replies import RedraftableReply
-from xbot.x.tokens import TokenStore
+from xbot.x.token_store import TokenStore
 
 
 @dataclass

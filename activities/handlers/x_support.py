@@ -14,7 +14,7 @@ from xbot.storage.bots import BotProfile
 from xbot.storage.logs import LogLevel, write_log
 from xbot.x import scopes as x_scopes
 from xbot.x.client import XClient
-from xbot.x.tokens import TokenStore
+from xbot.x.token_store import TokenStore
 
 
 class XHandlerBase:

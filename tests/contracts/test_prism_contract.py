@@ -35,7 +35,8 @@ from xbot.settings import load_settings
 from xbot.x.client import XClient
 from xbot.x.connect import finish_connect, start_connect
 from xbot.x.errors import XApiError
-from xbot.x.tokens import TokenStore, store_tokens
+from xbot.x.token_store import TokenStore
+from xbot.x.tokens import store_tokens
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]

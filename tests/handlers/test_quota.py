@@ -24,7 +24,7 @@ from xbot.x import quota, quota_readings, rate_limits
 from xbot.x.client import XClient
 from xbot.x.errors import XRateLimitedError, XServerError, XTimeoutError
 from xbot.x.rate_limits import StaticLimit
-from xbot.x.tokens import TokenStore
+from xbot.x.token_store import TokenStore
 
 APP = "fake-client-id"  # X_CLIENT_ID of the handler tests' settings
 BASIC_MENTIONS = StaticLimit(10, timedelta(minutes=15))

@@ -19,11 +19,11 @@ from tests.handlers.conftest import World
 from xbot.bots import get_bot
 from xbot.errors import NonRetryableTaskError
 from xbot.x.errors import ReauthorizationRequiredError, XServerError, XUnauthorizedError
+from xbot.x.token_store import TokenStore
 from xbot.x.tokens import (
     AccessToken,
     TokenRefreshAnswerLostError,
     TokenSaveError,
-    TokenStore,
     drain_refreshes,
     store_tokens,
 )

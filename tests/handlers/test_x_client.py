@@ -25,7 +25,7 @@ from xbot.x.errors import (
     XTransientError,
 )
 from xbot.x.responses import missing_posts
-from xbot.x.tokens import TokenStore
+from xbot.x.token_store import TokenStore
 
 
 async def client_for(world: World, bot_id: str) -> XClient:

@@ -2,7 +2,7 @@
 
 The values are Fernet ciphertexts (xbot.crypto.at_rest); this module never sees a token in clear.
 `version` counts the pairs stored; a refresh claims the row (`refresh_state = 'in_flight'`, a
-`refresh_claim` id and a lease) before calling X. The protocol is in xbot.x.tokens.
+`refresh_claim` id and a lease) before calling X. The protocol is in xbot.x.token_store.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from xbot.x.errors import (
     XUnauthorizedError,
 )
 from xbot.x.responses import Page, _body_or_error, _list, _object, _page, _raise_lookup_errors
-from xbot.x.tokens import AccessToken, TokenStore
+from xbot.x.token_store import TokenStore
+from xbot.x.tokens import AccessToken
 
 log = logging.getLogger(__name__)
 # Connection failures after which a read is sent once more (not timeouts: X may be slow, not gone).

@@ -36,7 +36,8 @@ from xbot.x import scopes as x_scopes
 from xbot.x.client import XClient
 from xbot.x.errors import XApiError
 from xbot.x.token_endpoint import TOKEN_PATH, client_auth
-from xbot.x.tokens import TokenStore, store_tokens
+from xbot.x.token_store import TokenStore
+from xbot.x.tokens import store_tokens
 
 log = logging.getLogger(__name__)
 
