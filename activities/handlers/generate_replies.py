@@ -49,11 +49,11 @@ from xbot.llm.client import (
     ReplyGenerator,
     Usage,
 )
+from xbot.replies import RedraftableReply
 from xbot.reply_policy import MentionFacts, Prices, ReplyPolicy, Skip
 from xbot.storage import bots, llm_usage, opt_outs, posts, replies, reply_policies, users
 from xbot.storage.bots import BotProfile
 from xbot.storage.posts import StoredPost
-from xbot.storage.replies import RedraftableReply
 from xbot.x.token_store import TokenStore
 
 

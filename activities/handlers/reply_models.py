@@ -24,11 +24,11 @@ from xbot.crypto.at_rest import TokenCipherError, cipher_from_settings
 from xbot.errors import NonRetryableTaskError
 from xbot.llm import choice as llm_choice
 from xbot.llm.client import LlmOptions, ReplyGenerator
+from xbot.replies import Provenance
 from xbot.settings import Settings
 from xbot.storage import llm_configs, prompt_templates
 from xbot.storage.bots import BotProfile
 from xbot.storage.prompt_templates import TemplateRef
-from xbot.storage.replies import Provenance
 
 MAX_IMAGES = 4  # X allows four images a post
 

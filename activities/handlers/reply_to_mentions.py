@@ -26,9 +26,9 @@ from activities.handlers.base import TaskContext
 from activities.handlers.x_support import XHandlerBase, int_config
 from xbot import discord, outbox
 from xbot.errors import RateLimitedError
+from xbot.replies import PostableReply
 from xbot.storage import advisory_locks, bots, replies
 from xbot.storage.bots import BotProfile
-from xbot.storage.replies import PostableReply
 from xbot.x.client import XClient
 from xbot.x.errors import (
     ReauthorizationRequiredError,

@@ -12,8 +12,8 @@ from api.auth import require_token
 from api.deps import COMMON_ERRORS, ExistingBotId, NotFound, Pool, ReplyIdPath, error_docs
 from api.errors import ApiError
 from api.pagination import cut_page, decode_cursor
+from xbot.replies import Reply, ReplyError, ReplyNotFoundError, ReplyStateError, ReplyTextError
 from xbot.storage import replies
-from xbot.storage.replies import Reply, ReplyError, ReplyNotFoundError, ReplyStateError, ReplyTextError
 
 router = APIRouter(tags=["replies"], dependencies=[Depends(require_token)], responses=COMMON_ERRORS)
 

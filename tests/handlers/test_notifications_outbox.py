@@ -15,7 +15,7 @@ from tests.handlers.conftest import World
 from tests.handlers.test_reply_to_mentions import drafted, reply_row, run
 from xbot import discord, outbox
 from xbot.outbox import OutboxSender, RetryPolicy
-from xbot.storage.replies import PostableReply
+from xbot.replies import PostableReply
 
 FAST = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=1.0, max_failures=4)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.handlers.conftest import World
+from xbot.replies import ReplyNotFoundError, ReplyStateError, ReplyTextError
 from xbot.storage.replies import (
-    ReplyNotFoundError,
-    ReplyStateError,
-    ReplyTextError,
     approve_reply,
     edit_reply_text,
     reject_reply,
