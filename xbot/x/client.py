@@ -28,7 +28,7 @@ from xbot.x.errors import (
     XTimeoutError,
     XUnauthorizedError,
 )
-from xbot.x.responses import Page, _body_or_error, _list, _object, _page, _raise_lookup_errors
+from xbot.x.responses import Page, body_or_error, object_field, object_list, raise_lookup_errors, read_page
 from xbot.x.token_store import TokenStore
 from xbot.x.tokens import AccessToken
 
@@ -90,7 +90,7 @@ class XClient:
 
     async def get_me(self) -> dict[str, Any]:
         body = await self._request("users_me", "GET", "/2/users/me", params={"user.fields": USER_FIELDS})
-        return _object(body, "data", "users_me")
+        return object_field(body, "data", "users_me")
 
     async def mentions(
         self,
@@ -110,7 +110,7 @@ class XClient:
             pagination_token=pagination_token,
         )
         body = await self._request("mentions", "GET", f"/2/users/{user_id}/mentions", params=params)
-        return _page(body, "mentions")
+        return read_page(body, "mentions")
 
     async def user_posts(
         self,
@@ -126,15 +126,15 @@ class XClient:
             pagination_token=pagination_token,
         )
         body = await self._request("user_tweets", "GET", f"/2/users/{user_id}/tweets", params=params)
-        return _page(body, "user_tweets")
+        return read_page(body, "user_tweets")
 
     async def get_post(self, post_id: str) -> Page:
         params = {"tweet.fields": TWEET_FIELDS, "expansions": TWEET_EXPANSIONS, "user.fields": USER_FIELDS}
         body = await self._request("tweet_lookup", "GET", f"/2/tweets/{post_id}", params=params)
         if not isinstance(body.get("data"), dict):
-            _raise_lookup_errors("tweet_lookup", _list(body.get("errors")))
-        post = _object(body, "data", "tweet_lookup")
-        page = _page({**body, "data": []}, "tweet_lookup")
+            raise_lookup_errors("tweet_lookup", object_list(body.get("errors")))
+        post = object_field(body, "data", "tweet_lookup")
+        page = read_page({**body, "data": []}, "tweet_lookup")
         return Page([post], page.users, page.included_posts, None, page.errors)
 
     async def get_posts(self, post_ids: list[str]) -> Page:
@@ -151,7 +151,7 @@ class XClient:
         }
         # GET /2/tweets has the same per-plan limits as GET /2/tweets/{id}; tracked as one window.
         body = await self._request("tweet_lookup", "GET", "/2/tweets", params=params)
-        return _page(body, "tweet_lookup")
+        return read_page(body, "tweet_lookup")
 
     async def users_by_ids(self, user_ids: list[str]) -> Page:
         """Profiles for up to 100 ids; ids X could not return are listed in `errors`."""
@@ -162,13 +162,13 @@ class XClient:
         data = body.get("data", [])
         if not isinstance(data, list):
             raise XMalformedResponseError("users_lookup", "`data` is not a list")
-        return Page([], users=data, errors=_list(body.get("errors")))
+        return Page([], users=data, errors=object_list(body.get("errors")))
 
     async def create_post(self, text: str, in_reply_to: str) -> str:
         """Post a reply; returns the new post id. Duplicate content raises XDuplicateContentError."""
         payload = {"text": text, "reply": {"in_reply_to_tweet_id": in_reply_to}}
         body = await self._request("create_post", "POST", "/2/tweets", json=payload)
-        post_id = _object(body, "data", "create_post").get("id")
+        post_id = object_field(body, "data", "create_post").get("id")
         if not isinstance(post_id, str) or not post_id:
             raise XMalformedResponseError("create_post", "no post id in the response")
         return post_id
@@ -193,7 +193,7 @@ class XClient:
                 reason = f"X answered 401 to {key} with a freshly refreshed token"
                 await self._tokens.mark_needs_reauthorization(self._pool, self.bot_id, reason)
                 raise XUnauthorizedError(key, "HTTP 401 after a token refresh", 401)
-        return _body_or_error(key, response)
+        return body_or_error(key, response)
 
     async def _reserve(self, key: str) -> quota.Reservation:
         try:

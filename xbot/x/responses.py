@@ -37,7 +37,7 @@ class Page:
     media: list[dict[str, Any]] = field(default_factory=list)  # `includes.media`, by media_key
 
 
-def _body_or_error(key: str, response: httpx.Response) -> dict[str, Any]:
+def body_or_error(key: str, response: httpx.Response) -> dict[str, Any]:
     status = response.status_code
     try:
         body: Any = response.json()
@@ -60,7 +60,7 @@ def _body_or_error(key: str, response: httpx.Response) -> dict[str, Any]:
     raise error_type(key, status, details, codes)
 
 
-def _raise_lookup_errors(key: str, errors: list[dict[str, Any]]) -> None:
+def raise_lookup_errors(key: str, errors: list[dict[str, Any]]) -> None:
     """X answers 200 with only `errors` when a looked-up resource is missing or not visible."""
     for error in errors:
         kind = str(error.get("type", ""))
@@ -90,18 +90,18 @@ def missing_posts(page: Page, requested: list[str]) -> dict[str, str]:
     return reasons
 
 
-def _object(body: dict[str, Any], name: str, key: str) -> dict[str, Any]:
+def object_field(body: dict[str, Any], name: str, key: str) -> dict[str, Any]:
     value = body.get(name)
     if not isinstance(value, dict):
         raise XMalformedResponseError(key, f"`{name}` missing or not an object")
     return value
 
 
-def _list(value: Any) -> list[dict[str, Any]]:
+def object_list(value: Any) -> list[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
-def _page(body: dict[str, Any], key: str) -> Page:
+def read_page(body: dict[str, Any], key: str) -> Page:
     data = body.get("data", [])
     if not isinstance(data, list):
         raise XMalformedResponseError(key, "`data` is not a list")
@@ -113,11 +113,11 @@ def _page(body: dict[str, Any], key: str) -> Page:
     next_token = meta.get("next_token")
     return Page(
         posts=data,
-        users=_list(includes.get("users")),
-        included_posts=_list(includes.get("tweets")),
+        users=object_list(includes.get("users")),
+        included_posts=object_list(includes.get("tweets")),
         next_token=next_token if isinstance(next_token, str) and next_token else None,
-        errors=_list(body.get("errors")),
-        media=_list(includes.get("media")),
+        errors=object_list(body.get("errors")),
+        media=object_list(includes.get("media")),
     )
 
 

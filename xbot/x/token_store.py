@@ -43,17 +43,17 @@ from xbot.x import token_endpoint
 from xbot.x.errors import ReauthorizationRequiredError
 from xbot.x.token_endpoint import TOKEN_ENDPOINT, AnswerLost, client_auth
 from xbot.x.tokens import (
-    _RUNNING,
-    _UNSAVED,
     ANSWER_LOST_NOTE,
     NEEDS_REAUTHORIZATION,
+    RUNNING_REFRESHES,
+    UNSAVED_PAIRS,
     AccessToken,
+    Claim,
+    NewPair,
     TokenRefreshAnswerLostError,
     TokenSaveError,
-    _Claim,
-    _encrypted,
-    _NewPair,
-    _report_orphan,
+    encrypted_pair,
+    report_orphan,
 )
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,12 @@ class TokenStore:
         delay = POLL_FIRST_SECONDS
         while True:
             task = asyncio.create_task(self._attempt(bot_id, stale_version), name=f"token-refresh:{bot_id}")
-            _RUNNING.add(task)
-            task.add_done_callback(_RUNNING.discard)
+            RUNNING_REFRESHES.add(task)
+            task.add_done_callback(RUNNING_REFRESHES.discard)
             try:
                 token = await asyncio.shield(task)
             except asyncio.CancelledError:
-                task.add_done_callback(_report_orphan)  # the caller left; the refresh goes on
+                task.add_done_callback(report_orphan)  # the caller left; the refresh goes on
                 raise
             if token is not None:
                 return token
@@ -136,7 +136,7 @@ class TokenStore:
         if unsaved is not None:
             return await self._save(bot_id, unsaved)
         claim = await self._claim(bot_id, stale_version)
-        if not isinstance(claim, _Claim):
+        if not isinstance(claim, Claim):
             return claim
         try:
             # Step 2, with no transaction open.
@@ -180,7 +180,7 @@ class TokenStore:
 
     # --- step 1: claim --------------------------------------------------------------------------
 
-    async def _claim(self, bot_id: str, stale_version: int) -> _Claim | AccessToken | None:
+    async def _claim(self, bot_id: str, stale_version: int) -> Claim | AccessToken | None:
         no_refresh_token = "no refresh token stored"
         async with self._pool.acquire() as conn, conn.transaction():
             row = await token_rows.lock_for_refresh(conn, bot_id)
@@ -206,22 +206,22 @@ class TokenStore:
 
     async def _take_lease(
         self, conn: asyncpg.Connection, bot_id: str, row: token_rows.RefreshState, refresh_enc: bytes
-    ) -> _Claim:
+    ) -> Claim:
         after_lost_answer = row.refresh_state != "idle"
         if row.refresh_state == "in_flight":
             # Its holder never finished (worker killed or stalled while X had the request).
             await self._log_lost_answer(conn, bot_id, "a refresher stopped while waiting for X")
-        claim = _Claim(uuid.uuid4(), row.version, self._cipher.decrypt(refresh_enc), after_lost_answer)
+        claim = Claim(uuid.uuid4(), row.version, self._cipher.decrypt(refresh_enc), after_lost_answer)
         await token_rows.take_lease(conn, bot_id, claim.claim_id, self._lease_seconds)
         return claim
 
     # --- step 3: save -----------------------------------------------------------------------------
 
-    def _new_pair(self, body: dict[str, Any], claim: _Claim) -> _NewPair:
+    def _new_pair(self, body: dict[str, Any], claim: Claim) -> NewPair:
         new_refresh = body.get("refresh_token")
         expires_in = body.get("expires_in")
         scope = body.get("scope")
-        return _NewPair(
+        return NewPair(
             access_token=body["access_token"],
             refresh_token=new_refresh if isinstance(new_refresh, str) else None,
             expires_at=(
@@ -235,10 +235,10 @@ class TokenStore:
             pool=self._pool,
         )
 
-    async def _save(self, bot_id: str, pair: _NewPair) -> AccessToken:
+    async def _save(self, bot_id: str, pair: NewPair) -> AccessToken:
         """Commit the pair on its own, retried; on final failure keep it in memory and raise."""
         # Encrypted once: a retry after an unclear commit writes the same bytes.
-        encrypted = _encrypted(
+        encrypted = encrypted_pair(
             self._cipher, pair.access_token, pair.refresh_token, pair.expires_at, pair.scope
         )
         try:
@@ -248,7 +248,7 @@ class TokenStore:
                 lambda conn: self._write_pair(conn, bot_id, pair, encrypted),
             )
         except _DB_ERRORS as error:
-            _UNSAVED[(id(self._pool), bot_id)] = pair
+            UNSAVED_PAIRS[(id(self._pool), bot_id)] = pair
             log.critical(
                 "X issued new OAuth tokens for bot %s but saving them failed %d times (%s): they are kept"
                 " in this process's memory until saved; if it stops first, the bot needs re-authorization",
@@ -260,14 +260,14 @@ class TokenStore:
                 f"bot {bot_id}: X issued new OAuth tokens but saving them failed {self._save_tries} times"
                 f" ({type(error).__name__}); kept in this worker's memory and saved on the next try"
             ) from None
-        _UNSAVED.pop((id(self._pool), bot_id), None)
+        UNSAVED_PAIRS.pop((id(self._pool), bot_id), None)
         return token
 
     async def _write_pair(
         self,
         conn: asyncpg.Connection,
         bot_id: str,
-        pair: _NewPair,
+        pair: NewPair,
         encrypted: token_rows.EncryptedPair,
     ) -> AccessToken:
         async with conn.transaction():
@@ -283,7 +283,7 @@ class TokenStore:
         return AccessToken(pair.access_token, version, pair.expires_at)
 
     async def _stored_after_unclear_save(
-        self, conn: asyncpg.Connection, bot_id: str, pair: _NewPair
+        self, conn: asyncpg.Connection, bot_id: str, pair: NewPair
     ) -> AccessToken:
         row = await token_rows.stored_pair(conn, bot_id)
         if row is None:
@@ -295,7 +295,7 @@ class TokenStore:
 
     # --- other outcomes ---------------------------------------------------------------------------
 
-    async def _release(self, bot_id: str, claim: _Claim) -> None:
+    async def _release(self, bot_id: str, claim: Claim) -> None:
         """X did not rotate: hand the claim back (an earlier lost answer stays on record)."""
         await self._best_effort(
             "release the refresh claim",
@@ -305,7 +305,7 @@ class TokenStore:
             ),
         )
 
-    async def _answer_lost(self, bot_id: str, claim: _Claim, what: str) -> None:
+    async def _answer_lost(self, bot_id: str, claim: Claim, what: str) -> None:
         async def record(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
                 updated = await token_rows.record_answer_lost(conn, bot_id, claim.claim_id, ANSWER_LOST_NOTE)
@@ -327,7 +327,7 @@ class TokenStore:
         )
         log.error("bot %s: OAuth %s (%s)", bot_id, ANSWER_LOST_NOTE, what)
 
-    async def _refused(self, conn: asyncpg.Connection, bot_id: str, claim: _Claim, reason: str) -> None:
+    async def _refused(self, conn: asyncpg.Connection, bot_id: str, claim: Claim, reason: str) -> None:
         async with conn.transaction():
             await token_rows.end_claim(conn, bot_id, claim.claim_id)
             await self.mark_needs_reauthorization(conn, bot_id, reason)
@@ -350,8 +350,8 @@ class TokenStore:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _unsaved(self, bot_id: str) -> _NewPair | None:
-        pair = _UNSAVED.get((id(self._pool), bot_id))
+    def _unsaved(self, bot_id: str) -> NewPair | None:
+        pair = UNSAVED_PAIRS.get((id(self._pool), bot_id))
         return pair if pair is not None and pair.pool is self._pool else None
 
     async def _durably(

@@ -54,7 +54,7 @@ class AccessToken:
 
 
 @dataclass(frozen=True)
-class _Claim:
+class Claim:
     """This caller's right to call X for one bot; `base_version` is the pair being replaced."""
 
     claim_id: uuid.UUID
@@ -64,28 +64,28 @@ class _Claim:
 
 
 @dataclass(frozen=True)
-class _NewPair:
+class NewPair:
     access_token: str = field(repr=False)
     refresh_token: str | None = field(repr=False)
     expires_at: datetime | None
     scope: str | None
     claim_id: uuid.UUID
     base_version: int
-    # Keeps the pool alive, so `id(pool)` in the key of `_UNSAVED` cannot be reused meanwhile.
+    # Keeps the pool alive, so `id(pool)` in the key of `UNSAVED_PAIRS` cannot be reused meanwhile.
     pool: asyncpg.Pool = field(repr=False, compare=False)
 
 
 # Pairs X issued whose save failed every try, by (id(pool), bot_id): saved on the bot's next token use.
-_UNSAVED: dict[tuple[int, str], _NewPair] = {}
+UNSAVED_PAIRS: dict[tuple[int, str], NewPair] = {}
 # Refresh tasks still running, some perhaps for a caller that was cancelled; kept so they are not
 # garbage-collected, and so shutdown (and tests) can wait for them.
-_RUNNING: set[asyncio.Task[Any]] = set()
+RUNNING_REFRESHES: set[asyncio.Task[Any]] = set()
 
 
 async def drain_refreshes(timeout: float | None = None) -> None:
     """Wait for refreshes still saving a pair (worker shutdown, tests)."""
-    if _RUNNING:
-        await asyncio.wait(set(_RUNNING), timeout=timeout)
+    if RUNNING_REFRESHES:
+        await asyncio.wait(set(RUNNING_REFRESHES), timeout=timeout)
 
 
 async def store_tokens(
@@ -98,14 +98,14 @@ async def store_tokens(
     scope: str | None = None,
 ) -> int:
     """Save a new token pair (encrypted) and mark the bot authorized again. Returns the new version."""
-    encrypted = _encrypted(cipher, access_token, refresh_token, expires_at, scope)
+    encrypted = encrypted_pair(cipher, access_token, refresh_token, expires_at, scope)
     async with _connection(pool) as conn, conn.transaction():
         version = await token_rows.store_pair(conn, bot_id, encrypted)
         await bots.set_auth_state(conn, bot_id, "ok")
     return version
 
 
-def _encrypted(
+def encrypted_pair(
     cipher: TokenCipher, access: str, refresh: str | None, expires_at: datetime | None, scope: str | None
 ) -> token_rows.EncryptedPair:
     return token_rows.EncryptedPair(
@@ -122,7 +122,7 @@ async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[as
         yield db
 
 
-def _report_orphan(task: asyncio.Task[Any]) -> None:
+def report_orphan(task: asyncio.Task[Any]) -> None:
     """A refresh that outlived its cancelled caller: say how it ended (never with a token)."""
     if task.cancelled():
         log.warning("a token refresh was cancelled along with its worker")
