@@ -29,7 +29,8 @@ with workflow.unsafe.imports_passed_through():
         SettleAttemptInput,
         SkipInput,
     )
-    from workflows.scheduler_state import REASON_STOPPED, SchedulerState, Skip
+    from workflows.scheduler_plan import Skip
+    from workflows.scheduler_state import REASON_STOPPED, SchedulerState
 
 # Bookkeeping activities are idempotent, so they are retried until they land.
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))

@@ -1,7 +1,8 @@
 """What the BotScheduler shows: its state, lookups, the recentEvents buffer, `status`, and the
 Temporal Web UI (search attributes, current details).
 
-`SchedulerState` (in `scheduler_state.py`) adds everything that changes the state.
+`SchedulerPlan` (`scheduler_plan.py`) and `SchedulerState` (`scheduler_state.py`) add everything
+that changes the state.
 Deterministic: times come in as arguments.
 """
 
