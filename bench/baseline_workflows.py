@@ -16,6 +16,10 @@ from temporalio.common import SearchAttributeKey
 
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 ACTIVITY_TIMEOUT = timedelta(seconds=60)
+# The `kind` column of each baseline's samples.
+BARE_KIND = "bare"
+BARE_LOCAL_KIND = "bare-local"
+SCHEDULE_KIND = "schedule"
 
 
 @dataclass
@@ -24,6 +28,9 @@ class BareLoopInput:
     first_due_epoch: float
     interval_seconds: float
     until_epoch: float
+    # Run the no-op as a local activity (inside the workflow task the timer wakes): what the
+    # activity task round trip costs.
+    local: bool = False
 
 
 @dataclass
@@ -55,7 +62,8 @@ async def bench_noop(sample: RunSample) -> float:
 
 @workflow.defn(name="BenchBareLoop")
 class BareLoop:
-    """Waits with a durable timer until each due time, then runs the no-op activity."""
+    """Waits with a durable timer until each due time, then runs the no-op activity (or local
+    activity)."""
 
     @workflow.run
     async def run(self, params: BareLoopInput) -> int:
@@ -67,11 +75,18 @@ class BareLoop:
             delay = due - workflow.now().timestamp()
             if delay > 0:
                 await workflow.sleep(delay)
-            await workflow.execute_activity(
-                bench_noop,
-                RunSample("bare", params.bot_id, due),
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-            )
+            if params.local:
+                await workflow.execute_local_activity(
+                    bench_noop,
+                    RunSample(BARE_LOCAL_KIND, params.bot_id, due),
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                )
+            else:
+                await workflow.execute_activity(
+                    bench_noop,
+                    RunSample(BARE_KIND, params.bot_id, due),
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                )
             runs += 1
 
 
@@ -85,5 +100,5 @@ class ScheduledRun:
         nominal = info.typed_search_attributes.get(SCHEDULED_START_TIME)
         due = (nominal or info.workflow_start_time or workflow.now()).timestamp()
         await workflow.execute_activity(
-            bench_noop, RunSample("schedule", bot_id, due), start_to_close_timeout=ACTIVITY_TIMEOUT
+            bench_noop, RunSample(SCHEDULE_KIND, bot_id, due), start_to_close_timeout=ACTIVITY_TIMEOUT
         )

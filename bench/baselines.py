@@ -70,16 +70,23 @@ def read_samples(path: Path) -> list[Sample]:
 
 
 async def start_bare_loops(
-    client: Client, task_queue: str, plans: list[BotPlan], interval_seconds: float, until_epoch: float
+    client: Client,
+    task_queue: str,
+    plans: list[BotPlan],
+    interval_seconds: float,
+    until_epoch: float,
+    *,
+    local: bool = False,
 ) -> None:
-    """One bare loop workflow per bot; each ends by itself after `until_epoch`."""
+    """One bare loop workflow per bot; each ends by itself after `until_epoch`. `local`: the no-op
+    runs as a local activity."""
     semaphore = asyncio.Semaphore(START_CONCURRENCY)
 
     async def start(plan: BotPlan) -> None:
         async with semaphore:
             await client.start_workflow(
                 BareLoop.run,
-                BareLoopInput(plan.bot_id, plan.first_due_epoch, interval_seconds, until_epoch),
+                BareLoopInput(plan.bot_id, plan.first_due_epoch, interval_seconds, until_epoch, local),
                 id=f"bare-{plan.bot_id}",
                 task_queue=task_queue,
             )

@@ -51,7 +51,7 @@ def _project_ready(*extra: str) -> bool:
 
 def _check_precision(result: dict[str, Any]) -> None:
     systems = result["systems"]
-    expected = ["bare", "schedules"] + (["project"] if _project_ready() else [])
+    expected = ["bare", "bare_local", "schedules"] + (["project"] if _project_ready() else [])
     for system in expected:
         lateness = systems[system]["lateness"]
         assert lateness["count"] > 0, system
@@ -59,6 +59,7 @@ def _check_precision(result: dict[str, Any]) -> None:
     if _project_ready():
         assert systems["project"]["webhook_arrival_lateness"]["count"] > 0
         assert "project p99 / bare p99" in result["ratios"]
+        assert result["ratios"]["bare local-activity CPU per execution / bare CPU per execution"] is not None
         assert result["goals"][0]["value"] is not None
 
 

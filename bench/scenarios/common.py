@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from bench.baseline_workflows import BARE_KIND, BARE_LOCAL_KIND, SCHEDULE_KIND
 from bench.baselines import (
     BotPlan,
     Sample,
@@ -36,7 +37,7 @@ from xbot.storage import bots as bots_table
 from xbot.storage import metrics as aggregates
 from xbot.storage import task_definitions as definitions_table
 
-System = Literal["project", "bare", "schedules"]
+System = Literal["project", "bare", "bare_local", "schedules"]
 START_CONCURRENCY = 50
 
 
@@ -212,8 +213,15 @@ class LoadRunner:
             config = {"url": self.receiver.url} if self.receiver and self.task_type == "webhook" else {}
             await insert_project_bots(self.pool, plans, spec.interval_seconds, self.task_type, config)
             await start_project_bots(self.env, self.task_queue, [plan.bot_id for plan in plans])
-        elif self.system == "bare":
-            await start_bare_loops(self.env.client, self.task_queue, plans, spec.interval_seconds, until)
+        elif self.system in ("bare", "bare_local"):
+            await start_bare_loops(
+                self.env.client,
+                self.task_queue,
+                plans,
+                spec.interval_seconds,
+                until,
+                local=self.system == "bare_local",
+            )
         else:
             schedule_ids = await create_schedules(
                 self.env.client, self.task_queue, plans, spec.interval_seconds, until
@@ -247,7 +255,7 @@ class LoadRunner:
                 ]
                 result.webhook_latenesses, _ = match(plans, spec, t0, arrivals)
         else:
-            kind = "bare" if self.system == "bare" else "schedule"
+            kind = {"bare": BARE_KIND, "bare_local": BARE_LOCAL_KIND}.get(self.system, SCHEDULE_KIND)
             samples = [
                 (sample.bot_id, sample.due_epoch, sample.started_epoch)
                 for sample in _read(self._samples_path)
@@ -259,7 +267,12 @@ class LoadRunner:
     async def _cleanup(self, prefix: str, schedule_ids: list[str]) -> None:
         if schedule_ids:
             await delete_schedules(self.env.client, schedule_ids)
-        workflow_type = {"project": WORKFLOW_NAME, "bare": "BenchBareLoop", "schedules": "BenchScheduledRun"}
+        workflow_type = {
+            "project": WORKFLOW_NAME,
+            "bare": "BenchBareLoop",
+            "bare_local": "BenchBareLoop",
+            "schedules": "BenchScheduledRun",
+        }
         await self.env.terminate_running(f"WorkflowType = '{workflow_type[self.system]}'")
 
 
