@@ -145,6 +145,8 @@ def _cell(value: Any) -> str:
         return f"{value:.2g}" if 0 < abs(value) < 0.1 else f"{value:,.2f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
+    if isinstance(value, list):
+        return " and ".join(_cell(item) for item in value)
     return str(value)
 
 

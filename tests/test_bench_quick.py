@@ -60,6 +60,7 @@ def _check_precision(result: dict[str, Any]) -> None:
         assert systems["project"]["webhook_arrival_lateness"]["count"] > 0
         assert "project p99 / bare p99" in result["ratios"]
         assert result["ratios"]["bare local-activity CPU per execution / bare CPU per execution"] is not None
+        assert len(result["ratios"]["per round: project CPU per execution / bare CPU per execution"]) == 1
         assert result["goals"][0]["value"] is not None
 
 

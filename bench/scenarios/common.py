@@ -66,6 +66,7 @@ class LoadResult:
     worker_cpu_seconds: float = 0.0
     server_cpu_seconds: float = 0.0
     start_seconds: float = 0.0
+    rounds: int = 1  # runs of `spec` added up in this result (see `combine`)
 
     @property
     def executed(self) -> int:
@@ -73,7 +74,7 @@ class LoadResult:
 
     @property
     def window_seconds(self) -> float:
-        return self.spec.duration_seconds - self.spec.warmup_seconds
+        return self.rounds * (self.spec.duration_seconds - self.spec.warmup_seconds)
 
     def with_missing(self) -> list[float]:
         return self.latenesses + [math.inf] * self.missing
@@ -98,6 +99,23 @@ class LoadResult:
         if self.webhook_latenesses:
             figures["webhook_arrival_lateness"] = latency_summary_ms(self.webhook_latenesses)
         return figures
+
+
+def combine(results: list[LoadResult]) -> LoadResult:
+    """One system's rounds of the same load as one result: samples pooled, CPU and counts added."""
+    first = results[0]
+    return LoadResult(
+        system=first.system,
+        spec=first.spec,
+        latenesses=[value for result in results for value in result.latenesses],
+        expected=sum(result.expected for result in results),
+        missing=sum(result.missing for result in results),
+        webhook_latenesses=[value for result in results for value in result.webhook_latenesses],
+        worker_cpu_seconds=sum(result.worker_cpu_seconds for result in results),
+        server_cpu_seconds=sum(result.server_cpu_seconds for result in results),
+        start_seconds=max(result.start_seconds for result in results),
+        rounds=sum(result.rounds for result in results),
+    )
 
 
 def make_plans(prefix: str, spec: LoadSpec, t0: float) -> list[BotPlan]:
