@@ -75,18 +75,11 @@ class BareLoop:
             delay = due - workflow.now().timestamp()
             if delay > 0:
                 await workflow.sleep(delay)
-            if params.local:
-                await workflow.execute_local_activity(
-                    bench_noop,
-                    RunSample(BARE_LOCAL_KIND, params.bot_id, due),
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                )
-            else:
-                await workflow.execute_activity(
-                    bench_noop,
-                    RunSample(BARE_KIND, params.bot_id, due),
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                )
+            execute = workflow.execute_local_activity if params.local else workflow.execute_activity
+            kind = BARE_LOCAL_KIND if params.local else BARE_KIND
+            await execute(
+                bench_noop, RunSample(kind, params.bot_id, due), start_to_close_timeout=ACTIVITY_TIMEOUT
+            )
             runs += 1
 
 
