@@ -148,6 +148,7 @@ def run_dev_stack(settings: Settings) -> int:
                 ui_port=settings.temporal_ui_port,
                 namespace=settings.temporal_namespace,
                 log_level="warn",
+                sqlite_sync=settings.temporal_dev_sqlite_sync,
             ),
             env,
             log_path=data_dir / "logs" / "temporal.log",

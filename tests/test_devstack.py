@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -135,3 +136,7 @@ def test_dev_stack_is_healthy_single_and_stops_cleanly(
         pid for pid in postgres_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
     ]
     assert leftovers == [], f"processes left behind: {leftovers}"
+    # The dev server's SQLite file is written ahead (WAL): half the server CPU of SQLite's default
+    # journal when many bots start (xbot.localstack.sqlite_pragmas).
+    with sqlite3.connect(Path(env["XBOT_DATA_DIR"]) / "temporal.sqlite") as database:
+        assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

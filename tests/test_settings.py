@@ -36,6 +36,7 @@ def test_reads_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         ("DATABASE_URL", "mysql://x"),
         ("X_API_BASE_URL", "ftp://x"),
         ("XBOT_ENV", "staging"),
+        ("TEMPORAL_DEV_SQLITE_SYNC", "off"),
     ],
 )
 def test_malformed_setting_names_itself_in_one_line(
