@@ -211,7 +211,10 @@ class BenchEnv:
         port, metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        argv = dev_server_argv(port, http_port=free_port(), metrics_port=metrics_port)
+        # A SQLite file with the pragmas `xbot dev` uses: the server as users run it.
+        argv = dev_server_argv(
+            port, db_file=self.workdir / "temporal.sqlite", http_port=free_port(), metrics_port=metrics_port
+        )
         self.temporal = spawn("temporal", argv, base_child_env(), self.workdir / "temporal.log")
         try:
             self._client = await wait_for_dev_server(

@@ -80,6 +80,11 @@ def _check_idle(result: dict[str, Any]) -> None:
         assert project[phase]["worker_rss_mb"] > 0
         assert "worker_cpu_seconds" in project[phase] and "server_cpu_seconds" in project[phase]
     assert project["start_calls_seconds"] > 0
+    # The start storm beside the bare loops' (each with its own server), as a ratio.
+    bare = result["systems"]["bare"]
+    assert 0 < bare["start_calls_seconds"] <= bare["settled_after_seconds"]
+    assert bare["server_cpu_ms_per_bot"] > 0
+    assert result["ratios"]["start storm settled, project / bare"] > 0
 
 
 def _check_history(result: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ import time
 import uuid
 from typing import Any
 
-from bench.baselines import BotPlan
+from temporalio.api.enums.v1 import EventType
+
+from bench.baselines import BotPlan, start_bare_loops
 from bench.env import BenchEnv, ManagedProcess
 from bench.report import Result, goal
 from bench.scenarios import PROJECT_MODULES, RunContext, missing_module
@@ -25,7 +27,9 @@ NAME = "idle"
 DESCRIPTION = (
     "10,000 bots whose only task is an hour away. Worker and dev-server CPU seconds and the worker's "
     "RSS over 60 s, first with 0 bots and then, in the same processes, with the 10,000 bots started "
-    "(signal-with-start, 50 in flight). Also the time to start them and until the worker is quiet again."
+    "(signal-with-start, 50 in flight). Also the time to start them and until the worker is quiet again, "
+    "beside the same start storm of 10,000 bare Temporal loops (a timer an hour away) on a server of "
+    "their own."
 )
 GOAL_CPU_RATIO = 1.05
 GOAL_RSS_MB = 500.0
@@ -42,7 +46,7 @@ def sizes(quick: bool) -> tuple[int, float]:
 
 def estimate_seconds(quick: bool) -> float:
     bots, measure = sizes(quick)
-    return 15 + 2 * measure + bots * 0.02
+    return 25 + 2 * measure + bots * 0.04
 
 
 async def _measure(worker: ManagedProcess, server: ManagedProcess, seconds: float) -> dict[str, float]:
@@ -80,12 +84,57 @@ async def _wait_until_quiet(env: BenchEnv, worker: ManagedProcess, bots: int) ->
         except Exception:
             break  # no visibility query: fall back to quietness alone
         await asyncio.sleep(1.0)
+    await _until_quiet(worker, began, 3 if counted else 10)
+    return time.monotonic() - began
+
+
+async def _until_quiet(worker: ManagedProcess, began: float, seconds: int) -> None:
+    """Until the worker used < 5% of a core for `seconds` seconds in a row (or the settle timeout)."""
     quiet_seconds = 0
-    while time.monotonic() - began < SETTLE_TIMEOUT_SECONDS and quiet_seconds < (3 if counted else 10):
+    while time.monotonic() - began < SETTLE_TIMEOUT_SECONDS and quiet_seconds < seconds:
         before = worker.cpu_seconds()
         await asyncio.sleep(1.0)
         quiet_seconds = quiet_seconds + 1 if worker.cpu_seconds() - before < 0.05 else 0
-    return time.monotonic() - began
+
+
+async def _bare_start_storm(ctx: RunContext, bots: int) -> dict[str, float]:
+    """The baseline for the start storm: `bots` bare loops started 50 at a time (their first no-op an
+    hour away), on a fresh server like the project's. Settled once the last ten started have their
+    timer (the single task-queue partition hands out workflow tasks in order) and the worker then
+    used < 5% of a core for 3 s in a row."""
+    async with BenchEnv(ctx.postgres, ctx.workdir, f"{NAME}-bare") as env:
+        assert env.temporal is not None
+        task_queue = f"bench-{uuid.uuid4().hex[:8]}"
+        worker = await env.start_baseline_worker(task_queue, env.workdir / "samples.tsv")
+        await asyncio.sleep(3)
+        due = time.time() + 3600
+        plans = [BotPlan(f"idle-{index:05d}", due) for index in range(bots)]
+        cpu_worker, cpu_server = worker.cpu_seconds(), env.temporal.cpu_seconds()
+        began = time.monotonic()
+        await start_bare_loops(env.client, task_queue, plans, 3600, due + 3600)
+        start_calls = time.monotonic() - began
+        last = [f"bare-{plan.bot_id}" for plan in plans[-10:]]
+        while time.monotonic() - began < SETTLE_TIMEOUT_SECONDS:
+            if await _all_have_timers(env, last):
+                break
+            await asyncio.sleep(1.0)
+        await _until_quiet(worker, began, 3)
+        settled = time.monotonic() - began
+        return {
+            "start_calls_seconds": round(start_calls, 1),
+            "start_calls_per_second": round(bots / max(start_calls, 1e-6), 1),
+            "settled_after_seconds": round(settled, 1),
+            "worker_cpu_ms_per_bot": round(1000 * (worker.cpu_seconds() - cpu_worker) / bots, 2),
+            "server_cpu_ms_per_bot": round(1000 * (env.temporal.cpu_seconds() - cpu_server) / bots, 2),
+        }
+
+
+async def _all_have_timers(env: BenchEnv, workflow_ids: list[str]) -> bool:
+    for workflow_id in workflow_ids:
+        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        if not any(event.event_type == EventType.EVENT_TYPE_TIMER_STARTED for event in history.events):
+            return False
+    return True
 
 
 def _cpu_goal_met(empty: dict[str, float], loaded: dict[str, float]) -> bool:
@@ -117,15 +166,20 @@ async def run(ctx: RunContext, result: Result) -> None:
             due = time.time() + 3600
             plans = [BotPlan(f"idle-{index:05d}", due) for index in range(bots)]
             await insert_project_bots(pool, plans, 3600, "noop", {})
+            storm_cpu = worker.cpu_seconds(), env.temporal.cpu_seconds()
             began = time.monotonic()
             await start_project_bots(env, task_queue, [plan.bot_id for plan in plans])
             start_calls = time.monotonic() - began
             settle = await _wait_until_quiet(env, worker, bots)
+            storm_worker_ms = 1000 * (worker.cpu_seconds() - storm_cpu[0]) / bots
+            storm_server_ms = 1000 * (env.temporal.cpu_seconds() - storm_cpu[1]) / bots
             ctx.progress.set_phase(f"{NAME}: worker with {bots} idle bots", seconds)
             loaded = await _measure(worker, env.temporal, seconds)
             executions = await aggregates.count_executions(pool)
         finally:
             await pool.close()
+    ctx.progress.set_phase(f"{NAME}: starting {bots} bare loops", bots * 0.02)
+    bare = await _bare_start_storm(ctx, bots)
 
     cpu_ratio = ratio(loaded["worker_cpu_seconds"], empty["worker_cpu_seconds"])
     result["systems"] = {
@@ -135,8 +189,11 @@ async def run(ctx: RunContext, result: Result) -> None:
             "start_calls_seconds": round(start_calls, 1),
             "start_calls_per_second": round(bots / max(start_calls, 1e-6), 1),
             "settled_after_seconds": round(start_calls + settle, 1),
+            "worker_cpu_ms_per_bot": round(storm_worker_ms, 2),
+            "server_cpu_ms_per_bot": round(storm_server_ms, 2),
             "executions_during_idle": executions,
-        }
+        },
+        "bare": bare,
     }
     rows: list[list[Any]] = [
         [
@@ -167,6 +224,10 @@ async def run(ctx: RunContext, result: Result) -> None:
     result["ratios"] = {
         "worker CPU idle bots / 0 bots": cpu_ratio,
         "server CPU idle bots / 0 bots": ratio(loaded["server_cpu_seconds"], empty["server_cpu_seconds"]),
+        "start storm settled, project / bare": ratio(start_calls + settle, bare["settled_after_seconds"]),
+        "start storm worker + server CPU per bot, project / bare": ratio(
+            storm_worker_ms + storm_server_ms, bare["worker_cpu_ms_per_bot"] + bare["server_cpu_ms_per_bot"]
+        ),
     }
     difference = loaded["worker_cpu_seconds"] - empty["worker_cpu_seconds"]
     result["goals"] += [
@@ -196,4 +257,8 @@ async def run(ctx: RunContext, result: Result) -> None:
         f"({1000 * difference / seconds:+.1f} ms per second); CPU times are counted in 10 ms ticks, so the "
         "verdict allows two ticks beyond 1.05x (with 0.00 s at 0 bots no ratio exists)",
         f"task executions while idle: {executions} (expected 0)",
+        f"start storm CPU per bot: project {storm_worker_ms:.1f} worker + {storm_server_ms:.1f} server ms; "
+        f"bare loops {bare['worker_cpu_ms_per_bot']} + {bare['server_cpu_ms_per_bot']} ms, settled "
+        f"{bare['settled_after_seconds']} s after their first start call ({bare['start_calls_seconds']} s "
+        "of start calls)",
     ]
