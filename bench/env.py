@@ -40,6 +40,7 @@ from xbot.localstack import (
     LocalStackError,
     dev_server_argv,
     free_port,
+    sqlite_pragmas,
     temporal_binary,
     wait_for_dev_server,
     with_database,
@@ -170,6 +171,10 @@ def base_child_env() -> dict[str, str]:
     env.pop("DATABASE_URL", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# Where each scenario's dev server keeps its state: as `xbot dev` keeps it.
+DEV_SERVER_STORE = f"SQLite file ({', '.join(sqlite_pragmas('normal'))})"
 
 
 class BenchEnv:

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from bench.env import temporal_cli_version
+from bench.env import DEV_SERVER_STORE, temporal_cli_version
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_RESULTS_DIR = BENCH_DIR / "results"
@@ -52,6 +52,7 @@ def machine_info(postgres_version: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "temporalio": temporalio.__version__,
         "temporal_cli": temporal_cli_version(),
+        "temporal_store": DEV_SERVER_STORE,
         "postgresql": postgres_version,
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
     }
@@ -235,6 +236,7 @@ def _machine_section(machine: dict[str, Any]) -> str:
         ["Python", machine.get("python")],
         ["temporalio (Python SDK)", machine.get("temporalio")],
         ["temporal CLI (dev server)", machine.get("temporal_cli")],
+        ["dev server store", machine.get("temporal_store", "in memory (runs before 2026-12-03)")],
         ["PostgreSQL", machine.get("postgresql")],
         ["load average at start", ", ".join(str(v) for v in machine.get("load_average_at_start", []))],
     ]
