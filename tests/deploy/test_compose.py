@@ -49,8 +49,9 @@ API_ONLY_SETTINGS = {
     "CODEC_CORS_ORIGINS",
     "CODEC_REQUIRE_TOKEN",
 }
-# Settings that only the one-command dev stack reads (the compose file maps it to a published port).
-DEV_ONLY_SETTINGS = {"TEMPORAL_UI_PORT"}
+# Settings that only the one-command dev stack reads (the compose file maps the UI port to a published
+# port; its Temporal keeps its state in PostgreSQL, not in the dev server's SQLite file).
+DEV_ONLY_SETTINGS = {"TEMPORAL_UI_PORT", "TEMPORAL_DEV_SQLITE_SYNC"}
 SECRET_NAME = re.compile(r"PASSWORD|PWD|SECRET|TOKEN|API_KEY|ENCRYPTION_KEY")
 NOT_SECRETS = {"CODEC_REQUIRE_TOKEN"}  # a switch, not a credential
 
