@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -138,5 +139,5 @@ def test_dev_stack_is_healthy_single_and_stops_cleanly(
     assert leftovers == [], f"processes left behind: {leftovers}"
     # The dev server's SQLite file is written ahead (WAL): half the server CPU of SQLite's default
     # journal when many bots start (xbot.localstack.sqlite_pragmas).
-    with sqlite3.connect(Path(env["XBOT_DATA_DIR"]) / "temporal.sqlite") as database:
+    with contextlib.closing(sqlite3.connect(Path(env["XBOT_DATA_DIR"]) / "temporal.sqlite")) as database:
         assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

