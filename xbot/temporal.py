@@ -33,9 +33,15 @@ __all__ = [
 # reached the worker through forwarding between partitions at ~45 workflow tasks/s with both cores
 # half idle; written to one, ~115/s, as fast as the CPU allows (3,000 bots settled in 37 s, not 58 s).
 # Reads still cover all four, so tasks a server wrote before this setting are never stranded.
+# Visibility calls (`GET /bots` makes one list call per page, the Web UI one per view) are limited
+# to 10 per second per namespace by default; past it the server answers RESOURCE_EXHAUSTED and the
+# client retries a second later: four clients walking `GET /bots` stalled for ~1 s every ~1.7 s.
+# This server serves one stack, so the limit is set beyond what its store can answer anyway.
+VISIBILITY_RPS = 1000
 DEV_SERVER_DYNAMIC_CONFIG = {
     "system.enableActivityEagerExecution": "true",
     "matching.numTaskqueueWritePartitions": "1",
+    "frontend.namespaceRPS.visibility": str(VISIBILITY_RPS),
 }
 
 

@@ -27,11 +27,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from xbot.settings import Settings
-from xbot.temporal import SEARCH_ATTRIBUTES
+from xbot.temporal import DEV_SERVER_DYNAMIC_CONFIG, SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 EXTERNAL_TEMPORAL = ROOT / "deploy" / "compose.external-temporal.yml"
+DYNAMIC_CONFIG = ROOT / "deploy" / "temporal" / "dynamicconfig" / "production.yaml"
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
 
 REQUIRED_SECRETS = {
@@ -286,6 +287,14 @@ def test_setup_scripts_are_valid_posix_shell(script: str) -> None:
     assert shell is not None
     result = subprocess.run([shell, "-n", str(ROOT / "deploy" / "temporal" / script)], capture_output=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_temporal_has_the_dev_servers_dynamic_config() -> None:
+    """One list of server settings the scheduler relies on: the compose stack's file carries each."""
+    document: dict[str, Any] = yaml.safe_load(DYNAMIC_CONFIG.read_text())
+    for key, value in DEV_SERVER_DYNAMIC_CONFIG.items():
+        assert key in document, f"{key} missing from {DYNAMIC_CONFIG.name}"
+        assert [str(entry["value"]).lower() for entry in document[key]] == [value.lower()], key
 
 
 def test_namespace_script_registers_what_the_code_uses() -> None:
